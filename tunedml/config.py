@@ -1,0 +1,242 @@
+"""Run configuration: dataclasses with defaults, overridden by a YAML file and `--set key=value`.
+
+Keys are flat and dotted (``data.k``, ``train.lr``, ``loss.margin``). Loss hyperparameters live
+under ``loss.`` beside the fixed loss fields and are checked against the chosen loss in the
+registry. Every value is validated here, once, before any data or model is loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError, unknown_choice
+from .hparams import Hyperparameter
+from .losses import LOSS_NAMES, NO_DML, get_loss_spec
+
+
+def _hp(default: Any, kind: type, low: float | None = None, high: float | None = None, *,
+        choices: tuple | None = None, log: bool = False, optional: bool = False, help: str = "") -> Any:
+    """A dataclass field whose metadata carries its Hyperparameter (name filled in later)."""
+    hp = Hyperparameter("", kind, default, low, high, choices, log, optional, help)
+    return field(default=default, metadata={"hp": hp})
+
+
+@dataclass
+class DataConfig:
+    dataset: str = _hp("sst2", str, help="a registered task (tunedml datasets) or a CSV/JSONL/Parquet file or folder")
+    data_dir: str | None = _hp(None, str, optional=True, help="folder with <task>/<split>.jsonl; default $TUNEDML_DATA_DIR")
+    protocol: str = _hp("kshot", str, choices=("kshot", "kfold"))
+    k: int = _hp(16, int, 1, 100_000, help="kshot: examples per class in train (and in dev)")
+    sample_size: int = _hp(64, int, 2, 1_000_000, help="kfold: training examples drawn from the training folds")
+    folds: int = _hp(5, int, 2, 50, help="kfold: number of folds")
+    fold: int = _hp(0, int, 0, 49, help="kfold: the held-out fold")
+    seed: int = _hp(0, int, 0, 2**31 - 1, help="seed of the few-shot draw")
+    test_size: int = _hp(2000, int, 1, 1_000_000, help="hold-out size for tasks without an official test split")
+    max_length: int = _hp(128, int, 8, 8192, help="tokens per text")
+    text_column: str = _hp("text", str)
+    label_column: str = _hp("label", str)
+
+
+@dataclass
+class ModelConfig:
+    name: str = _hp("minilm", str, help="'minilm' (embedded all-MiniLM-L6-v2), a hub id such as roberta-base, or a local path")
+    pooling: str = _hp("mean", str, choices=("mean", "cls"))
+    token_mode: bool = _hp(False, bool, help="apply the DML loss to every non-padding token vector")
+    dropout: float = _hp(0.1, float, 0.0, 0.9)
+
+
+@dataclass
+class LossConfig:
+    name: str = _hp(NO_DML, str, choices=LOSS_NAMES)
+    ce_weight: float = _hp(1.0, float, 0.0, 100.0)
+    dml_weight: float = _hp(1.0, float, 0.0, 100.0)
+    params: dict[str, Any] = field(default_factory=dict)  # the DML loss's hyperparameters
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = _hp(20, int, 1, 10_000)
+    batch_size: int = _hp(16, int, 1, 65_536)
+    eval_batch_size: int = _hp(64, int, 1, 65_536)
+    lr: float = _hp(3e-5, float, 1e-8, 1.0, log=True)
+    proxy_lr: float = _hp(1e-2, float, 1e-8, 100.0, log=True, help="learning rate of proxies / class centers")
+    weight_decay: float = _hp(0.01, float, 0.0, 1.0)
+    warmup_ratio: float = _hp(0.1, float, 0.0, 1.0)
+    max_grad_norm: float = _hp(1.0, float, 0.0, 1e6, help="0 turns clipping off")
+    seed: int = _hp(0, int, 0, 2**31 - 1, help="seed of initialisation and batch order")
+    device: str = _hp("auto", str, help="auto, cpu, cuda or cuda:N")
+    bf16: bool = _hp(True, bool, help="bf16 autocast on a GPU (ignored on the CPU)")
+    threads: int = _hp(0, int, 0, 1024, help="torch threads; 0 = the CPUs granted to this process")
+
+
+@dataclass
+class InferenceConfig:
+    mode: str = _hp("head", str, choices=("head", "proxy", "mixed"))
+    mix_weight: float = _hp(0.5, float, 0.0, 1.0, help="mixed: weight of the head's probabilities")
+    proxy_scale: float = _hp(16.0, float, 0.01, 1000.0, log=True, help="mixed: softmax scale of proxy scores")
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataConfig, "model": ModelConfig, "loss": LossConfig, "train": TrainConfig, "inference": InferenceConfig,
+}
+
+
+def _fields() -> dict[str, Hyperparameter]:
+    out = {}
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            if "hp" in f.metadata:
+                key = f"{section}.{f.name}"
+                out[key] = dataclasses.replace(f.metadata["hp"], name=key)
+    return out
+
+
+FIELDS: dict[str, Hyperparameter] = _fields()  # every fixed key; loss.<param> keys come from the registry
+
+
+def hyperparameter_for(key: str, loss_name: str | None = None, source: str = "config") -> Hyperparameter:
+    """The Hyperparameter for a flat key; loss-specific keys need the loss name."""
+    if key in FIELDS:
+        return FIELDS[key]
+    section, _, name = key.partition(".")
+    if section == "loss" and loss_name is not None:
+        spec = get_loss_spec(loss_name)
+        if spec and name in spec.params_by_name:
+            return dataclasses.replace(spec.params_by_name[name], name=key)
+        valid = [f"loss.{p}" for p in (spec.params_by_name if spec else ())]
+        raise ConfigError(f"{source}: {key} is not a hyperparameter of loss {loss_name!r}; "
+                          f"valid: {', '.join(valid) or 'none (plain CCE has no loss hyperparameters)'}")
+    raise ConfigError(f"{source}: " + unknown_choice("key", key, list(FIELDS) + ["loss.<hyperparameter>"]))
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+
+    def to_flat(self) -> dict[str, Any]:
+        """All keys with their values, loss hyperparameters (defaults filled) as ``loss.<name>``."""
+        flat = {key: getattr(getattr(self, key.split(".")[0]), key.split(".")[1]) for key in FIELDS}
+        spec = get_loss_spec(self.loss.name)
+        params = {**(spec.defaults() if spec else {}), **self.loss.params}
+        flat.update({f"loss.{k}": v for k, v in params.items()})
+        return flat
+
+    def to_nested(self) -> dict[str, Any]:
+        nested: dict[str, dict[str, Any]] = {}
+        for key, value in self.to_flat().items():
+            section, name = key.split(".", 1)
+            nested.setdefault(section, {})[name] = value
+        return nested
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_nested(), sort_keys=False)
+
+    def with_overrides(self, overrides: dict[str, Any], source: str = "--set") -> "RunConfig":
+        """A new config with ``overrides`` (flat keys, raw or typed values) applied and validated."""
+        flat = self.to_flat() if overrides else {}
+        loss_name = overrides.get("loss.name", self.loss.name)
+        loss_name = FIELDS["loss.name"].parse(loss_name, "loss.name", source)
+        if loss_name != self.loss.name:  # other loss, other hyperparameters
+            flat = {k: v for k, v in flat.items() if k in FIELDS}
+        parsed = {key: hyperparameter_for(key, loss_name, source).parse(value, key, source)
+                  for key, value in overrides.items()}
+        return from_flat({**flat, **parsed}, source)
+
+
+def from_flat(flat: dict[str, Any], source: str = "config") -> RunConfig:
+    """Build and validate a config from flat keys; missing keys take their defaults."""
+    loss_name = FIELDS["loss.name"].parse(flat.get("loss.name", NO_DML), "loss.name", source)
+    sections: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    params: dict[str, Any] = {}
+    for key, value in flat.items():
+        hp = hyperparameter_for(key, loss_name, source)
+        value = hp.parse(value, key, source)
+        section, name = key.split(".", 1)
+        if key in FIELDS:
+            sections[section][name] = value
+        else:
+            params[name] = value
+    cfg = RunConfig(**{name: SECTIONS[name](**values) for name, values in sections.items()})
+    cfg.loss.params = params
+    _check_consistency(cfg, source)
+    return cfg
+
+
+def _check_consistency(cfg: RunConfig, source: str) -> None:
+    """Rules that involve more than one key."""
+    if cfg.loss.name == NO_DML and cfg.loss.ce_weight <= 0:
+        raise ConfigError(f"{source}: loss.ce_weight must be > 0 when loss.name is 'none'")
+    if cfg.loss.name != NO_DML and cfg.loss.ce_weight <= 0 and cfg.loss.dml_weight <= 0:
+        raise ConfigError(f"{source}: loss.ce_weight and loss.dml_weight are both 0; nothing would be trained")
+    if cfg.inference.mode != "head" and cfg.loss.name == NO_DML:
+        pass  # plain CCE: proxy inference uses class centers of the training embeddings
+    if cfg.data.protocol == "kfold" and cfg.data.fold >= cfg.data.folds:
+        raise ConfigError(f"{source}: data.fold={cfg.data.fold} must be below data.folds={cfg.data.folds}")
+    if cfg.data.data_dir is not None and not Path(cfg.data.data_dir).is_dir():
+        raise ConfigError(f"{source}: data.data_dir={cfg.data.data_dir!r} is not a folder")
+
+
+def flatten(nested: dict[str, Any], source: str) -> dict[str, Any]:
+    """YAML ``{data: {k: 16}}`` to ``{'data.k': 16}``; already-flat keys pass through."""
+    flat: dict[str, Any] = {}
+    for key, value in nested.items():
+        if isinstance(value, dict) and "." not in str(key):
+            if key not in SECTIONS:
+                raise ConfigError(f"{source}: " + unknown_choice("section", key, SECTIONS))
+            for sub, v in value.items():
+                flat[f"{key}.{sub}"] = v
+        else:
+            flat[str(key)] = value
+    return flat
+
+
+def load_yaml(path: str | os.PathLike, source: str | None = None) -> dict[str, Any]:
+    """Read a YAML mapping; ConfigError for a missing or malformed file."""
+    source = source or str(path)
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: file not found") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{source}:{where} is not valid YAML ({getattr(e, 'problem', e)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of keys to values, got {type(data).__name__}")
+    return data
+
+
+def parse_set_args(items: list[str]) -> dict[str, str]:
+    """``['data.k=16', ...]`` to a dict; values stay strings until validated."""
+    out = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set data.k=16")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def build_config(config_file: str | None = None, sets: list[str] | None = None,
+                 extra: dict[str, Any] | None = None) -> RunConfig:
+    """Defaults, then the YAML file, then ``extra`` (CLI flags), then `--set`."""
+    cfg = RunConfig()
+    if config_file:
+        cfg = cfg.with_overrides(flatten(load_yaml(config_file), config_file), source=config_file)
+    if extra:
+        cfg = cfg.with_overrides(extra, source="command line")
+    if sets:
+        cfg = cfg.with_overrides(parse_set_args(sets), source="--set")
+    return cfg

@@ -1,0 +1,334 @@
+"""Datasets and the few-shot protocols.
+
+A dataset becomes one :class:`Corpus` (all texts and integer labels, with the official train and
+test indices when the task has them). Draws are index arrays into it, so the corpus is read and
+tokenized once per (dataset, model) and every draw, seed and trial reuses it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .errors import DataError, unknown_choice
+
+DATA_DIR_ENV = "TUNEDML_DATA_DIR"
+HOLDOUT_SEED = 20_240_601  # fixed: the hold-out test set must not move with the draw seed
+FOLD_SEED = 7  # fixed: fold membership must not move with the draw seed
+_FORMATS = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A registered SentEval task: label names and where to find it when no local folder is given."""
+
+    name: str
+    labels: tuple[str, ...]
+    description: str
+    hub_id: str
+    hub_label_column: str = "label"
+    has_test: bool = True
+
+
+TASKS: dict[str, TaskSpec] = {
+    t.name: t
+    for t in [
+        TaskSpec("mr", ("negative", "positive"), "movie review snippets", "cornell-movie-review-data/rotten_tomatoes", has_test=False),
+        TaskSpec("cr", ("negative", "positive"), "customer product reviews", "SetFit/SentEval-CR", has_test=False),
+        TaskSpec("subj", ("subjective", "objective"), "subjectivity of movie sentences", "SetFit/subj", has_test=False),
+        TaskSpec("mpqa", ("negative", "positive"), "opinion polarity of short phrases", "jxm/mpqa", has_test=False),
+        TaskSpec("sst2", ("negative", "positive"), "binary sentiment, sentence level", "SetFit/sst2"),
+        TaskSpec("sst5", ("very negative", "negative", "neutral", "positive", "very positive"), "5-way sentiment", "SetFit/sst5"),
+        TaskSpec("trec", ("DESC", "ENTY", "ABBR", "HUM", "LOC", "NUM"), "coarse question types", "CogComp/trec", hub_label_column="coarse_label"),
+    ]
+}
+
+
+@dataclass
+class Corpus:
+    """All examples of a dataset; ``train_idx``/``test_idx`` mark the official splits (test may be None)."""
+
+    name: str
+    texts: list[str]
+    labels: np.ndarray
+    label_names: list[str]
+    train_idx: np.ndarray
+    test_idx: np.ndarray | None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_names)
+
+
+@dataclass(frozen=True)
+class Draw:
+    """One few-shot draw: index arrays into the corpus."""
+
+    train: np.ndarray
+    dev: np.ndarray
+    test: np.ndarray
+
+
+# ---------------------------------------------------------------- loading
+
+def resolve_data_dir(data_dir: str | None) -> str | None:
+    return data_dir or os.environ.get(DATA_DIR_ENV) or None
+
+
+def check_dataset_name(dataset: str) -> None:
+    """Fail early (before loading any model) on a name that is neither a task nor a path."""
+    if dataset not in TASKS and not Path(dataset).exists():
+        raise DataError("data.dataset: " + unknown_choice("dataset", dataset, TASKS) + ", or a path to a CSV/JSONL/Parquet file or folder")
+
+
+def load_corpus(dataset: str, data_dir: str | None = None, text_column: str = "text",
+                label_column: str = "label") -> Corpus:
+    """Load a registered task (local folder, else the dataset hub) or a user file/folder."""
+    check_dataset_name(dataset)
+    if dataset in TASKS:
+        root = resolve_data_dir(data_dir)
+        if root:
+            folder = Path(root) / dataset
+            if not folder.is_dir():
+                raise DataError(f"data dir {root!r} has no folder {dataset!r} (expected {folder}/<split>.jsonl)")
+            return _from_folder(folder, dataset, "text", "label", TASKS[dataset].labels)
+        return _from_hub(TASKS[dataset])
+    path = Path(dataset)
+    if path.is_dir():
+        return _from_folder(path, path.name, text_column, label_column, None)
+    return _from_splits(path.stem, {"all": path}, text_column, label_column, None)
+
+
+def _from_folder(folder: Path, name: str, text_column: str, label_column: str,
+                 label_names: Sequence[str] | None) -> Corpus:
+    files = {p.stem: p for p in sorted(folder.iterdir()) if p.suffix in _FORMATS}
+    labels_file = folder / "labels.json"
+    if label_names is None and labels_file.exists():
+        label_names = json.loads(labels_file.read_text())
+    splits = {s: files[s] for s in ("train", "dev", "validation", "test", "all") if s in files}
+    if not splits:
+        raise DataError(f"{folder}: no train.*, test.* or all.* file (.csv, .jsonl, .json or .parquet)")
+    return _from_splits(name, splits, text_column, label_column, label_names)
+
+
+def _read_table(path: Path, text_column: str, label_column: str) -> tuple[list[str], list[Any]]:
+    import datasets  # heavy import, only when data is really read
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    fmt = _FORMATS.get(path.suffix)
+    if fmt is None:
+        raise DataError(f"{path}: unsupported file type {path.suffix!r}; valid: {', '.join(_FORMATS)}")
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: file is empty")
+    kwargs = {"delimiter": "\t"} if path.suffix == ".tsv" else {}
+    try:
+        table = datasets.load_dataset(fmt, data_files=str(path), split="train", **kwargs)
+    except Exception as e:  # the datasets library wraps parse errors in many types
+        raise DataError(f"{path}: cannot be read as {fmt} ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    return _columns(table, str(path), text_column, label_column)
+
+
+def _columns(table: Any, where: str, text_column: str, label_column: str) -> tuple[list[str], list[Any]]:
+    if len(table) == 0:
+        raise DataError(f"{where}: has no rows")
+    for what, col in (("text", text_column), ("label", label_column)):
+        if col not in table.column_names:
+            raise DataError(f"{where}: no {what} column {col!r}; columns: {', '.join(table.column_names)} "
+                            f"(set data.{what}_column)")
+    return [str(t) for t in table[text_column]], list(table[label_column])
+
+
+def _from_hub(task: TaskSpec) -> Corpus:  # pragma: no cover - needs the dataset hub, unreachable here
+    """Load a registered task from the dataset hub; only used when no data folder is given."""
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(task.hub_id)
+    except Exception as e:
+        raise DataError(f"dataset {task.name!r}: no data folder given (--data-dir or ${DATA_DIR_ENV}) and "
+                        f"the hub copy {task.hub_id!r} could not be loaded ({type(e).__name__})") from None
+    texts: dict[str, list[str]] = {}
+    labels: dict[str, list[Any]] = {}
+    for split in ds:
+        texts[split], labels[split] = _columns(ds[split], f"{task.hub_id}[{split}]", "text", task.hub_label_column)
+    return _assemble(task.name, texts, labels, task.labels)
+
+
+def _from_splits(name: str, files: dict[str, Path], text_column: str, label_column: str,
+                 label_names: Sequence[str] | None) -> Corpus:
+    texts: dict[str, list[str]] = {}
+    labels: dict[str, list[Any]] = {}
+    for split, path in files.items():
+        texts[split], labels[split] = _read_table(path, text_column, label_column)
+    return _assemble(name, texts, labels, label_names, where=str(next(iter(files.values())).parent))
+
+
+def _assemble(name: str, texts: dict[str, list[str]], labels: dict[str, list[Any]],
+              label_names: Sequence[str] | None, where: str | None = None) -> Corpus:
+    """Concatenate splits, map labels to ids, and remember which rows are official train/test."""
+    where = where or name
+    all_labels = [v for split in labels.values() for v in split]
+    ids, names = _label_ids(all_labels, label_names, where)
+    order = list(texts)
+    offsets = np.cumsum([0] + [len(texts[s]) for s in order])
+    span = {s: np.arange(offsets[i], offsets[i + 1]) for i, s in enumerate(order)}
+    test_idx = span.get("test")
+    # kshot draws its own dev set from train, so an official dev split joins the pool only when
+    # there is no train/all split
+    pool = [s for s in order if s in ("train", "all")] or [s for s in order if s != "test"]
+    if not pool:
+        raise DataError(f"{where}: only a test split; a train.* or all.* file is needed to draw from")
+    corpus = Corpus(name, [t for s in order for t in texts[s]], ids, names,
+                    np.concatenate([span[s] for s in pool]), test_idx)
+    if corpus.num_classes < 2 or len(np.unique(ids)) < 2:
+        raise DataError(f"{where}: only one class ({names[int(ids[0])]!r}); classification needs two or more")
+    return corpus
+
+
+def _label_ids(values: list[Any], label_names: Sequence[str] | None, where: str) -> tuple[np.ndarray, list[str]]:
+    kinds = {type(v) for v in values}
+    if kinds <= {int, np.int64} and not any(isinstance(v, bool) for v in values):
+        if label_names is not None:
+            bad = [v for v in values if not 0 <= v < len(label_names)]
+            if bad:
+                raise DataError(f"{where}: label {bad[0]} outside 0..{len(label_names) - 1} of labels.json")
+            return np.asarray(values, dtype=np.int64), list(label_names)
+        uniq = sorted(set(values))
+        index = {v: i for i, v in enumerate(uniq)}
+        return np.asarray([index[v] for v in values], dtype=np.int64), [str(v) for v in uniq]
+    if kinds == {str}:
+        uniq = sorted(set(values))
+        index = {v: i for i, v in enumerate(uniq)}
+        return np.asarray([index[v] for v in values], dtype=np.int64), uniq
+    shown = ", ".join(sorted(t.__name__ for t in kinds))
+    raise DataError(f"{where}: labels must be integers or strings, found {shown}")
+
+
+# ---------------------------------------------------------------- few-shot protocols
+
+def draw(corpus: Corpus, protocol: str, *, k: int = 16, sample_size: int = 64, folds: int = 5, fold: int = 0,
+         seed: int = 0, test_size: int = 2000) -> Draw:
+    """A seeded few-shot draw; the same arguments give the same indices in any process."""
+    if protocol == "kshot":
+        return _kshot(corpus, k, seed, test_size)
+    if protocol == "kfold":
+        return _kfold(corpus, sample_size, folds, fold, seed)
+    raise DataError("data.protocol: " + unknown_choice("protocol", protocol, ("kshot", "kfold")))
+
+
+def holdout(corpus: Corpus, test_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(pool, test): the official split, or a fixed seeded hold-out that no draw ever touches."""
+    if corpus.test_idx is not None:
+        return corpus.train_idx, corpus.test_idx
+    pool = corpus.train_idx
+    size = min(test_size, len(pool) // 2)
+    perm = np.random.default_rng(HOLDOUT_SEED).permutation(len(pool))
+    return np.sort(pool[perm[size:]]), np.sort(pool[perm[:size]])
+
+
+def _kshot(corpus: Corpus, k: int, seed: int, test_size: int) -> Draw:
+    pool, test = holdout(corpus, test_size)
+    rng = np.random.default_rng(seed)
+    train, dev = [], []
+    for c, name in enumerate(corpus.label_names):
+        members = pool[corpus.labels[pool] == c]
+        if len(members) < 2 * k:
+            raise DataError(f"{corpus.name}: class {name!r} has {len(members)} examples in the training pool; "
+                            f"kshot with k={k} needs {2 * k} (k train + k dev); lower data.k")
+        chosen = rng.permutation(members)[: 2 * k]
+        train.append(chosen[:k])
+        dev.append(chosen[k:])
+    return Draw(np.concatenate(train), np.concatenate(dev), test)
+
+
+def fold_assignment(corpus: Corpus, folds: int) -> np.ndarray:
+    """Stratified fold id of every example, fixed for a corpus and fold count."""
+    rng = np.random.default_rng(FOLD_SEED)
+    assignment = np.empty(len(corpus.labels), dtype=np.int64)
+    for c in range(corpus.num_classes):
+        members = rng.permutation(np.flatnonzero(corpus.labels == c))
+        assignment[members] = np.arange(len(members)) % folds
+    return assignment
+
+
+def _stratified_sample(corpus: Corpus, candidates: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """``size`` examples with class proportions of ``candidates``, at least one of each class."""
+    labels = corpus.labels[candidates]
+    counts = np.bincount(labels, minlength=corpus.num_classes)
+    want = np.maximum(1, np.floor(size * counts / counts.sum()).astype(int))
+    while want.sum() < size and (want < counts).any():
+        want[np.argmax(counts - want)] += 1
+    picked = []
+    for c, n in enumerate(want):
+        members = candidates[labels == c]
+        if len(members) < n:
+            raise DataError(f"{corpus.name}: class {corpus.label_names[c]!r} has {len(members)} examples "
+                            f"in the training folds; the draw needs {n}; lower data.sample_size")
+        picked.append(rng.permutation(members)[:n])
+    return np.concatenate(picked)
+
+
+def _kfold(corpus: Corpus, sample_size: int, folds: int, fold: int, seed: int) -> Draw:
+    assignment = fold_assignment(corpus, folds)
+    rng = np.random.default_rng(seed)
+    training = np.flatnonzero(assignment != fold)
+    train = _stratified_sample(corpus, training, sample_size, rng)
+    rest = np.setdiff1d(training, train)
+    dev = _stratified_sample(corpus, rest, sample_size, rng)
+    return Draw(train, dev, np.flatnonzero(assignment == fold))
+
+
+# ---------------------------------------------------------------- tokens and batches
+
+@dataclass
+class TokenizedCorpus:
+    """Token ids of every corpus text for one tokenizer and max length, computed once."""
+
+    corpus: Corpus
+    input_ids: list[np.ndarray]
+    pad_token_id: int
+    tokenizer_name: str
+    max_length: int
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.fromiter((len(x) for x in self.input_ids), dtype=np.int64, count=len(self.input_ids))
+
+    def batch(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        """Dynamic padding: pad to the longest text in this batch only."""
+        seqs = [self.input_ids[i] for i in indices]
+        width = max(len(s) for s in seqs)
+        ids = np.full((len(seqs), width), self.pad_token_id, dtype=np.int64)
+        mask = np.zeros((len(seqs), width), dtype=np.int64)
+        for row, s in enumerate(seqs):
+            ids[row, : len(s)] = s
+            mask[row, : len(s)] = 1
+        return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask),
+                "labels": torch.from_numpy(self.corpus.labels[np.asarray(indices)])}
+
+    def train_batches(self, indices: np.ndarray, batch_size: int, rng: np.random.Generator) -> Iterator[dict[str, torch.Tensor]]:
+        order = rng.permutation(indices)
+        for start in range(0, len(order), batch_size):
+            yield self.batch(order[start : start + batch_size])
+
+    def eval_batches(self, indices: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
+        """Length-sorted batches (little padding); yields positions in ``indices`` to restore order."""
+        positions = np.argsort(self.lengths[indices], kind="stable")
+        for start in range(0, len(positions), batch_size):
+            pos = positions[start : start + batch_size]
+            yield pos, self.batch(indices[pos])
+
+
+def tokenize(corpus: Corpus, tokenizer: Any, max_length: int, name: str = "") -> TokenizedCorpus:
+    encoded = tokenizer(corpus.texts, truncation=True, max_length=max_length, add_special_tokens=True)
+    ids = [np.asarray(x, dtype=np.int64) for x in encoded["input_ids"]]
+    return TokenizedCorpus(corpus, ids, int(tokenizer.pad_token_id), name, max_length)

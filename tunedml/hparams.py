@@ -1,0 +1,74 @@
+"""Typed hyperparameters with valid ranges.
+
+One :class:`Hyperparameter` describes a config key: its type, default and the values that make
+sense. The same objects validate `--set` values, YAML configs and search-space bounds, so a range
+is written down once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError, unknown_choice
+
+
+@dataclass(frozen=True)
+class Hyperparameter:
+    name: str
+    kind: type  # int, float, bool or str
+    default: Any
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[Any, ...] | None = None
+    log: bool = False  # a search over it usually wants a log scale
+    optional: bool = False  # None is allowed
+    help: str = ""
+
+    def describe(self) -> str:
+        """Short human text of what is valid, for `tunedml losses` and error messages."""
+        if self.choices is not None:
+            return "one of " + ", ".join(map(str, self.choices))
+        if self.kind is bool:
+            return "true or false"
+        if self.low is not None or self.high is not None:
+            lo = "-inf" if self.low is None else f"{self.low:g}"
+            hi = "inf" if self.high is None else f"{self.high:g}"
+            return f"{self.kind.__name__} in [{lo}, {hi}]"
+        return self.kind.__name__
+
+    def parse(self, value: Any, key: str, source: str = "config") -> Any:
+        """Coerce ``value`` (a YAML value or a `--set` string) and check it; raise ConfigError."""
+        if isinstance(value, str) and self.kind is not str:
+            value = yaml.safe_load(value) if value.strip() else value
+        if value is None:
+            if self.optional:
+                return None
+            raise ConfigError(f"{source}: {key} must not be empty; expected {self.describe()}")
+        value = self._coerce(value, key, source)
+        self.check(value, key, source)
+        return value
+
+    def _coerce(self, value: Any, key: str, source: str) -> Any:
+        bad = ConfigError(f"{source}: {key}={value!r} is not a {self.kind.__name__}; expected {self.describe()}")
+        if self.kind is bool:
+            if isinstance(value, bool):
+                return value
+            raise bad
+        if self.kind is int:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+                raise bad
+            return int(value)
+        if self.kind is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise bad
+            return float(value)
+        return str(value)
+
+    def check(self, value: Any, key: str, source: str = "config") -> None:
+        if self.choices is not None and value not in self.choices:
+            raise ConfigError(f"{source}: {key}: " + unknown_choice("value", value, map(str, self.choices)))
+        if self.low is not None and value < self.low or self.high is not None and value > self.high:
+            raise ConfigError(f"{source}: {key}={value!r} is out of range; valid: {self.describe()}")

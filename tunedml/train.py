@@ -1,0 +1,194 @@
+"""One fine-tuning run: a model, a combined loss and a few-shot draw, trained epoch by epoch.
+
+:class:`Trainer` is plain PyTorch and knows nothing of Ray or MLflow. It yields one
+:class:`EpochResult` per epoch, so a caller (the CLI, a Ray trainable, a retrain loop) decides what
+to do with it; several trainers can be stepped in lockstep to average over draws.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from .config import RunConfig
+from .data import Draw, TokenizedCorpus
+from .errors import ConfigError, NonFiniteLossError
+from .evaluate import Outputs, autocast_for, class_centers, forward_all, predict, scores
+from .losses import build_loss
+from .model import EncoderClassifier, build_model
+
+EpochCallback = Callable[["EpochResult"], None]
+
+
+@dataclass
+class EpochResult:
+    epoch: int  # 1-based
+    train_loss: float
+    loss_parts: dict[str, float]
+    dev: dict[str, float]
+    seconds: float
+
+
+@dataclass
+class FitResult:
+    history: list[EpochResult] = field(default_factory=list)
+    dev: dict[str, float] = field(default_factory=dict)
+    test: dict[str, float] | None = None
+    seconds: float = 0.0
+
+
+def granted_threads(requested: int = 0) -> int:
+    """Threads for torch: the request, else what the scheduler granted (OMP_NUM_THREADS, affinity)."""
+    if requested > 0:
+        return requested
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name!r} but no CUDA device is available; valid here: auto, cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"train.device: unknown device {name!r}; valid: auto, cpu, cuda, cuda:N") from None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """Fine-tunes ``model`` (built from ``cfg.model`` when not given) on ``draw.train``."""
+
+    def __init__(self, cfg: RunConfig, tokens: TokenizedCorpus, draw: Draw, model: EncoderClassifier | None = None):
+        self.cfg, self.tokens, self.draw = cfg, tokens, draw
+        torch.set_num_threads(granted_threads(cfg.train.threads))
+        self.device = pick_device(cfg.train.device)
+        seed_everything(cfg.train.seed)
+        num_classes = tokens.corpus.num_classes
+        self.model = (model or build_model(cfg.model.name, num_classes, cfg.model.pooling, cfg.model.dropout)).to(self.device)
+        self.loss = build_loss(cfg.loss.name, cfg.loss.ce_weight, cfg.loss.dml_weight, cfg.loss.params,
+                               num_classes, self.model.hidden_size).to(self.device)
+        self.optimizer = self._optimizer()
+        steps = cfg.train.epochs * math.ceil(len(draw.train) / cfg.train.batch_size)
+        from transformers import get_linear_schedule_with_warmup
+
+        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, int(cfg.train.warmup_ratio * steps), steps)
+        self.rng = np.random.default_rng(cfg.train.seed)
+        self.epoch = 0
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        """AdamW; no decay on biases and norms; proxies in their own group with their own rate."""
+        t = self.cfg.train
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            (no_decay if p.ndim < 2 or "LayerNorm" in name or "norm" in name.lower() else decay).append(p)
+        groups = [{"params": decay, "weight_decay": t.weight_decay, "lr": t.lr},
+                  {"params": no_decay, "weight_decay": 0.0, "lr": t.lr}]
+        proxies = list(self.loss.parameters())
+        if proxies:
+            groups.append({"params": proxies, "weight_decay": 0.0, "lr": t.proxy_lr})
+        return torch.optim.AdamW(groups)
+
+    def train_epoch(self) -> tuple[float, dict[str, float]]:
+        self.epoch += 1
+        self.model.train()
+        token_mode = self.cfg.model.token_mode
+        total, parts_sum, n = 0.0, {}, 0
+        for batch in self.tokens.train_batches(self.draw.train, self.cfg.train.batch_size, self.rng):
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            with autocast_for(self.device, self.cfg.train.bf16):
+                out = self.model(batch["input_ids"], batch["attention_mask"])
+            labels = batch["labels"]
+            if token_mode:  # every real token carries its sentence's label
+                keep = out.mask.bool()
+                emb, emb_labels = out.tokens[keep], labels.unsqueeze(1).expand_as(out.mask)[keep]
+            else:
+                emb, emb_labels = out.pooled, labels
+            loss, parts = self.loss(out.logits, labels, emb, emb_labels)
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(self.epoch, {k: float(v) for k, v in parts.items()})
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.cfg.train.max_grad_norm > 0:
+                params = [p for g in self.optimizer.param_groups for p in g["params"]]
+                torch.nn.utils.clip_grad_norm_(params, self.cfg.train.max_grad_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            total += float(loss.detach()) * len(labels)
+            for k, v in parts.items():
+                parts_sum[k] = parts_sum.get(k, 0.0) + float(v) * len(labels)
+            n += len(labels)
+        return total / n, {k: v / n for k, v in parts_sum.items()}
+
+    def outputs(self, indices: np.ndarray) -> Outputs:
+        return forward_all(self.model, self.tokens, indices, self.cfg.train.eval_batch_size, self.device, self.cfg.train.bf16)
+
+    def evaluate(self, indices: np.ndarray) -> dict[str, float]:
+        """Accuracy and macro-F1 on ``indices`` with the configured inference mode."""
+        inf = self.cfg.inference
+        centers = None
+        if inf.mode != "head" and (self.loss.dml is None or self.loss.dml.proxies() is None):
+            centers = class_centers(self.outputs(self.draw.train), self.tokens.corpus.num_classes)
+        out = self.outputs(indices)
+        preds = predict(inf.mode, out, self.loss, centers, inf.mix_weight, inf.proxy_scale)
+        return scores(preds, out.labels, self.tokens.corpus.num_classes)
+
+    def epochs(self) -> Iterator[EpochResult]:
+        while self.epoch < self.cfg.train.epochs:
+            start = time.perf_counter()
+            loss, parts = self.train_epoch()
+            dev = self.evaluate(self.draw.dev)
+            yield EpochResult(self.epoch, loss, parts, dev, time.perf_counter() - start)
+
+    def fit(self, callback: EpochCallback | None = None, evaluate_test: bool = True) -> FitResult:
+        """Train all epochs, then score dev (and test) with the final model."""
+        start = time.perf_counter()
+        result = FitResult()
+        for epoch in self.epochs():
+            result.history.append(epoch)
+            if callback:
+                callback(epoch)
+        result.dev = result.history[-1].dev if result.history else self.evaluate(self.draw.dev)
+        if evaluate_test:
+            result.test = self.evaluate(self.draw.test)
+        result.seconds = time.perf_counter() - start
+        return result
+
+
+def prepare_tokens(cfg: RunConfig) -> TokenizedCorpus:
+    """Read the dataset and tokenize it for the configured model: once per (dataset, model)."""
+    from .data import load_corpus, tokenize
+    from .model import load_tokenizer
+
+    d = cfg.data
+    corpus = load_corpus(d.dataset, d.data_dir, d.text_column, d.label_column)
+    return tokenize(corpus, load_tokenizer(cfg.model.name), d.max_length, cfg.model.name)
+
+
+def draw_for(cfg: RunConfig, tokens: TokenizedCorpus) -> Draw:
+    from .data import draw
+
+    d = cfg.data
+    return draw(tokens.corpus, d.protocol, k=d.k, sample_size=d.sample_size, folds=d.folds, fold=d.fold,
+                seed=d.seed, test_size=d.test_size)
+
+
+def run_training(cfg: RunConfig, tokens: TokenizedCorpus | None = None, callback: EpochCallback | None = None,
+                 evaluate_test: bool = True) -> FitResult:
+    """The whole `tunedml train`: data, draw, model, epochs, final scores."""
+    tokens = tokens or prepare_tokens(cfg)
+    return Trainer(cfg, tokens, draw_for(cfg, tokens)).fit(callback, evaluate_test)
