@@ -13,7 +13,7 @@ import sys
 import warnings
 from typing import Any, Callable
 
-from .errors import TunedMLError
+from .errors import DataError, TunedMLError
 
 Command = Callable[[argparse.Namespace], int]
 COMMANDS: dict[str, Command] = {}
@@ -51,7 +51,9 @@ def config_from_args(args: argparse.Namespace, dataset: str | None = None):
         extra["data.dataset"] = dataset or args.dataset
     data_dir = resolve_data_dir(getattr(args, "data_dir", None))
     if data_dir:
-        extra["data.data_dir"] = data_dir
+        if not os.path.isdir(data_dir):
+            raise DataError(f"--data-dir {data_dir!r} is not a folder")
+        extra["data.data_dir"] = os.path.abspath(data_dir)  # trials run in other directories
     if getattr(args, "model", None):
         extra["model.name"] = args.model
     cfg = build_config(getattr(args, "config", None), getattr(args, "set", []), extra)
@@ -147,6 +149,103 @@ def cmd_losses(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------- search
+
+def search_datasets(value: str | None) -> list[str]:
+    from .data import TASKS
+
+    if not value:
+        return ["sst2"]
+    return list(TASKS) if value == "all" else [v.strip() for v in value.split(",") if v.strip()]
+
+
+def search_options(args: argparse.Namespace):
+    from .search import SearchOptions
+
+    options = SearchOptions(
+        trials=args.trials, concurrency=args.concurrency, cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial, scheduler=args.scheduler, metric=args.metric, repeats=args.repeats,
+        time_budget_s=args.time_budget, storage=args.storage, name=args.name, resume=args.resume,
+        address=args.address, seed=args.seed, verbose=args.verbose)
+    options.validate()
+    return options
+
+
+def prepare_search(args: argparse.Namespace, dataset: str):
+    """Validate everything for one dataset's search: (base keys, space, driver config)."""
+    from .config import explicit_keys, from_flat
+    from .space import load_space
+
+    cfg = config_from_args(args, dataset=dataset)
+    flat = cfg.to_flat()
+    extra = {"data.dataset": dataset, "data.data_dir": cfg.data.data_dir, "model.name": cfg.model.name}
+    keys = explicit_keys(args.config, args.set, {k: v for k, v in extra.items() if v is not None})
+    base = {k: flat[k] for k in keys if k in flat}
+    space = load_space(args.space, base)
+    space.check_against(base)
+    return base, space, from_flat({**base, **space.root.fixed}, source=args.space)
+
+
+@command("search")
+def cmd_search(args: argparse.Namespace) -> int:
+    options = search_options(args)
+    datasets = search_datasets(args.dataset)
+    prepared = [(ds, *prepare_search(args, ds)) for ds in datasets]  # all validated before any work
+    quiet_libraries(args.verbose)
+    from .search import run_search
+    from .train import prepare_tokens
+
+    summaries = []
+    for dataset, base, space, driver_cfg in prepared:
+        print(f"search {dataset} over {space.path}: {options.trials} trials, objective dev_{options.metric}",
+              file=sys.stderr, flush=True)
+        tokens = prepare_tokens(driver_cfg)
+        result = run_search(tokens, base, space, options)
+        summaries.append(result.to_dict())
+        if not args.json:
+            print_search_result(result)
+    if args.json:
+        emit_json(summaries if len(summaries) > 1 else summaries[0])
+    return 0
+
+
+def print_search_result(result) -> None:
+    import yaml
+
+    finished = sum(t.status == "FINISHED" for t in result.trials)
+    killed = sum(t.status == "KILLED" for t in result.trials)
+    print(f"{result.dataset}: {len(result.trials)} trials ({finished} finished, {killed} stopped early, "
+          f"{len(result.failures)} failed) in {result.seconds:.0f}s; results in {result.path}")
+    for t in result.failures:
+        print(f"  failed {t.trial_id}: {t.error}")
+    if result.best is None:
+        print("  no trial produced a score")
+        return
+    print(f"  best {result.objective} {result.best.score:.4f} (trial {result.best.trial_id})")
+    searched = yaml.safe_dump(result.best.config, sort_keys=True).strip()
+    print("  best configuration:\n    " + searched.replace("\n", "\n    "))
+
+
+def add_search_parser(sub) -> None:
+    p = sub.add_parser("search", help="search loss configurations with Optuna TPE on Ray Tune")
+    add_config_options(p, dataset_help="task(s): sst2, a comma list such as sst2,mr,cr, all, or a data file/folder")
+    p.add_argument("--space", required=True, help="search space YAML (see search_spaces/)")
+    p.add_argument("--trials", type=int, default=20)
+    p.add_argument("--concurrency", type=int, default=1, help="trials at a time")
+    p.add_argument("--cpus-per-trial", type=float, default=None, help="default: all CPUs / concurrency")
+    p.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions pack trials on a GPU, e.g. 0.25")
+    p.add_argument("--scheduler", default="asha", help="asha (default), hyperband or none")
+    p.add_argument("--metric", default="accuracy", help="dev metric to maximise: accuracy or macro_f1")
+    p.add_argument("--repeats", type=int, default=1, help="few-shot draws (and seeds) averaged per trial")
+    p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS")
+    p.add_argument("--storage", default=None, help="results folder or any Ray storage_path (default ./tunedml_results)")
+    p.add_argument("--name", default=None, help="experiment name (default <dataset>-<space>-<time>)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted search (latest, or --name)")
+    p.add_argument("--address", default=None, help="join a Ray cluster: auto or ray://host:port")
+    p.add_argument("--seed", type=int, default=0, help="TPE sampler seed")
+    add_output_options(p)
+
+
 # ----------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
@@ -164,12 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         p.add_argument("--json", action="store_true")
 
-    for extend in EXTENSIONS:
-        extend(sub)
+    add_search_parser(sub)
     return parser
-
-
-EXTENSIONS: list[Callable[[Any], None]] = []  # other modules' parsers register here (see below)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -182,8 +182,6 @@ def _check_consistency(cfg: RunConfig, source: str) -> None:
         pass  # plain CCE: proxy inference uses class centers of the training embeddings
     if cfg.data.protocol == "kfold" and cfg.data.fold >= cfg.data.folds:
         raise ConfigError(f"{source}: data.fold={cfg.data.fold} must be below data.folds={cfg.data.folds}")
-    if cfg.data.data_dir is not None and not Path(cfg.data.data_dir).is_dir():
-        raise ConfigError(f"{source}: data.data_dir={cfg.data.data_dir!r} is not a folder")
 
 
 def flatten(nested: dict[str, Any], source: str) -> dict[str, Any]:
@@ -227,6 +225,13 @@ def parse_set_args(items: list[str]) -> dict[str, str]:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set data.k=16")
         out[key.strip()] = value.strip()
     return out
+
+
+def explicit_keys(config_file: str | None = None, sets: list[str] | None = None,
+                  extra: dict[str, Any] | None = None) -> set[str]:
+    """The keys the user set (in the file, as flags or with --set), as opposed to defaults."""
+    keys = set(flatten(load_yaml(config_file), config_file)) if config_file else set()
+    return keys | set(extra or {}) | set(parse_set_args(sets or []))
 
 
 def build_config(config_file: str | None = None, sets: list[str] | None = None,

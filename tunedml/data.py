@@ -94,6 +94,8 @@ def load_corpus(dataset: str, data_dir: str | None = None, text_column: str = "t
     if dataset in TASKS:
         root = resolve_data_dir(data_dir)
         if root:
+            if not Path(root).is_dir():
+                raise DataError(f"data dir {root!r} is not a folder (--data-dir or ${DATA_DIR_ENV})")
             folder = Path(root) / dataset
             if not folder.is_dir():
                 raise DataError(f"data dir {root!r} has no folder {dataset!r} (expected {folder}/<split>.jsonl)")

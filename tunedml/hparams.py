@@ -7,12 +7,23 @@ is written down once.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import yaml
 
 from .errors import ConfigError, unknown_choice
+
+
+_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def _scalar(text: str) -> Any:
+    """A YAML scalar; also ``1e-4``, which YAML 1.1 (PyYAML) reads as a string."""
+    if _EXPONENT.fullmatch(text.strip()):
+        return float(text)
+    return yaml.safe_load(text) if text.strip() else text
 
 
 @dataclass(frozen=True)
@@ -42,7 +53,7 @@ class Hyperparameter:
     def parse(self, value: Any, key: str, source: str = "config") -> Any:
         """Coerce ``value`` (a YAML value or a `--set` string) and check it; raise ConfigError."""
         if isinstance(value, str) and self.kind is not str:
-            value = yaml.safe_load(value) if value.strip() else value
+            value = _scalar(value)
         if value is None:
             if self.optional:
                 return None

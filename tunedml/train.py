@@ -120,7 +120,7 @@ class Trainer:
                 emb, emb_labels = out.pooled, labels
             loss, parts = self.loss(out.logits, labels, emb, emb_labels)
             if not torch.isfinite(loss):
-                raise NonFiniteLossError(self.epoch, {k: float(v) for k, v in parts.items()})
+                raise NonFiniteLossError(self.epoch, {k: float(v.detach()) for k, v in parts.items()})
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if self.cfg.train.max_grad_norm > 0:
@@ -130,7 +130,7 @@ class Trainer:
             self.scheduler.step()
             total += float(loss.detach()) * len(labels)
             for k, v in parts.items():
-                parts_sum[k] = parts_sum.get(k, 0.0) + float(v) * len(labels)
+                parts_sum[k] = parts_sum.get(k, 0.0) + float(v.detach()) * len(labels)
             n += len(labels)
         return total / n, {k: v / n for k, v in parts_sum.items()}
 

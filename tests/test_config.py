@@ -1,0 +1,212 @@
+"""Run configs: defaults, YAML and `--set` overrides, and the errors a user sees for bad input."""
+
+from __future__ import annotations
+
+import pytest
+
+from tunedml.config import FIELDS, RunConfig, build_config, from_flat, parse_set_args
+from tunedml.errors import ConfigError
+from tunedml.losses import LOSSES
+
+
+def write(tmp_path, text: str, name: str = "run.yaml") -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+# ---------------------------------------------------------------- defaults and precedence
+
+def test_defaults_describe_a_plain_cce_run_on_sst2():
+    cfg = build_config()
+    assert cfg == RunConfig()
+    assert (cfg.data.dataset, cfg.data.protocol, cfg.data.k) == ("sst2", "kshot", 16)
+    assert (cfg.model.name, cfg.model.pooling, cfg.model.token_mode) == ("minilm", "mean", False)
+    assert (cfg.loss.name, cfg.loss.ce_weight, cfg.loss.params) == ("none", 1.0, {})
+    assert (cfg.train.lr, cfg.train.batch_size, cfg.train.seed) == (3e-5, 16, 0)
+    assert cfg.inference.mode == "head"
+
+
+def test_set_values_are_parsed_to_the_field_type():
+    cfg = build_config(sets=["data.k=8", "train.lr=0.001", "model.token_mode=true", "model.pooling=cls"])
+    assert cfg.data.k == 8 and isinstance(cfg.data.k, int)
+    assert cfg.train.lr == 0.001 and isinstance(cfg.train.lr, float)
+    assert cfg.model.token_mode is True
+    assert cfg.model.pooling == "cls"
+
+
+@pytest.mark.parametrize("text, value", [("1e-4", 1e-4), ("3E-5", 3e-5), ("2.5e-3", 2.5e-3), (".1e1", 1.0)])
+def test_exponent_notation_is_a_number(text, value):
+    # PyYAML reads "1e-4" as a string; a learning rate is usually written that way
+    assert build_config(sets=[f"train.lr={text}"]).train.lr == pytest.approx(value)
+
+
+def test_yaml_file_then_command_line_then_set(tmp_path):
+    config_file = write(tmp_path, """
+data:
+  k: 8
+  seed: 3
+train:
+  lr: 1e-4
+  epochs: 2
+loss:
+  name: proxy_anchor
+  margin: 0.2
+""")
+    cfg = build_config(config_file, sets=["data.k=4", "loss.alpha=16"], extra={"data.seed": 5, "data.k": 6})
+    assert cfg.data.k == 4  # --set beats the command line and the file
+    assert cfg.data.seed == 5  # the command line beats the file
+    assert cfg.train.lr == 1e-4 and cfg.train.epochs == 2  # from the file
+    assert cfg.train.batch_size == 16  # untouched default
+    assert cfg.loss.name == "proxy_anchor"
+    assert cfg.loss.params == {"margin": 0.2, "alpha": 16.0}
+
+
+def test_yaml_file_may_use_flat_dotted_keys(tmp_path):
+    cfg = build_config(write(tmp_path, "data.k: 4\ntrain.epochs: 3\n"))
+    assert (cfg.data.k, cfg.train.epochs) == (4, 3)
+
+
+def test_choosing_another_loss_drops_the_old_loss_hyperparameters(tmp_path):
+    config_file = write(tmp_path, "loss: {name: proxy_anchor, margin: 0.3}\n")
+    cfg = build_config(config_file, sets=["loss.name=proxy_nca"])
+    assert cfg.loss.params == {}
+    assert cfg.to_flat()["loss.softmax_scale"] == LOSSES["proxy_nca"].defaults()["softmax_scale"]
+    assert "loss.margin" not in cfg.to_flat()
+
+
+# ---------------------------------------------------------------- errors name the key and what is valid
+
+def config_error(**kwargs) -> str:
+    with pytest.raises(ConfigError) as info:
+        build_config(**kwargs)
+    return str(info.value)
+
+
+def test_unknown_key_suggests_the_closest_one():
+    msg = config_error(sets=["train.lrr=0.1"])
+    assert "unknown key 'train.lrr'" in msg
+    assert "did you mean 'train.lr'?" in msg
+    assert "data.k" in msg  # the valid keys are listed
+
+
+def test_unknown_loss_lists_the_registered_losses():
+    msg = config_error(sets=["loss.name=proxy_anchr"])
+    assert "loss.name" in msg and "'proxy_anchr'" in msg
+    assert "did you mean 'proxy_anchor'?" in msg
+    for name in ("none", *LOSSES):
+        assert name in msg
+
+
+def test_hyperparameter_of_another_loss_names_the_valid_ones():
+    msg = config_error(sets=["loss.name=proxy_nca", "loss.margin=0.1"])
+    assert "loss.margin is not a hyperparameter of loss 'proxy_nca'" in msg
+    assert "valid: loss.softmax_scale" in msg
+
+
+def test_plain_cce_has_no_loss_hyperparameters():
+    msg = config_error(sets=["loss.margin=0.1"])
+    assert "loss.margin" in msg and "'none'" in msg and "plain CCE" in msg
+
+
+@pytest.mark.parametrize("item, expected", [
+    ("data.k=0", "data.k=0 is out of range; valid: int in [1, 100000]"),
+    ("train.lr=2", "train.lr=2.0 is out of range; valid: float in [1e-08, 1]"),
+    ("model.dropout=-0.1", "model.dropout=-0.1 is out of range; valid: float in [0, 0.9]"),
+])
+def test_out_of_range_value_shows_the_range(item, expected):
+    assert expected in config_error(sets=[item])
+
+
+def test_loss_hyperparameter_out_of_range_shows_its_range():
+    msg = config_error(sets=["loss.name=proxy_anchor", "loss.margin=1.5"])
+    assert "loss.margin=1.5 is out of range; valid: float in [0, 1]" in msg
+
+
+@pytest.mark.parametrize("item, expected", [
+    ("data.k=abc", "data.k='abc' is not a int; expected int in [1, 100000]"),
+    ("data.k=2.5", "data.k=2.5 is not a int"),
+    ("data.k=true", "data.k=True is not a int"),
+    ("train.lr=fast", "train.lr='fast' is not a float"),
+    ("model.token_mode=maybe", "model.token_mode='maybe' is not a bool; expected true or false"),
+])
+def test_wrong_type_names_the_expected_type(item, expected):
+    assert expected in config_error(sets=[item])
+
+
+def test_value_outside_choices_lists_the_choices():
+    msg = config_error(sets=["model.pooling=max"])
+    assert "model.pooling" in msg and "'max'" in msg and "valid: mean, cls" in msg
+
+
+@pytest.mark.parametrize("item", ["data.k", "=4", "data.k 4"])
+def test_malformed_set_shows_the_expected_form(item):
+    with pytest.raises(ConfigError, match="expected KEY=VALUE, e.g. --set data.k=16"):
+        parse_set_args([item])
+
+
+def test_invalid_yaml_names_the_file_and_line(tmp_path):
+    path = write(tmp_path, "data:\n  k: 4\n  seed: [1, 2\n")
+    msg = config_error(config_file=path)
+    assert path in msg and "is not valid YAML" in msg and "line" in msg
+
+
+def test_yaml_that_is_not_a_mapping_is_rejected(tmp_path):
+    msg = config_error(config_file=write(tmp_path, "- data.k\n- 4\n"))
+    assert "expected a mapping of keys to values, got list" in msg
+
+
+def test_missing_yaml_file_is_reported(tmp_path):
+    assert "file not found" in config_error(config_file=str(tmp_path / "absent.yaml"))
+
+
+def test_unknown_yaml_section_suggests_the_closest_one(tmp_path):
+    msg = config_error(config_file=write(tmp_path, "trian:\n  lr: 0.001\n"))
+    assert "unknown section 'trian'" in msg and "did you mean 'train'?" in msg
+
+
+def test_error_in_yaml_file_names_the_file(tmp_path):
+    path = write(tmp_path, "data:\n  k: -1\n")
+    msg = config_error(config_file=path)
+    assert msg.startswith(f"{path}: data.k=-1 is out of range")
+
+
+def test_kfold_fold_must_be_below_folds():
+    msg = config_error(sets=["data.protocol=kfold", "data.folds=3", "data.fold=3"])
+    assert "data.fold=3 must be below data.folds=3" in msg
+    assert build_config(sets=["data.protocol=kfold", "data.folds=3", "data.fold=2"]).data.fold == 2
+
+
+def test_plain_cce_with_zero_ce_weight_trains_nothing():
+    assert "loss.ce_weight must be > 0" in config_error(sets=["loss.ce_weight=0"])
+    assert "both 0" in config_error(sets=["loss.name=supcon", "loss.ce_weight=0", "loss.dml_weight=0"])
+    assert build_config(sets=["loss.name=supcon", "loss.ce_weight=0"]).loss.ce_weight == 0.0
+
+
+# ---------------------------------------------------------------- flat and YAML round trips
+
+def test_every_field_appears_in_the_flat_form():
+    assert set(FIELDS) <= set(RunConfig().to_flat())
+
+
+def test_to_flat_and_from_flat_round_trip():
+    cfg = build_config(sets=["loss.name=soft_triple", "loss.centers_per_class=3", "data.k=4", "train.lr=1e-4"])
+    flat = cfg.to_flat()
+    assert flat["loss.centers_per_class"] == 3
+    assert flat["loss.la"] == LOSSES["soft_triple"].defaults()["la"]  # defaults are filled in
+    again = from_flat(flat)
+    assert again.to_flat() == flat
+    assert again.data == cfg.data and again.train == cfg.train and again.loss.name == "soft_triple"
+
+
+def test_from_flat_validates_like_set():
+    with pytest.raises(ConfigError, match="data.k=0 is out of range"):
+        from_flat({"data.k": 0})
+
+
+def test_to_yaml_loads_back_as_the_same_config(tmp_path):
+    cfg = build_config(sets=["loss.name=proxy_anchor", "loss.margin=0.25", "data.k=4", "train.lr=2e-5",
+                             "model.token_mode=true", "inference.mode=mixed"])
+    path = write(tmp_path, cfg.to_yaml(), "best_config.yaml")
+    again = build_config(config_file=path)
+    assert again.to_flat() == cfg.to_flat()

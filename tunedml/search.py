@@ -1,0 +1,350 @@
+"""Searches: Optuna's TPE proposes loss configurations, Ray Tune runs and schedules them.
+
+The trainable wraps the core :class:`~tunedml.train.Trainer`; data are read and tokenized once in
+the driver and reach every trial through ``tune.with_parameters`` (Ray's object store). Nothing here
+talks to MLflow: tracking plugs in as a Tune callback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from .config import FIELDS, RunConfig, from_flat
+from .errors import ConfigError, unknown_choice
+from .progress import Progress, fmt_duration
+from .space import SearchSpace, config_keys
+
+METRICS = ("accuracy", "macro_f1")
+SCHEDULERS = ("asha", "hyperband", "none")
+DEFAULT_STORAGE = "tunedml_results"
+STATE_FILE = "tunedml_search.json"  # what the search was, so --resume and `tunedml best` can read it
+
+
+@dataclass
+class SearchOptions:
+    trials: int = 20
+    concurrency: int = 1
+    cpus_per_trial: float | None = None  # None: the cluster's CPUs shared among concurrent trials
+    gpus_per_trial: float = 0.0
+    scheduler: str = "asha"
+    metric: str = "accuracy"  # on dev; reported as dev_<metric>
+    repeats: int = 1
+    time_budget_s: float | None = None
+    storage: str | None = None
+    name: str | None = None
+    resume: bool = False
+    address: str | None = None
+    seed: int = 0
+    verbose: bool = False
+
+    def validate(self) -> None:
+        checks = [
+            (self.trials >= 1, f"--trials must be >= 1, got {self.trials}"),
+            (self.concurrency >= 1, f"--concurrency must be >= 1, got {self.concurrency}"),
+            (self.cpus_per_trial is None or self.cpus_per_trial > 0, f"--cpus-per-trial must be > 0, got {self.cpus_per_trial}"),
+            (self.gpus_per_trial >= 0, f"--gpus-per-trial must be >= 0, got {self.gpus_per_trial}"),
+            (self.repeats >= 1, f"--repeats must be >= 1, got {self.repeats}"),
+            (self.time_budget_s is None or self.time_budget_s > 0, f"--time-budget must be > 0, got {self.time_budget_s}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        if self.scheduler not in SCHEDULERS:
+            raise ConfigError("--scheduler: " + unknown_choice("scheduler", self.scheduler, SCHEDULERS))
+        if self.metric not in METRICS:
+            raise ConfigError("--metric: " + unknown_choice("metric", self.metric, METRICS))
+
+    @property
+    def objective(self) -> str:
+        return f"dev_{self.metric}"
+
+
+@dataclass
+class TrialSummary:
+    trial_id: str
+    status: str  # FINISHED, KILLED (stopped early by the scheduler) or FAILED
+    config: dict[str, Any]
+    score: float | None
+    epochs: int
+    error: str | None = None
+
+
+@dataclass
+class SearchResult:
+    dataset: str
+    space: str
+    path: str
+    objective: str
+    trials: list[TrialSummary] = field(default_factory=list)
+    best: TrialSummary | None = None
+    best_config: dict[str, Any] | None = None  # the full flat run config of the best trial
+    seconds: float = 0.0
+
+    @property
+    def failures(self) -> list[TrialSummary]:
+        return [t for t in self.trials if t.status == "FAILED"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset, "space": self.space, "path": self.path, "objective": self.objective,
+            "best_score": self.best.score if self.best else None,
+            "best_trial": self.best.trial_id if self.best else None,
+            "best_config": self.best_config,
+            "trials": len(self.trials),
+            "finished": sum(t.status == "FINISHED" for t in self.trials),
+            "stopped_early": sum(t.status == "KILLED" for t in self.trials),
+            "failed": [{"trial": t.trial_id, "error": t.error} for t in self.failures],
+            "seconds": round(self.seconds, 1),
+        }
+
+
+# ----------------------------------------------------------------- the trainable (runs in Ray workers)
+
+def repeat_config(cfg: RunConfig, r: int) -> RunConfig:
+    """The r-th repeat: another few-shot draw and another initialisation seed."""
+    return replace(cfg, data=replace(cfg.data, seed=cfg.data.seed + r), train=replace(cfg.train, seed=cfg.train.seed + r))
+
+
+def trainable(config: dict[str, Any], tokens: Any, base: dict[str, Any], repeats: int) -> None:
+    """One trial: train ``repeats`` draws in lockstep, report their mean dev scores every epoch."""
+    import numpy as np
+    import ray
+
+    from .train import Trainer, draw_for, prepare_tokens
+
+    cfg = from_flat({**base, **config_keys(config)}, source="trial config")
+    if (cfg.model.name, cfg.data.max_length) != (tokens.tokenizer_name, tokens.max_length):
+        tokens = prepare_tokens(cfg)  # the space searches the model or max_length
+    runs = [repeat_config(cfg, r) for r in range(repeats)]
+    streams = [Trainer(c, tokens, draw_for(c, tokens)).epochs() for c in runs]
+    node = ray.get_runtime_context().get_node_id()
+    for results in zip(*streams):
+        tune.report({
+            "epoch": results[0].epoch,
+            "epochs": cfg.train.epochs,
+            "train_loss": float(np.mean([r.train_loss for r in results])),
+            **{f"dev_{m}": float(np.mean([r.dev[m] for r in results])) for m in METRICS},
+            **({f"dev_{m}_std": float(np.std([r.dev[m] for r in results])) for m in METRICS} if repeats > 1 else {}),
+            "node_id": node,
+        })
+
+
+# ----------------------------------------------------------------- driver side
+
+def _max_epochs(space: SearchSpace, base: dict[str, Any]) -> int:
+    """The largest epoch count any trial can ask for: the scheduler's max_t."""
+    best = int(space.fixed_value("train.epochs", base.get("train.epochs", FIELDS["train.epochs"].default)))
+    for d in space.root.dists:
+        if d.key == "train.epochs":
+            best = int(d.high)
+    return best
+
+
+def _scheduler(name: str, max_t: int, objective: str):
+    from ray.tune.schedulers import ASHAScheduler, HyperBandScheduler
+
+    if name == "none" or max_t < 2:
+        return None
+    if name == "asha":
+        return ASHAScheduler(time_attr="epoch", metric=objective, mode="max", max_t=max_t,
+                             grace_period=max(1, min(3, max_t // 4)), reduction_factor=3)
+    return HyperBandScheduler(time_attr="epoch", metric=objective, mode="max", max_t=max_t)
+
+
+def _searcher(space: SearchSpace, options: SearchOptions):
+    import optuna
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    sampler = optuna.samplers.TPESampler(seed=options.seed, multivariate=True, group=True,
+                                         n_startup_trials=min(10, max(2, options.trials // 3)))
+    optuna.logging.set_verbosity(optuna.logging.DEBUG if options.verbose else optuna.logging.WARNING)
+    search = OptunaSearch(space=space.define_by_run, metric=options.objective, mode="max", sampler=sampler)
+    return ConcurrencyLimiter(search, max_concurrent=options.concurrency)
+
+
+def init_ray(address: str | None, verbose: bool) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    kwargs: dict[str, Any] = {"log_to_driver": verbose, "configure_logging": True,
+                              "logging_level": "INFO" if verbose else "ERROR"}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(include_dashboard=False, **kwargs)
+    if not verbose:  # failed trials are summarised by tunedml; Ray's tracebacks stay in the results folder
+        import logging
+
+        for name in ("ray", "ray.tune", "ray.train"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def experiment_path(dataset: str, space: SearchSpace, options: SearchOptions) -> tuple[str, str]:
+    """(storage, name): a new timestamped name, or for --resume the given or latest matching one."""
+    storage = options.storage or str(Path(DEFAULT_STORAGE).resolve())
+    prefix = f"{Path(dataset).name}-{space.name}"
+    if options.name:
+        return storage, options.name
+    if not options.resume:
+        return storage, f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if "://" in storage:
+        raise ConfigError(f"--resume with --storage {storage}: pass --name NAME of the search to resume")
+    found = sorted(p.name for p in Path(storage).glob(f"{prefix}-*") if (p / STATE_FILE).exists())
+    if not found:
+        raise ConfigError(f"--resume: no search {prefix}-* under {storage}; run it first or pass --name")
+    return storage, found[-1]
+
+
+class TrialLines(tune.Callback):
+    """One line per finished trial instead of Ray's status tables."""
+
+    def __init__(self, total: int, objective: str):
+        self.progress = Progress(total, "trial")
+        self.objective = objective
+        self.started: dict[str, float] = {}
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.started[trial.trial_id] = time.perf_counter()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        last = trial.last_result or {}
+        score = last.get(self.objective)
+        note = "stopped early" if trial_status(trial) == "KILLED" else "done"
+        took = fmt_duration(time.perf_counter() - self.started.get(trial.trial_id, time.perf_counter()))
+        if score is None:
+            self.progress.step(f"{trial.trial_id} {note} without a result")
+        else:
+            self.progress.step(f"{trial.trial_id} {note} at epoch {last.get('epoch', '?')}: {self.objective} "
+                               f"{score:.4f}  {describe(trial.config)}  {took}")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.progress.step(f"{trial.trial_id} FAILED: {trial_error(trial)}  {describe(trial.config)}")
+
+
+def describe(config: dict[str, Any]) -> str:
+    """The searched values of a trial in a short line."""
+    shown = []
+    for k, v in sorted(config_keys(config).items()):
+        shown.append(f"{k.split('.', 1)[1] if k.startswith('loss.') else k}={v:.3g}" if isinstance(v, float) else f"{k}={v}")
+    return " ".join(shown)
+
+
+def trial_status(trial: Any) -> str:
+    """FINISHED, KILLED (the scheduler stopped it before its last epoch) or FAILED."""
+    if trial.status == "ERROR":
+        return "FAILED"
+    last = trial.last_result or {}
+    if last.get("epoch") is not None and last.get("epochs") is not None and last["epoch"] < last["epochs"]:
+        return "KILLED"
+    return "FINISHED"
+
+
+def trial_error(trial: Any) -> str:
+    """The last line of a failed trial's exception (its type and message)."""
+    text = ""
+    if getattr(trial, "error_file", None) and Path(trial.error_file).exists():
+        text = Path(trial.error_file).read_text()
+    elif getattr(trial, "path", None) and (Path(trial.path) / "error.txt").exists():
+        text = (Path(trial.path) / "error.txt").read_text()
+    return _last_error_line(text) or "unknown error"
+
+
+def _last_error_line(text: str) -> str:
+    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if "Error" in ln.split(":")[0] or "Exception" in ln.split(":")[0]:
+            return ln[:300]
+    return lines[-1][:300] if lines else ""
+
+
+def run_search(tokens: Any, base: dict[str, Any], space: SearchSpace, options: SearchOptions,
+               callbacks: list[Any] | None = None, state: dict[str, Any] | None = None) -> SearchResult:
+    """Run (or resume) one search over ``space`` on already tokenized data; return its summary.
+
+    ``base`` is the flat config that the space's fixed and searched values override.
+    """
+    import ray
+
+    options.validate()
+    init_ray(options.address, options.verbose)
+    storage, name = experiment_path(base.get("data.dataset", "dataset"), space, options)
+    path = f"{storage.rstrip('/')}/{name}"
+    cpus = options.cpus_per_trial or max(1.0, float(int(ray.cluster_resources().get("CPU", 1)) // options.concurrency))
+    if "train.threads" not in space.root.keys() and not base.get("train.threads"):
+        base = {**base, "train.threads": max(1, int(cpus))}
+    fn = tune.with_resources(tune.with_parameters(trainable, tokens=tokens, base=base, repeats=options.repeats),
+                             {"cpu": cpus, "gpu": options.gpus_per_trial})
+    objective = options.objective
+    lines = TrialLines(options.trials, objective)
+    all_callbacks = [lines, *(callbacks or [])]
+    start = time.perf_counter()
+    if options.resume:
+        if not tune.Tuner.can_restore(path):
+            raise ConfigError(f"--resume: {path} holds no search that can be resumed")
+        tuner = tune.Tuner.restore(path, trainable=fn, resume_unfinished=True, resume_errored=False)
+        _set_callbacks(tuner, all_callbacks)
+    else:
+        _write_state(storage, name, {**(state or {}), "space": space.path, "base": base, "options": options.__dict__})
+        tuner = tune.Tuner(
+            fn,
+            tune_config=tune.TuneConfig(
+                search_alg=_searcher(space, options), scheduler=_scheduler(options.scheduler, _max_epochs(space, base), objective),
+                num_samples=options.trials, time_budget_s=options.time_budget_s),
+            run_config=tune.RunConfig(
+                name=name, storage_path=storage, callbacks=all_callbacks, verbose=2 if options.verbose else 0,
+                failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+        )
+    grid = tuner.fit()
+    return _summarise(grid, base, space, path, objective, time.perf_counter() - start)
+
+
+def _set_callbacks(tuner: Any, callbacks: list[Any]) -> None:
+    """Tuner.restore keeps the pickled RunConfig; give it this process's callbacks instead."""
+    internal = tuner._local_tuner  # no public API replaces callbacks on restore
+    internal._run_config.callbacks = callbacks
+
+
+def _write_state(storage: str, name: str, state: dict[str, Any]) -> None:
+    if "://" in storage:
+        return  # remote storage: Ray keeps its own state there; nothing local to add
+    folder = Path(storage) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / STATE_FILE).write_text(json.dumps(state, indent=2, default=str))
+
+
+def read_state(path: str) -> dict[str, Any]:
+    file = Path(path) / STATE_FILE
+    return json.loads(file.read_text()) if file.exists() else {}
+
+
+def _summarise(grid: Any, base: dict[str, Any], space: SearchSpace, path: str, objective: str, seconds: float) -> SearchResult:
+    result = SearchResult(str(base.get("data.dataset")), space.name, path, objective, seconds=seconds)
+    for r in grid:
+        metrics = r.metrics or {}
+        trial_id = metrics.get("trial_id") or Path(r.path).name
+        epoch, epochs = metrics.get("epoch"), metrics.get("epochs")
+        if r.error is not None:
+            status, error = "FAILED", _last_error_line(str(r.error)) or type(r.error).__name__
+        else:
+            status, error = ("KILLED" if epoch is not None and epochs is not None and epoch < epochs else "FINISHED"), None
+        score = metrics.get(objective) if r.error is None else None
+        result.trials.append(TrialSummary(trial_id, status, config_keys(r.config or {}), score, int(epoch or 0), error))
+    scored = [t for t in result.trials if t.score is not None and t.status == "FINISHED"] or \
+             [t for t in result.trials if t.score is not None]
+    if scored:
+        result.best = max(scored, key=lambda t: t.score)
+        result.best_config = from_flat({**base, **result.best.config}, source="best trial").to_flat()
+    return result

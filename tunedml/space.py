@@ -1,0 +1,252 @@
+"""Search spaces: a small YAML language, validated against the config and loss registry.
+
+A space file maps flat config keys to either a fixed value or a distribution::
+
+    train.epochs: 10                          # fixed
+    train.lr: {loguniform: [1.0e-5, 1.0e-4]}
+    train.batch_size: {categorical: [8, 16]}
+    loss.name:                                # conditional: each option has its own sub-space
+      choice:
+        none: {}
+        proxy_anchor:
+          loss.margin: {uniform: [0.0, 0.5]}
+
+Distributions: ``uniform``, ``loguniform``, ``int`` (``[low, high]``, optional ``step`` and
+``log``), ``categorical`` (a list) and ``choice`` (a mapping of option to sub-space). The space
+becomes an Optuna define-by-run function; parameters inside a choice are named
+``key|option`` for Optuna so that TPE models each branch on its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from .config import FIELDS, hyperparameter_for, load_yaml
+from .errors import ConfigError, unknown_choice
+from .hparams import Hyperparameter
+from .losses import LOSS_NAMES
+
+DISTRIBUTIONS = ("uniform", "loguniform", "int", "categorical", "choice")
+BRANCH_SEP = "|"
+
+
+@dataclass
+class Dist:
+    key: str
+    kind: str  # uniform, loguniform, int, categorical
+    low: float | None = None
+    high: float | None = None
+    choices: list[Any] = field(default_factory=list)
+    log: bool = False
+    step: int = 1
+    name: str = ""  # the Optuna parameter name (key, or key|option inside a branch)
+
+
+@dataclass
+class Space:
+    fixed: dict[str, Any] = field(default_factory=dict)
+    dists: list[Dist] = field(default_factory=list)
+    branches: dict[str, tuple[str, dict[Any, "Space"]]] = field(default_factory=dict)  # key -> (optuna name, option -> sub-space)
+
+    def sample(self, trial: Any) -> dict[str, Any]:
+        """Define-by-run: suggest every parameter through ``trial``; return the flat config."""
+        out = dict(self.fixed)
+        for d in self.dists:
+            if d.kind == "categorical":
+                out[d.key] = trial.suggest_categorical(d.name, d.choices)
+            elif d.kind == "int":
+                out[d.key] = trial.suggest_int(d.name, int(d.low), int(d.high), step=d.step, log=d.log)
+            else:
+                out[d.key] = trial.suggest_float(d.name, d.low, d.high, log=d.kind == "loguniform")
+        for key, (name, options) in self.branches.items():
+            option = trial.suggest_categorical(name, list(options))
+            out[key] = option
+            out.update(options[option].sample(trial))
+        return out
+
+    def distributions(self) -> Iterator[tuple[str, Any]]:
+        """(Optuna name, optuna distribution) of every parameter, in all branches."""
+        import optuna.distributions as od
+
+        for d in self.dists:
+            if d.kind == "categorical":
+                yield d.name, od.CategoricalDistribution(d.choices)
+            elif d.kind == "int":
+                yield d.name, od.IntDistribution(int(d.low), int(d.high), step=d.step, log=d.log)
+            else:
+                yield d.name, od.FloatDistribution(d.low, d.high, log=d.kind == "loguniform")
+        for name, options in self.branches.values():
+            yield name, od.CategoricalDistribution(list(options))
+            for sub in options.values():
+                yield from sub.distributions()
+
+    def examples(self) -> list[dict[str, Any]]:
+        """One concrete config per branch combination (lower bounds, first categories): for checks."""
+        base = dict(self.fixed)
+        for d in self.dists:
+            base[d.key] = d.choices[0] if d.kind == "categorical" else (int(d.low) if d.kind == "int" else d.low)
+        combos = [base]
+        for key, (_, options) in self.branches.items():
+            combos = [{**c, key: option, **sub} for c in combos
+                      for option, space in options.items() for sub in space.examples()]
+        return combos
+
+    def keys(self) -> set[str]:
+        keys = set(self.fixed) | {d.key for d in self.dists} | set(self.branches)
+        for _, options in self.branches.values():
+            for sub in options.values():
+                keys |= sub.keys()
+        return keys
+
+    def searched(self) -> bool:
+        return bool(self.dists or self.branches)
+
+
+@dataclass
+class SearchSpace:
+    """A parsed, validated space file."""
+
+    path: str
+    text: str
+    root: Space
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).stem
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.text.encode()).hexdigest()
+
+    def define_by_run(self, trial: Any) -> dict[str, Any]:
+        return self.root.sample(trial)
+
+    def optuna_distributions(self) -> dict[str, Any]:
+        return dict(self.root.distributions())
+
+    def fixed_value(self, key: str, default: Any = None) -> Any:
+        return self.root.fixed.get(key, default)
+
+    def check_against(self, base: dict[str, Any]) -> None:
+        """Every branch of the space, on top of ``base`` (the user's fixed keys), is a valid config.
+
+        A key both searched here and fixed in ``base`` is an error; a key fixed in both takes the
+        command line's value.
+        """
+        from .config import from_flat
+
+        searched = self.root.keys() - set(self.root.fixed)
+        clash = sorted(k for k in base if k in searched)
+        if clash:
+            raise ConfigError(f"{self.path}: {', '.join(clash)} is searched in this space and also set on the "
+                              "command line / --config; remove one of them")
+        for key in set(base) & set(self.root.fixed):
+            self.root.fixed[key] = base[key]
+        for example in self.root.examples():
+            from_flat({**base, **example}, source=self.path)
+
+
+def config_keys(params: dict[str, Any]) -> dict[str, Any]:
+    """Drop Optuna's branch-qualified names (``key|option``), keep the config keys."""
+    return {k: v for k, v in params.items() if BRANCH_SEP not in k}
+
+
+def load_space(path: str | Path, base: dict[str, Any] | None = None) -> SearchSpace:
+    """Read and validate a space; ``base`` holds keys fixed elsewhere (``--set``), e.g. loss.name."""
+    path = str(path)
+    if not Path(path).is_file():
+        raise ConfigError(f"{path}: search space file not found")
+    text = Path(path).read_text()
+    raw = load_yaml(path)
+    if not raw:
+        raise ConfigError(f"{path}: the search space is empty")
+    base = base or {}
+    loss_names = _loss_context(raw, base)
+    return SearchSpace(path, text, _parse(raw, path, loss_names, prefix=""))
+
+
+def _loss_context(raw: dict[str, Any], base: dict[str, Any]) -> tuple[str, ...]:
+    value = raw.get("loss.name", base.get("loss.name", "none"))
+    if isinstance(value, dict):
+        return tuple(LOSS_NAMES)  # searched: each branch narrows it
+    return (str(value),)
+
+
+def _parse(raw: dict[str, Any], path: str, loss_names: tuple[str, ...], prefix: str) -> Space:
+    space = Space()
+    for key, spec in raw.items():
+        key = str(key)
+        where = f"{path}: {key}"
+        if key not in FIELDS and not key.startswith("loss."):
+            raise ConfigError(f"{path}: " + unknown_choice("key", key, list(FIELDS) + ["loss.<hyperparameter>"]))
+        hps = _hyperparameters(key, loss_names, path)
+        name = f"{key}{BRANCH_SEP}{prefix}" if prefix else key
+        if not isinstance(spec, dict):
+            for hp in hps:
+                space.fixed[key] = hp.parse(spec, key, path)
+            continue
+        if len(spec) != 1 or next(iter(spec)) not in DISTRIBUTIONS:
+            raise ConfigError(f"{where}: expected a value or one of {{{', '.join(DISTRIBUTIONS)}: ...}}, got {spec!r}")
+        kind, args = next(iter(spec.items()))
+        if kind == "choice":
+            space.branches[key] = (name, _parse_choice(key, args, path, hps, prefix, loss_names))
+        else:
+            space.dists.append(_parse_dist(key, kind, args, where, hps, name, spec))
+    return space
+
+
+def _hyperparameters(key: str, loss_names: tuple[str, ...], path: str) -> list[Hyperparameter]:
+    """The key's Hyperparameter under each loss it may apply to; loss.<param> must fit all of them."""
+    if key in FIELDS:
+        return [FIELDS[key]]
+    return [hyperparameter_for(key, loss, path) for loss in loss_names]
+
+
+def _parse_choice(key: str, args: Any, path: str, hps: list[Hyperparameter], prefix: str,
+                  loss_names: tuple[str, ...]) -> dict[Any, Space]:
+    where = f"{path}: {key}"
+    if not isinstance(args, dict) or not args:
+        raise ConfigError(f"{where}: choice needs a mapping of options to sub-spaces, e.g. {{none: {{}}, proxy_anchor: {{...}}}}")
+    options: dict[Any, Space] = {}
+    for option, sub in args.items():
+        for hp in hps:
+            option = hp.parse(option, key, path)
+        if sub is not None and not isinstance(sub, dict):
+            raise ConfigError(f"{where}: option {option!r} must map to a sub-space (a mapping, or {{}})")
+        narrowed = (str(option),) if key == "loss.name" else loss_names
+        options[option] = _parse(sub or {}, path, narrowed, prefix=f"{prefix}/{key}={option}" if prefix else f"{option}")
+    return options
+
+
+def _parse_dist(key: str, kind: str, args: Any, where: str, hps: list[Hyperparameter], name: str, spec: dict) -> Dist:
+    if kind == "categorical":
+        if not isinstance(args, list) or not args:
+            raise ConfigError(f"{where}: categorical needs a non-empty list of choices")
+        choices = list(args)
+        for hp in hps:
+            choices = [hp.parse(c, key, where.split(":")[0]) for c in args]
+        return Dist(key, kind, choices=choices, name=name)
+    if not isinstance(args, (list, dict)):
+        raise ConfigError(f"{where}: {kind} needs [low, high]")
+    opts = dict(args) if isinstance(args, dict) else {}
+    bounds = args if isinstance(args, list) else [opts.pop("low", None), opts.pop("high", None)]
+    if len(bounds) != 2 or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds):
+        raise ConfigError(f"{where}: {kind} needs two numbers [low, high], got {args!r}")
+    low, high = float(bounds[0]), float(bounds[1])
+    if low > high:
+        raise ConfigError(f"{where}: low {low:g} > high {high:g}")
+    log = kind == "loguniform" or bool(opts.get("log", False))
+    if log and low <= 0:
+        raise ConfigError(f"{where}: a log scale needs bounds > 0, got low {low:g}")
+    for hp in hps:
+        if kind == "int" and hp.kind is not int:
+            raise ConfigError(f"{where}: int distribution on a {hp.kind.__name__} key; use uniform or loguniform")
+        if kind != "int" and hp.kind is not float:
+            raise ConfigError(f"{where}: {kind} on a {hp.kind.__name__} key; use "
+                              f"{'int' if hp.kind is int else 'categorical'}")
+        for b in (low, high):
+            hp.check(int(b) if hp.kind is int else b, key, where.split(":")[0])
+    return Dist(key, "int" if kind == "int" else kind, low, high, log=log, step=int(opts.get("step", 1)), name=name)
