@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# a test that forgets --tracking-uri must not write mlflow.db into the repository
+os.environ["MLFLOW_TRACKING_URI"] = "sqlite:///" + os.path.join(tempfile.mkdtemp(prefix="tunedml-mlflow-"), "mlflow.db")
 
 REPO = Path(__file__).resolve().parents[1]
 SENTEVAL = Path(os.environ.get("TUNEDML_DATA_DIR", REPO.parent / "shared" / "data" / "senteval"))

@@ -118,6 +118,11 @@ def test_out_of_range_value_shows_the_range(item, expected):
     assert expected in config_error(sets=[item])
 
 
+@pytest.mark.parametrize("text", [".nan", ".inf", "-.inf"])
+def test_nan_and_inf_are_out_of_range(text):
+    assert "is out of range; valid: float in [1e-08, 1]" in config_error(sets=[f"train.lr={text}"])
+
+
 def test_loss_hyperparameter_out_of_range_shows_its_range():
     msg = config_error(sets=["loss.name=proxy_anchor", "loss.margin=1.5"])
     assert "loss.margin=1.5 is out of range; valid: float in [0, 1]" in msg

@@ -72,6 +72,8 @@ def quiet_libraries(verbose: bool) -> None:
     warnings.filterwarnings("ignore")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")  # mlflow resets its logger's level on import
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import logging
 
     for name in ("transformers", "datasets", "mlflow", "alembic", "ray", "optuna", "filelock", "urllib3"):
@@ -166,7 +168,7 @@ def search_options(args: argparse.Namespace):
         trials=args.trials, concurrency=args.concurrency, cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial, scheduler=args.scheduler, metric=args.metric, repeats=args.repeats,
         time_budget_s=args.time_budget, storage=args.storage, name=args.name, resume=args.resume,
-        address=args.address, seed=args.seed, verbose=args.verbose)
+        address=args.address, max_failures=args.max_failures, seed=args.seed, verbose=args.verbose)
     options.validate()
     return options
 
@@ -178,7 +180,7 @@ def prepare_search(args: argparse.Namespace, dataset: str):
 
     cfg = config_from_args(args, dataset=dataset)
     flat = cfg.to_flat()
-    extra = {"data.dataset": dataset, "data.data_dir": cfg.data.data_dir, "model.name": cfg.model.name}
+    extra = {"data.dataset": dataset, "data.data_dir": cfg.data.data_dir, "model.name": args.model}  # model: only if given
     keys = explicit_keys(args.config, args.set, {k: v for k, v in extra.items() if v is not None})
     base = {k: flat[k] for k in keys if k in flat}
     space = load_space(args.space, base)
@@ -192,6 +194,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     datasets = search_datasets(args.dataset)
     prepared = [(ds, *prepare_search(args, ds)) for ds in datasets]  # all validated before any work
     quiet_libraries(args.verbose)
+    from .tracking import SearchTracker, check_tracking, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    check_tracking(uri)  # an unreachable or unwritable store stops here, before Ray starts
     from .search import run_search
     from .train import prepare_tokens
 
@@ -199,11 +205,15 @@ def cmd_search(args: argparse.Namespace) -> int:
     for dataset, base, space, driver_cfg in prepared:
         print(f"search {dataset} over {space.path}: {options.trials} trials, objective dev_{options.metric}",
               file=sys.stderr, flush=True)
+        tracker = SearchTracker.open(uri, driver_cfg, base, space, options)
         tokens = prepare_tokens(driver_cfg)
-        result = run_search(tokens, base, space, options)
-        summaries.append(result.to_dict())
+        with tracker:
+            result = run_search(tokens, base, space, tracker.options, callbacks=[tracker.callback()], state=tracker.state)
+            tracker.finish(result)
+        summaries.append({**result.to_dict(), "mlflow": tracker.describe()})
         if not args.json:
             print_search_result(result)
+            print(f"  recorded in MLflow: run {tracker.run_id} in experiment {tracker.describe()['experiment']} at {uri}")
     if args.json:
         emit_json(summaries if len(summaries) > 1 else summaries[0])
     return 0
@@ -242,7 +252,176 @@ def add_search_parser(sub) -> None:
     p.add_argument("--name", default=None, help="experiment name (default <dataset>-<space>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted search (latest, or --name)")
     p.add_argument("--address", default=None, help="join a Ray cluster: auto or ray://host:port")
+    p.add_argument("--max-failures", type=int, default=None, metavar="N",
+                   help="restart a failed trial (e.g. lost with its node) up to N times; default 1 with --address, else 0")
     p.add_argument("--seed", type=int, default=0, help="TPE sampler seed")
+    add_tracking_option(p)
+    add_output_options(p)
+
+
+# ----------------------------------------------------------------- tracking: best, ui
+
+def add_tracking_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow store: sqlite:///file.db or http://host:port (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
+
+
+@command("best")
+def cmd_best(args: argparse.Namespace) -> int:
+    quiet_libraries(verbose=False)
+    from .tracking import find_best, resolve_tracking_uri
+
+    best = find_best(resolve_tracking_uri(args.tracking_uri), args.dataset, space=args.space, metric=args.metric)
+    if args.json:
+        emit_json(best.to_dict())
+        return 0
+    print(f"# best {best.objective} {best.score:.4f} on {best.dataset}: search {best.search} (space {best.space}), "
+          f"MLflow run {best.run_id} at {best.tracking_uri}")
+    print(best.to_yaml(), end="")
+    return 0
+
+
+@command("ui")
+def cmd_ui(args: argparse.Namespace) -> int:
+    from .tracking import check_tracking, resolve_tracking_uri, serve_ui
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    check_tracking(uri)
+    return serve_ui(uri, args.port)
+
+
+def add_tracking_parsers(sub) -> None:
+    p = sub.add_parser("best", help="the best recorded configuration for a dataset, as YAML (tunedml train --config)")
+    p.add_argument("--dataset", required=True, help="the dataset searched (a task name or the data file/folder)")
+    p.add_argument("--space", default=None, help="only searches over this space (name or file)")
+    p.add_argument("--metric", default="accuracy", help="rank searches by their best dev accuracy or macro_f1")
+    add_tracking_option(p)
+    p.add_argument("--json", action="store_true", help="print the record (run, score, flat config) as JSON")
+
+    p = sub.add_parser("ui", help="the MLflow UI on the tracking store, at http://127.0.0.1:PORT")
+    p.add_argument("--port", type=int, default=5000)
+    add_tracking_option(p)
+
+
+# ----------------------------------------------------------------- final evaluation: retrain, report
+
+def override_args(args: argparse.Namespace) -> dict[str, Any]:
+    """--data-dir, --model and --set as flat overrides (validated when applied)."""
+    from .config import parse_set_args
+    from .data import resolve_data_dir
+
+    extra: dict[str, Any] = {}
+    data_dir = resolve_data_dir(args.data_dir)
+    if data_dir:
+        if not os.path.isdir(data_dir):
+            raise DataError(f"--data-dir {data_dir!r} is not a folder")
+        extra["data.data_dir"] = os.path.abspath(data_dir)
+    if args.model:
+        extra["model.name"] = args.model
+    return {**extra, **parse_set_args(args.set)}
+
+
+@command("retrain")
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from .retrain import RetrainOptions, Selection, draw_configs, select
+
+    options = RetrainOptions(seeds=args.seeds, parallel=args.parallel, cpus_per_draw=args.cpus_per_draw,
+                             gpus_per_draw=args.gpus_per_draw, address=args.address, bootstrap=args.bootstrap,
+                             keep_model=args.save_model is not None, verbose=args.verbose)
+    options.validate()
+    selection = Selection(args.dataset, args.run_id, args.config, args.baseline, override_args(args))
+    selection.check()
+    quiet_libraries(args.verbose)
+    from .tracking import check_tracking, log_final, resolve_tracking_uri
+
+    selection.tracking_uri = resolve_tracking_uri(args.tracking_uri)
+    uri = selection.tracking_uri
+    check_tracking(uri)
+    best, baseline = select(selection)
+    from .progress import Progress
+    from .report import comparison_lines, draw_line
+    from .retrain import retrain, save_top_model
+    from .train import prepare_tokens
+
+    draws = len(draw_configs(best.run_config, args.seeds))
+    print(f"retrain {best.config['data.dataset']}: {draws} draws of best = {best.loss} ({best.source}) and "
+          f"baseline = {baseline.loss} ({baseline.source})", file=sys.stderr, flush=True)
+    tokens = prepare_tokens(best.run_config)
+    progress = Progress(2 * draws, "draw")
+    comparison = retrain(tokens, best, baseline, options, on_draw=lambda job, r: progress.step(draw_line(job, r)))
+    model_dir = save_top_model(comparison, args.save_model) if args.save_model is not None else None
+    run_ids = log_final(uri, comparison, model_dir)
+    if args.json:
+        emit_json({**comparison.to_dict(), "mlflow": {"tracking_uri": uri, "runs": run_ids},
+                   "model": str(model_dir) if model_dir else None})
+        return 0
+    print("\n".join(comparison_lines(comparison)))
+    print(f"  recorded in MLflow: run {run_ids['best']} (best), {run_ids['baseline']} (baseline) at {uri}")
+    if model_dir:
+        print(f"  model of draw {comparison.best_draw} saved to {model_dir} (tunedml.retrain.load_model)")
+    elif args.save_model is not None:
+        print("  no model saved: every draw of the best configuration failed")
+    return 0
+
+
+@command("report")
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import PROJECTIONS, check_metric, markdown, write_report
+
+    check_metric(args.metric)
+    if args.projection not in PROJECTIONS:
+        from .errors import ConfigError, unknown_choice
+
+        raise ConfigError("--projection: " + unknown_choice("projection", args.projection, PROJECTIONS))
+    quiet_libraries(args.verbose)
+    from .tracking import check_tracking, final_comparisons, log_report, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    check_tracking(uri)
+    datasets = [d.strip() for d in args.datasets.split(",") if d.strip()] if args.datasets else None
+    comparisons = final_comparisons(uri, datasets)
+    files = write_report(comparisons, args.out, args.metric, args.projection)
+    run_id = log_report(uri, args.out, comparisons)
+    if args.json:
+        from .report import rows
+
+        emit_json({"rows": [r.__dict__ for r in rows(comparisons, args.metric)], "files": [str(f) for f in files],
+                   "mlflow": {"tracking_uri": uri, "run_id": run_id}})
+        return 0
+    print(markdown(comparisons, args.metric), end="")
+    print(f"\nwrote {', '.join(str(f) for f in files)}")
+    print(f"logged to MLflow: run {run_id} in experiment tunedml/report at {uri}")
+    return 0
+
+
+def add_final_parsers(sub) -> None:
+    p = sub.add_parser("retrain", help="retrain the best configuration and the CCE baseline on fresh draws; compare")
+    add_config_options(p, dataset_help="the dataset (default sst2, or the one of --config / --run-id)")
+    p.add_argument("--run-id", default=None, help="MLflow run to retrain: a search (its best configuration) or a trial")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="kshot: fresh draws (and seeds), default 5; kfold: seeds per fold, default 1 (every fold)")
+    p.add_argument("--baseline", default=None,
+                   help="a YAML run config or space file (e.g. search_spaces/cce.yaml), or a run id "
+                        "(default: the best recorded CCE-only search, else CCE with defaults)")
+    p.add_argument("--parallel", type=int, default=None, help="draws at a time (default: as many as the CPUs allow; "
+                                                              "1 trains them one by one in this process)")
+    p.add_argument("--cpus-per-draw", type=float, default=None, help="CPUs per draw (default: all CPUs / parallel draws)")
+    p.add_argument("--gpus-per-draw", type=float, default=None,
+                   help="GPUs per draw; fractions share a GPU (default: 1 where this machine has a GPU, else 0)")
+    p.add_argument("--address", default=None, help="run the draws on a Ray cluster: auto or ray://host:port")
+    p.add_argument("--bootstrap", type=int, default=10_000, help="bootstrap resamples of the paired differences")
+    p.add_argument("--save-model", nargs="?", const="", default=None, metavar="DIR",
+                   help="save the best draw's model to DIR (default tunedml_models/<dataset>-<loss>-<time>) "
+                        "and to its MLflow run")
+    add_tracking_option(p)
+    add_output_options(p)
+
+    p = sub.add_parser("report", help="the results table over datasets and its plots, from the final runs in MLflow")
+    p.add_argument("--datasets", default=None, help="comma list, e.g. sst2,mr (default: every dataset with a final run)")
+    p.add_argument("--out", default="report", help="output folder (default report/)")
+    p.add_argument("--metric", default="accuracy", help="the table's metric: accuracy or macro_f1 (the CSV has both)")
+    p.add_argument("--projection", default="pca", help="2-D projection of the embeddings: pca or tsne")
+    add_tracking_option(p)
     add_output_options(p)
 
 
@@ -264,6 +443,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true")
 
     add_search_parser(sub)
+    add_tracking_parsers(sub)
+    add_final_parsers(sub)
     return parser
 
 
@@ -275,8 +456,8 @@ def main(argv: list[str] | None = None) -> int:
     except TunedMLError as e:
         print(f"tunedml {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"tunedml {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:  # a search says how to resume
+        print(f"tunedml {args.command}: interrupted{f': {e}' if str(e) else ''}", file=sys.stderr)
         return 130
 
 

@@ -171,7 +171,8 @@ def _from_splits(name: str, files: dict[str, Path], text_column: str, label_colu
     labels: dict[str, list[Any]] = {}
     for split, path in files.items():
         texts[split], labels[split] = _read_table(path, text_column, label_column)
-    return _assemble(name, texts, labels, label_names, where=str(next(iter(files.values())).parent))
+    paths = list(files.values())
+    return _assemble(name, texts, labels, label_names, where=str(paths[0] if len(paths) == 1 else paths[0].parent))
 
 
 def _assemble(name: str, texts: dict[str, list[str]], labels: dict[str, list[Any]],

@@ -39,6 +39,10 @@ class NonFiniteLossError(RuntimeError):
         shown = ", ".join(f"{k}={v:.4g}" for k, v in parts.items())
         super().__init__(f"non-finite loss in epoch {epoch}: {shown}")
 
+    def __reduce__(self):
+        """Picklable with its own arguments: Ray sends a failed trial's exception to the driver."""
+        return type(self), (self.epoch, self.parts)
+
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """' (did you mean X?)' when a close match exists, else ''."""

@@ -81,5 +81,6 @@ class Hyperparameter:
     def check(self, value: Any, key: str, source: str = "config") -> None:
         if self.choices is not None and value not in self.choices:
             raise ConfigError(f"{source}: {key}: " + unknown_choice("value", value, map(str, self.choices)))
-        if self.low is not None and value < self.low or self.high is not None and value > self.high:
+        outside = self.low is not None and value < self.low or self.high is not None and value > self.high
+        if outside or value != value:  # NaN passes every comparison with a bound
             raise ConfigError(f"{source}: {key}={value!r} is out of range; valid: {self.describe()}")

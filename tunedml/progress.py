@@ -20,7 +20,7 @@ class Progress:
 
     def __init__(self, total: int, unit: str, stream=None):
         self.total, self.unit, self.done = total, unit, 0
-        self.stream = stream or sys.stderr
+        self.stream = stream  # None: sys.stderr looked up at print time (the callback is pickled by Ray)
         self.start = time.perf_counter()
 
     def eta(self) -> str:
@@ -32,4 +32,4 @@ class Progress:
     def step(self, text: str) -> None:
         self.done += 1
         width = len(str(self.total))
-        print(f"{self.unit} {self.done:>{width}}/{self.total}  {text}  ETA {self.eta()}", file=self.stream, flush=True)
+        print(f"{self.unit} {self.done:>{width}}/{self.total}  {text}  ETA {self.eta()}", file=self.stream or sys.stderr, flush=True)

@@ -26,6 +26,7 @@ METRICS = ("accuracy", "macro_f1")
 SCHEDULERS = ("asha", "hyperband", "none")
 DEFAULT_STORAGE = "tunedml_results"
 STATE_FILE = "tunedml_search.json"  # what the search was, so --resume and `tunedml best` can read it
+CHECKPOINT_EVERY_S = "2"  # TUNE_GLOBAL_CHECKPOINT_S unless set: how often Ray saves the search's state
 
 
 @dataclass
@@ -42,8 +43,10 @@ class SearchOptions:
     name: str | None = None
     resume: bool = False
     address: str | None = None
+    max_failures: int | None = None  # restarts of a failed trial; None: 1 on a cluster (--address), else 0
     seed: int = 0
     verbose: bool = False
+    points: list[dict[str, Any]] = field(default_factory=list)  # configs (flat keys) to try first, in order
 
     def validate(self) -> None:
         checks = [
@@ -53,6 +56,7 @@ class SearchOptions:
             (self.gpus_per_trial >= 0, f"--gpus-per-trial must be >= 0, got {self.gpus_per_trial}"),
             (self.repeats >= 1, f"--repeats must be >= 1, got {self.repeats}"),
             (self.time_budget_s is None or self.time_budget_s > 0, f"--time-budget must be > 0, got {self.time_budget_s}"),
+            (self.max_failures is None or self.max_failures >= 0, f"--max-failures must be >= 0, got {self.max_failures}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -66,11 +70,34 @@ class SearchOptions:
     def objective(self) -> str:
         return f"dev_{self.metric}"
 
+    @property
+    def retries(self) -> int:
+        """How often Ray Tune restarts a failed trial (FailureConfig.max_failures).
+
+        Ray cannot tell a trial lost with its node from one that raised, so both are retried. On one
+        machine a lost node is the whole search, and a raising trial (NaN loss) would only fail
+        again: no retries. On a cluster one retry lets a search outlive a worker node.
+        """
+        if self.max_failures is not None:
+            return self.max_failures
+        return 1 if self.address else 0
+
+
+class SearchInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped the search; Ray saved its state, so ``--resume`` continues it.
+
+    A KeyboardInterrupt, so that callers treat it as Ctrl-C (exit 130); ``result`` has the trials so far.
+    """
+
+    def __init__(self, message: str, result: "SearchResult"):
+        super().__init__(message)
+        self.result = result
+
 
 @dataclass
 class TrialSummary:
     trial_id: str
-    status: str  # FINISHED, KILLED (stopped early by the scheduler) or FAILED
+    status: str  # FINISHED, KILLED (stopped early by the scheduler), FAILED or UNFINISHED (interrupted)
     config: dict[str, Any]
     score: float | None
     epochs: int
@@ -117,6 +144,7 @@ def trainable(config: dict[str, Any], tokens: Any, base: dict[str, Any], repeats
     """One trial: train ``repeats`` draws in lockstep, report their mean dev scores every epoch."""
     import numpy as np
     import ray
+    import torch
 
     from .train import Trainer, draw_for, prepare_tokens
 
@@ -134,18 +162,16 @@ def trainable(config: dict[str, Any], tokens: Any, base: dict[str, Any], repeats
             **{f"dev_{m}": float(np.mean([r.dev[m] for r in results])) for m in METRICS},
             **({f"dev_{m}_std": float(np.std([r.dev[m] for r in results])) for m in METRICS} if repeats > 1 else {}),
             "node_id": node,
+            "threads": torch.get_num_threads(),  # what the trial really computes with
         })
 
 
 # ----------------------------------------------------------------- driver side
 
 def _max_epochs(space: SearchSpace, base: dict[str, Any]) -> int:
-    """The largest epoch count any trial can ask for: the scheduler's max_t."""
-    best = int(space.fixed_value("train.epochs", base.get("train.epochs", FIELDS["train.epochs"].default)))
-    for d in space.root.dists:
-        if d.key == "train.epochs":
-            best = int(d.high)
-    return best
+    """The largest epoch count any trial can ask for (in any branch): the scheduler's max_t."""
+    default = int(base.get("train.epochs", FIELDS["train.epochs"].default))
+    return int(max(space.root.largest("train.epochs", default)))
 
 
 def _scheduler(name: str, max_t: int, objective: str):
@@ -168,7 +194,9 @@ def _searcher(space: SearchSpace, options: SearchOptions):
     sampler = optuna.samplers.TPESampler(seed=options.seed, multivariate=True, group=True,
                                          n_startup_trials=min(10, max(2, options.trials // 3)))
     optuna.logging.set_verbosity(optuna.logging.DEBUG if options.verbose else optuna.logging.WARNING)
-    search = OptunaSearch(space=space.define_by_run, metric=options.objective, mode="max", sampler=sampler)
+    points = [space.optuna_params(p) for p in options.points] or None
+    search = OptunaSearch(space=space.define_by_run, metric=options.objective, mode="max", sampler=sampler,
+                          points_to_evaluate=points)
     return ConcurrencyLimiter(search, max_concurrent=options.concurrency)
 
 
@@ -182,8 +210,10 @@ def init_ray(address: str | None, verbose: bool) -> None:
                               "logging_level": "INFO" if verbose else "ERROR"}
     if address:
         ray.init(address=address, **kwargs)
-    else:
-        ray.init(include_dashboard=False, **kwargs)
+    elif os.environ.get("RAY_ADDRESS"):  # set by `ray job submit`: the job runs on its cluster
+        ray.init(**kwargs)
+    else:  # "local": without it Ray joins whatever cluster `ray start` last left on this machine
+        ray.init(address="local", include_dashboard=False, **kwargs)
     if not verbose:  # failed trials are summarised by tunedml; Ray's tracebacks stay in the results folder
         import logging
 
@@ -210,10 +240,23 @@ def experiment_path(dataset: str, space: SearchSpace, options: SearchOptions) ->
 class TrialLines(tune.Callback):
     """One line per finished trial instead of Ray's status tables."""
 
-    def __init__(self, total: int, objective: str):
+    def __init__(self, total: int, objective: str, hide: set[str] | frozenset[str] = frozenset()):
         self.progress = Progress(total, "trial")
         self.objective = objective
+        self.hide = set(hide)  # the space's fixed keys: the same in every trial
         self.started: dict[str, float] = {}
+        self.counted_restored = False
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Ray pickles the run config with its callbacks; an output stream may not pickle (and
+        --resume hands Ray new callbacks anyway)."""
+        return {**self.__dict__, "progress": None}
+
+    def on_step_begin(self, iteration, trials, **info):
+        """On --resume the count goes on from the trials that already ended before."""
+        if not self.counted_restored:
+            self.counted_restored = True
+            self.progress.done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.started[trial.trial_id] = time.perf_counter()
@@ -227,22 +270,33 @@ class TrialLines(tune.Callback):
             self.progress.step(f"{trial.trial_id} {note} without a result")
         else:
             self.progress.step(f"{trial.trial_id} {note} at epoch {last.get('epoch', '?')}: {self.objective} "
-                               f"{score:.4f}  {describe(trial.config)}  {took}")
+                               f"{score:.4f}  {describe(trial.config, self.hide)}  {took}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.progress.step(f"{trial.trial_id} FAILED: {trial_error(trial)}  {describe(trial.config)}")
+        self.progress.step(f"{trial.trial_id} FAILED: {trial_error(trial)}  {describe(trial.config, self.hide)}")
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        """A trial that failed within --max-failures (its node lost, say) starts again from epoch 1."""
+        print(f"trial {trial.trial_id} failed ({trial_error(trial)}); restarting it", file=self.progress.stream, flush=True)
 
 
-def describe(config: dict[str, Any]) -> str:
-    """The searched values of a trial in a short line."""
+def describe(config: dict[str, Any], hide: set[str] | frozenset[str] = frozenset()) -> str:
+    """The searched values of a trial in a short line: the loss first, its hyperparameters unprefixed."""
+    values = {k: v for k, v in config_keys(config).items() if k not in hide}
+    order = sorted(values, key=lambda k: (k != "loss.name", not k.startswith("loss."), k))
     shown = []
-    for k, v in sorted(config_keys(config).items()):
-        shown.append(f"{k.split('.', 1)[1] if k.startswith('loss.') else k}={v:.3g}" if isinstance(v, float) else f"{k}={v}")
+    for k in order:
+        name = k.split(".", 1)[1] if k.startswith("loss.") and k != "loss.name" else k
+        v = values[k]
+        shown.append(f"{name}={v:.3g}" if isinstance(v, float) else f"{name}={v}")
     return " ".join(shown)
 
 
 def trial_status(trial: Any) -> str:
-    """FINISHED, KILLED (the scheduler stopped it before its last epoch) or FAILED."""
+    """FINISHED, KILLED (the scheduler stopped it before its last epoch) or FAILED.
+
+    Called from ``on_trial_complete``, where Ray still shows the trial as RUNNING.
+    """
     if trial.status == "ERROR":
         return "FAILED"
     last = trial.last_result or {}
@@ -261,11 +315,22 @@ def trial_error(trial: Any) -> str:
     return _last_error_line(text) or "unknown error"
 
 
+def _saved_error(trial: Any) -> str:
+    """A failed trial's reason from its saved error (wherever the storage is)."""
+    try:
+        error = trial.get_pickled_error() or trial.get_error()
+    except Exception:  # unreadable storage: fall back to the local copy
+        error = None
+    return _last_error_line(str(error)) if error is not None else trial_error(trial)
+
+
 def _last_error_line(text: str) -> str:
+    """``NonFiniteLossError: non-finite loss in epoch 2: ce=nan`` from a traceback (module path dropped)."""
     lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
     for ln in reversed(lines):
-        if "Error" in ln.split(":")[0] or "Exception" in ln.split(":")[0]:
-            return ln[:300]
+        head, sep, rest = ln.partition(":")
+        if sep and ("Error" in head or "Exception" in head) and " " not in head:
+            return f"{head.rsplit('.', 1)[-1]}:{rest}"[:300]
     return lines[-1][:300] if lines else ""
 
 
@@ -287,8 +352,13 @@ def run_search(tokens: Any, base: dict[str, Any], space: SearchSpace, options: S
     fn = tune.with_resources(tune.with_parameters(trainable, tokens=tokens, base=base, repeats=options.repeats),
                              {"cpu": cpus, "gpu": options.gpus_per_trial})
     objective = options.objective
-    lines = TrialLines(options.trials, objective)
+    total = int(read_state(path).get("options", {}).get("trials", options.trials)) if options.resume else options.trials
+    lines = TrialLines(total, objective, hide=set(space.root.fixed))
     all_callbacks = [lines, *(callbacks or [])]
+    # Ray saves the search's state every 10 s or more (and at Ctrl-C); every 2 s instead, so that a
+    # killed driver loses only trials that ended in its last 2 s. Each save copies the results
+    # folder, so not after every step.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", CHECKPOINT_EVERY_S)
     start = time.perf_counter()
     if options.resume:
         if not tune.Tuner.can_restore(path):
@@ -301,14 +371,33 @@ def run_search(tokens: Any, base: dict[str, Any], space: SearchSpace, options: S
             fn,
             tune_config=tune.TuneConfig(
                 search_alg=_searcher(space, options), scheduler=_scheduler(options.scheduler, _max_epochs(space, base), objective),
-                num_samples=options.trials, time_budget_s=options.time_budget_s),
+                num_samples=options.trials, time_budget_s=options.time_budget_s, trial_dirname_creator=_trial_dirname,
+                reuse_actors=True),  # a new trial process would import torch and transformers again
             run_config=tune.RunConfig(
                 name=name, storage_path=storage, callbacks=all_callbacks, verbose=2 if options.verbose else 0,
-                failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+                failure_config=tune.FailureConfig(max_failures=options.retries, fail_fast=False),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
         )
-    grid = tuner.fit()
-    return _summarise(grid, base, space, path, objective, time.perf_counter() - start)
+    tuner.fit()  # Ctrl-C: Ray saves the state, stops the trials and returns
+    result = _summarise(_saved_trials(path), base, space, path, objective, time.perf_counter() - start)
+    if _interrupted(result, total, options):
+        done = sum(t.status in ("FINISHED", "KILLED", "FAILED") for t in result.trials)
+        raise SearchInterrupted(f"{done} of {total} trials ended; the search is saved in {path}; "
+                                f"continue it with --resume --name {name}", result)
+    return result
+
+
+def _trial_dirname(trial: Any) -> str:
+    """``trial_<id>``: the id printed on each trial's line, instead of Ray's long config-named folders."""
+    return f"trial_{trial.trial_id}"
+
+
+def _interrupted(result: SearchResult, total: int, options: SearchOptions) -> bool:
+    """Ray returns normally after Ctrl-C: a trial left unfinished, or too few trials, tells."""
+    if any(t.status == "UNFINISHED" for t in result.trials):
+        return True
+    out_of_time = options.time_budget_s is not None and result.seconds >= options.time_budget_s
+    return len(result.trials) < total and not out_of_time
 
 
 def _set_callbacks(tuner: Any, callbacks: list[Any]) -> None:
@@ -330,18 +419,29 @@ def read_state(path: str) -> dict[str, Any]:
     return json.loads(file.read_text()) if file.exists() else {}
 
 
-def _summarise(grid: Any, base: dict[str, Any], space: SearchSpace, path: str, objective: str, seconds: float) -> SearchResult:
+def _saved_trials(path: str) -> list[Any]:
+    """The trials as Ray saved them. After Ctrl-C, the trials Ray stopped read TERMINATED in memory
+    but were saved RUNNING or PENDING, which is what --resume goes by; so the saved state tells."""
+    from ray.tune import ExperimentAnalysis
+
+    return list(ExperimentAnalysis(path).trials)
+
+
+def _summarise(trials: list[Any], base: dict[str, Any], space: SearchSpace, path: str, objective: str,
+               seconds: float) -> SearchResult:
     result = SearchResult(str(base.get("data.dataset")), space.name, path, objective, seconds=seconds)
-    for r in grid:
-        metrics = r.metrics or {}
-        trial_id = metrics.get("trial_id") or Path(r.path).name
-        epoch, epochs = metrics.get("epoch"), metrics.get("epochs")
-        if r.error is not None:
-            status, error = "FAILED", _last_error_line(str(r.error)) or type(r.error).__name__
+    for trial in trials:
+        last = trial.last_result or {}
+        error = None
+        if trial.status == "ERROR":
+            status, error = "FAILED", _saved_error(trial)
+        elif trial.status != "TERMINATED":
+            status = "UNFINISHED"  # pending or running when the search was interrupted
         else:
-            status, error = ("KILLED" if epoch is not None and epochs is not None and epoch < epochs else "FINISHED"), None
-        score = metrics.get(objective) if r.error is None else None
-        result.trials.append(TrialSummary(trial_id, status, config_keys(r.config or {}), score, int(epoch or 0), error))
+            status = trial_status(trial)
+        score = last.get(objective) if status in ("FINISHED", "KILLED") else None
+        result.trials.append(TrialSummary(trial.trial_id, status, config_keys(trial.config or {}), score,
+                                          int(last.get("epoch") or 0), error))
     scored = [t for t in result.trials if t.score is not None and t.status == "FINISHED"] or \
              [t for t in result.trials if t.score is not None]
     if scored:

@@ -11,10 +11,10 @@ A space file maps flat config keys to either a fixed value or a distribution::
         proxy_anchor:
           loss.margin: {uniform: [0.0, 0.5]}
 
-Distributions: ``uniform``, ``loguniform``, ``int`` (``[low, high]``, optional ``step`` and
-``log``), ``categorical`` (a list) and ``choice`` (a mapping of option to sub-space). The space
-becomes an Optuna define-by-run function; parameters inside a choice are named
-``key|option`` for Optuna so that TPE models each branch on its own.
+Distributions: ``uniform``, ``loguniform``, ``int`` (``[low, high]``, or ``{low: 2, high: 64,
+step: 2}`` / ``{low: 2, high: 64, log: true}``), ``categorical`` (a list) and ``choice`` (a
+mapping of option to sub-space). The space becomes an Optuna define-by-run function; parameters
+inside a choice are named ``key|option`` for Optuna so that TPE models each branch on its own.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from .hparams import Hyperparameter
 from .losses import LOSS_NAMES
 
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "categorical", "choice")
+RANGE_OPTIONS = {"uniform": ("log",), "loguniform": (), "int": ("step", "log")}  # beside low and high
 BRANCH_SEP = "|"
 
 
@@ -60,7 +61,7 @@ class Space:
             elif d.kind == "int":
                 out[d.key] = trial.suggest_int(d.name, int(d.low), int(d.high), step=d.step, log=d.log)
             else:
-                out[d.key] = trial.suggest_float(d.name, d.low, d.high, log=d.kind == "loguniform")
+                out[d.key] = trial.suggest_float(d.name, d.low, d.high, log=d.log)
         for key, (name, options) in self.branches.items():
             option = trial.suggest_categorical(name, list(options))
             out[key] = option
@@ -77,22 +78,47 @@ class Space:
             elif d.kind == "int":
                 yield d.name, od.IntDistribution(int(d.low), int(d.high), step=d.step, log=d.log)
             else:
-                yield d.name, od.FloatDistribution(d.low, d.high, log=d.kind == "loguniform")
+                yield d.name, od.FloatDistribution(d.low, d.high, log=d.log)
         for name, options in self.branches.values():
             yield name, od.CategoricalDistribution(list(options))
             for sub in options.values():
                 yield from sub.distributions()
 
-    def examples(self) -> list[dict[str, Any]]:
-        """One concrete config per branch combination (lower bounds, first categories): for checks."""
+    def examples(self, end: int = 0) -> list[dict[str, Any]]:
+        """One concrete config per branch combination, every range at its low (``end=0``) or high
+        (``end=-1``) end and categories first or last: for checks of rules across keys."""
         base = dict(self.fixed)
         for d in self.dists:
-            base[d.key] = d.choices[0] if d.kind == "categorical" else (int(d.low) if d.kind == "int" else d.low)
+            value = d.choices[end] if d.kind == "categorical" else (d.low, d.high)[end]
+            base[d.key] = int(value) if d.kind == "int" else value
         combos = [base]
         for key, (_, options) in self.branches.items():
             combos = [{**c, key: option, **sub} for c in combos
-                      for option, space in options.items() for sub in space.examples()]
+                      for option, space in options.items() for sub in space.examples(end)]
         return combos
+
+    def largest(self, key: str, default: Any) -> list[Any]:
+        """Every value ``key`` can take at its largest, in any branch (``default`` where unset)."""
+        values = [self.fixed.get(key, default)]
+        for d in self.dists:
+            if d.key == key:
+                values.append(max(d.choices) if d.kind == "categorical" else d.high)
+        for _, options in self.branches.values():
+            for sub in options.values():
+                values.extend(sub.largest(key, values[0]))
+        return values
+
+    def params(self, point: dict[str, Any], path: str) -> dict[str, Any]:
+        """Optuna parameter values (branch-qualified names) for the searched keys in ``point``."""
+        out = {d.name: point[d.key] for d in self.dists if d.key in point}
+        for key, (name, options) in self.branches.items():
+            if key in point:
+                if point[key] not in options:
+                    raise ConfigError(f"{path}: point {key}={point[key]!r} is not an option of this space; "
+                                      f"valid: {', '.join(map(str, options))}")
+                out[name] = point[key]
+                out.update(options[point[key]].params(point, path))
+        return out
 
     def keys(self) -> set[str]:
         keys = set(self.fixed) | {d.key for d in self.dists} | set(self.branches)
@@ -130,6 +156,17 @@ class SearchSpace:
     def fixed_value(self, key: str, default: Any = None) -> Any:
         return self.root.fixed.get(key, default)
 
+    def optuna_params(self, point: dict[str, Any]) -> dict[str, Any]:
+        """A config (flat keys) as Optuna parameters, to enqueue as a trial to run first.
+
+        Keys the space does not search are an error; searched keys left out are sampled.
+        """
+        searched = self.root.keys() - set(self.root.fixed)
+        extra = sorted(set(point) - searched)
+        if extra:
+            raise ConfigError(f"{self.path}: point sets {', '.join(extra)}, which this space does not search")
+        return self.root.params(point, self.path)
+
     def check_against(self, base: dict[str, Any]) -> None:
         """Every branch of the space, on top of ``base`` (the user's fixed keys), is a valid config.
 
@@ -145,7 +182,7 @@ class SearchSpace:
                               "command line / --config; remove one of them")
         for key in set(base) & set(self.root.fixed):
             self.root.fixed[key] = base[key]
-        for example in self.root.examples():
+        for example in self.root.examples(0) + self.root.examples(-1):
             from_flat({**base, **example}, source=self.path)
 
 
@@ -170,8 +207,10 @@ def load_space(path: str | Path, base: dict[str, Any] | None = None) -> SearchSp
 
 def _loss_context(raw: dict[str, Any], base: dict[str, Any]) -> tuple[str, ...]:
     value = raw.get("loss.name", base.get("loss.name", "none"))
+    if isinstance(value, dict) and isinstance(value.get("categorical"), list) and value["categorical"]:
+        return tuple(str(v) for v in value["categorical"])  # a loss.<param> beside it must suit each
     if isinstance(value, dict):
-        return tuple(LOSS_NAMES)  # searched: each branch narrows it
+        return tuple(LOSS_NAMES)  # a choice: each branch narrows it
     return (str(value),)
 
 
@@ -217,7 +256,7 @@ def _parse_choice(key: str, args: Any, path: str, hps: list[Hyperparameter], pre
         if sub is not None and not isinstance(sub, dict):
             raise ConfigError(f"{where}: option {option!r} must map to a sub-space (a mapping, or {{}})")
         narrowed = (str(option),) if key == "loss.name" else loss_names
-        options[option] = _parse(sub or {}, path, narrowed, prefix=f"{prefix}/{key}={option}" if prefix else f"{option}")
+        options[option] = _parse(sub or {}, path, narrowed, prefix=f"{prefix},{key}={option}" if prefix else f"{option}")
     return options
 
 
@@ -233,14 +272,24 @@ def _parse_dist(key: str, kind: str, args: Any, where: str, hps: list[Hyperparam
         raise ConfigError(f"{where}: {kind} needs [low, high]")
     opts = dict(args) if isinstance(args, dict) else {}
     bounds = args if isinstance(args, list) else [opts.pop("low", None), opts.pop("high", None)]
+    allowed = RANGE_OPTIONS[kind]
+    unknown = sorted(set(opts) - set(allowed))
+    if unknown:
+        raise ConfigError(f"{where}: {kind} takes low, high{''.join(', ' + a for a in allowed)}; "
+                          f"unknown: {', '.join(map(str, unknown))}")
     if len(bounds) != 2 or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds):
         raise ConfigError(f"{where}: {kind} needs two numbers [low, high], got {args!r}")
+    if kind == "int" and not all(float(b).is_integer() for b in bounds):
+        raise ConfigError(f"{where}: int needs whole-number bounds, got {bounds!r}")
     low, high = float(bounds[0]), float(bounds[1])
     if low > high:
         raise ConfigError(f"{where}: low {low:g} > high {high:g}")
-    log = kind == "loguniform" or bool(opts.get("log", False))
+    log = kind == "loguniform" or opts.get("log", False) is True
     if log and low <= 0:
         raise ConfigError(f"{where}: a log scale needs bounds > 0, got low {low:g}")
+    step = opts.get("step", 1)
+    if isinstance(step, bool) or not isinstance(step, int) or step < 1 or (log and step != 1):
+        raise ConfigError(f"{where}: step must be a whole number >= 1 (and 1 on a log scale), got {step!r}")
     for hp in hps:
         if kind == "int" and hp.kind is not int:
             raise ConfigError(f"{where}: int distribution on a {hp.kind.__name__} key; use uniform or loguniform")
@@ -249,4 +298,4 @@ def _parse_dist(key: str, kind: str, args: Any, where: str, hps: list[Hyperparam
                               f"{'int' if hp.kind is int else 'categorical'}")
         for b in (low, high):
             hp.check(int(b) if hp.kind is int else b, key, where.split(":")[0])
-    return Dist(key, "int" if kind == "int" else kind, low, high, log=log, step=int(opts.get("step", 1)), name=name)
+    return Dist(key, kind, low, high, log=log, step=step, name=name)

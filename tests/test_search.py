@@ -1,0 +1,306 @@
+"""Searches on a real local Ray with the tiny model: results, failures, Ctrl-C and a killed driver.
+
+The command-line tests run `tunedml search` in a subprocess (each starts its own Ray, as a user's
+search does); the others share one Ray in this process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tunedml.cli import print_search_result
+from tunedml.config import from_flat
+from tunedml.errors import ConfigError
+from tunedml.search import (SearchOptions, _max_epochs, _scheduler, describe, experiment_path, init_ray,
+                            run_search)
+from tunedml.space import load_space
+from tunedml.train import prepare_tokens
+
+WAIT_S = 600  # only against a hung process; no test asserts on time
+
+TWO_LOSSES = """
+loss.name:
+  choice:
+    none: {}
+    proxy_anchor:
+      loss.margin: {uniform: [0.0, 0.5]}
+train.lr: {loguniform: [1.0e-5, 2.0e-4]}
+train.epochs: %d
+"""
+
+
+# ----------------------------------------------------------------- a `tunedml search` process
+
+class Search:
+    """`tunedml search ...` in its own session; stderr is read line by line as it comes."""
+
+    def __init__(self, args: list[str], cwd: Path):
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        self.proc = subprocess.Popen([sys.executable, "-m", "tunedml.cli", "search", *args], cwd=cwd, env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     start_new_session=True)
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.stderr: list[str] = []
+        self.stdout: list[str] = []
+        self.readers = [threading.Thread(target=self._read, args=(self.proc.stderr, self.lines), daemon=True),
+                        threading.Thread(target=self._read, args=(self.proc.stdout, None), daemon=True)]
+        for reader in self.readers:
+            reader.start()
+
+    def _read(self, stream, lines: queue.Queue | None) -> None:
+        for line in stream:
+            (self.stderr if lines is not None else self.stdout).append(line)
+            if lines is not None:
+                lines.put(line)
+        if lines is not None:
+            lines.put(None)
+
+    def wait_for(self, prefix: str) -> str:
+        """The first stderr line starting with ``prefix``."""
+        deadline = time.monotonic() + WAIT_S
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=1)
+            except queue.Empty:
+                continue
+            if line is None:
+                break
+            if line.startswith(prefix):
+                return line
+        pytest.fail(f"no line {prefix!r}; rc {self.proc.poll()}; stderr:\n{''.join(self.stderr)}")
+
+    def finish(self) -> tuple[int, str, str]:
+        rc = self.proc.wait(timeout=WAIT_S)
+        for reader in self.readers:
+            reader.join(timeout=30)
+        return rc, "".join(self.stdout), "".join(self.stderr)
+
+    def stop(self) -> None:
+        """Kill the whole session (the driver and any Ray process it left): teardown, also on failure."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=60)
+
+
+@pytest.fixture
+def searches(tmp_path):
+    started: list[Search] = []
+
+    def start(*args: str) -> Search:
+        search = Search(list(args), cwd=tmp_path)  # MLflow's default ./mlflow.db lands in tmp_path
+        started.append(search)
+        return search
+
+    try:
+        yield start
+    finally:
+        for search in started:
+            search.stop()
+
+
+def trial_ids(stderr: str) -> list[str]:
+    """The trial ids of the 'trial k/N <id> ...' lines."""
+    return [line.split()[2] for line in stderr.splitlines() if line.startswith("trial ")]
+
+
+def saved_statuses(path: Path) -> dict[str, str]:
+    """Trial statuses as Ray last saved them (what --resume goes by)."""
+    from ray.tune import ExperimentAnalysis
+
+    try:
+        return {t.trial_id: t.status for t in ExperimentAnalysis(str(path)).trials}
+    except Exception:  # not written yet, or being written
+        return {}
+
+
+# ----------------------------------------------------------------- end to end from the command line
+
+def test_two_trial_search_on_two_datasets_prints_best_configs(searches, tmp_path, tiny_roberta, data_dir):
+    space = tmp_path / "two.yaml"
+    space.write_text(TWO_LOSSES % 2)
+    run = searches("--dataset", "sst2,trec", "--data-dir", data_dir, "--space", str(space), "--trials", "2",
+                   "--model", tiny_roberta, "--set", "data.k=2", "--storage", str(tmp_path / "results"), "--json")
+    rc, stdout, stderr = run.finish()
+    assert rc == 0, stderr
+    summaries = json.loads(stdout)  # stdout is the JSON alone
+    assert [s["dataset"] for s in summaries] == ["sst2", "trec"]
+    for s in summaries:
+        assert s["trials"] == 2 and s["failed"] == [] and s["finished"] + s["stopped_early"] == 2
+        assert 0.0 <= s["best_score"] <= 1.0
+        best = s["best_config"]
+        assert best["data.dataset"] == s["dataset"] and best["model.name"] == tiny_roberta and best["data.k"] == 2
+        assert best["loss.name"] in ("none", "proxy_anchor") and best["train.epochs"] == 2
+        from_flat(best)  # a complete, valid run config: `tunedml train --config` takes it
+        folder = Path(s["path"])
+        assert folder.parent == tmp_path / "results" and folder.name.startswith(f"{s['dataset']}-two-")
+        assert (folder / "tunedml_search.json").is_file()
+    lines = stderr.splitlines()
+    assert [ln.split()[1] for ln in lines if ln.startswith("trial ")] == ["1/2", "2/2", "1/2", "2/2"]
+    assert lines[0].startswith("search sst2 over") and any(ln.startswith("search trec over") for ln in lines)
+    assert "== Status ==" not in stderr and "+---" not in stderr  # Ray's own reporting stays quiet
+    for s in summaries:  # one folder per trial, named by the id its line shows
+        ids = {p.name.removeprefix("trial_") for p in Path(s["path"]).glob("trial_*")}
+        assert len(ids) == 2 and ids <= set(trial_ids(stderr)) and s["best_trial"] in ids
+
+
+def test_interrupted_and_killed_search_resumes_without_rerunning_finished_trials(searches, tmp_path, tiny_roberta,
+                                                                                data_dir):
+    space = tmp_path / "resume.yaml"
+    space.write_text(TWO_LOSSES % 12)
+    args = ["--dataset", "sst2", "--data-dir", data_dir, "--space", str(space), "--trials", "4", "--model",
+            tiny_roberta, "--set", "data.k=2", "--scheduler", "none", "--storage", str(tmp_path / "results")]
+    path = tmp_path / "results" / "interrupted"
+
+    # Ctrl-C after the first trial: Ray saves the state; the command says how to go on
+    first = searches(*args, "--name", "interrupted")
+    finished_first = first.wait_for("trial 1/4").split()[2]
+    first.proc.send_signal(signal.SIGINT)
+    rc, _, stderr = first.finish()
+    assert rc == 130, stderr
+    assert "interrupted: 1 of 4 trials ended" in stderr and "--resume --name interrupted" in stderr
+
+    # resumed, then the driver is killed (SIGKILL) once Ray has saved a second finished trial
+    second = searches(*args, "--resume", "--name", "interrupted")
+    finished_second = second.wait_for("trial 2/4").split()[2]  # the count goes on from the first run
+    assert finished_second != finished_first
+    deadline = time.monotonic() + WAIT_S
+    while saved_statuses(path).get(finished_second) != "TERMINATED" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    second.proc.send_signal(signal.SIGKILL)
+    second.finish()
+    done_before = {t for t, status in saved_statuses(path).items() if status == "TERMINATED"}
+    assert {finished_first, finished_second} <= done_before
+
+    # resumed again: only the trials that had not ended run, and the search completes
+    third = searches(*args, "--resume", "--name", "interrupted", "--json")
+    rc, stdout, stderr = third.finish()
+    assert rc == 0, stderr
+    rerun = set(trial_ids(stderr))
+    assert not rerun & done_before, f"finished trials ran again: {rerun & done_before}"
+    assert [ln.split()[1] for ln in stderr.splitlines() if ln.startswith("trial ")] == \
+        [f"{k}/4" for k in range(len(done_before) + 1, 5)]
+    summary = json.loads(stdout)
+    assert summary["trials"] == 4 and summary["finished"] == 4 and summary["failed"] == []
+    assert set(saved_statuses(path).values()) == {"TERMINATED"}
+
+
+def test_invalid_space_stops_with_one_line_and_exit_2(searches, tmp_path, tiny_roberta, data_dir):
+    space = tmp_path / "bad.yaml"
+    space.write_text("loss.name: proxy_anchor\nloss.margin: {uniform: [0.5, 0.1]}\n")
+    run = searches("--dataset", "sst2", "--data-dir", data_dir, "--space", str(space), "--model", tiny_roberta,
+                   "--storage", str(tmp_path / "results"))
+    rc, stdout, stderr = run.finish()
+    assert rc == 2
+    assert stderr.strip().splitlines() == [f"tunedml search: error: {space}: loss.margin: low 0.5 > high 0.1"]
+    assert stdout == "" and not (tmp_path / "results").exists()  # nothing started
+
+
+# ----------------------------------------------------------------- through the Python API, one shared Ray
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    started = not ray.is_initialized()
+    init_ray(None, verbose=False)
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def nan_model(tiny_roberta, tmp_path_factory) -> str:
+    """The tiny model with NaN in a LayerNorm: every forward pass, and so the loss, is NaN."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    path = tmp_path_factory.mktemp("nan-roberta")
+    model = AutoModel.from_pretrained(tiny_roberta)
+    with torch.no_grad():
+        model.embeddings.LayerNorm.weight.fill_(float("nan"))
+    model.save_pretrained(path)
+    AutoTokenizer.from_pretrained(tiny_roberta).save_pretrained(path)
+    return str(path)
+
+
+def test_failing_trial_is_recorded_with_its_reason_and_the_others_finish(local_ray, tmp_path, tiny_roberta, nan_model,
+                                                                        data_dir, capsys):
+    from ray.tune import ExperimentAnalysis
+
+    space_file = tmp_path / "models.yaml"
+    space_file.write_text(f"model.name: {{categorical: [{tiny_roberta}, {nan_model}]}}\ntrain.epochs: 2\n")
+    base = {"data.dataset": "sst2", "data.data_dir": data_dir, "data.k": 2}
+    space = load_space(space_file, base)
+    space.check_against(base)
+    tokens = prepare_tokens(from_flat({**base, "model.name": tiny_roberta}))
+    options = SearchOptions(trials=2, scheduler="none", cpus_per_trial=1, repeats=2, storage=str(tmp_path / "results"),
+                            points=[{"model.name": nan_model}, {"model.name": tiny_roberta}])
+    result = run_search(tokens, base, space, options)
+
+    failed, = result.failures
+    assert failed.config["model.name"] == nan_model
+    assert failed.error.startswith("NonFiniteLossError: non-finite loss in epoch 1: ce=nan"), failed.error
+    assert result.best is not None and result.best.status == "FINISHED" and result.best.config["model.name"] == tiny_roberta
+    assert result.best_config["model.name"] == tiny_roberta
+    assert result.to_dict()["failed"] == [{"trial": failed.trial_id, "error": failed.error}]
+
+    last = {t.trial_id: t.last_result for t in ExperimentAnalysis(result.path).trials}[result.best.trial_id]
+    assert last["threads"] == 1  # torch computes with the CPUs the trial was granted
+    assert "dev_accuracy_std" in last  # two draws per trial, averaged
+
+    lines = capsys.readouterr().err
+    assert f"{failed.trial_id} FAILED: NonFiniteLossError: non-finite loss in epoch 1" in lines
+    print_search_result(result)
+    summary = capsys.readouterr().out
+    assert "(1 finished, 0 stopped early, 1 failed)" in summary
+    assert f"failed {failed.trial_id}: NonFiniteLossError: non-finite loss in epoch 1: ce=nan" in summary
+
+
+# ----------------------------------------------------------------- the pieces, no Ray
+
+def test_scheduler_runs_to_the_largest_epoch_count_of_any_branch(tmp_path):
+    path = tmp_path / "epochs.yaml"
+    path.write_text("loss.name:\n  choice:\n    none:\n      train.epochs: {categorical: [4, 30]}\n"
+                    "    supcon:\n      train.epochs: {int: [2, 12]}\n")
+    space = load_space(path)
+    assert _max_epochs(space, {}) == 30
+    assert _scheduler("asha", 30, "dev_accuracy")._max_t == 30
+    assert _scheduler("none", 30, "dev_accuracy") is None
+    assert _scheduler("asha", 1, "dev_accuracy") is None  # nothing to stop early in one epoch
+
+
+@pytest.mark.parametrize("change, fragment", [
+    ({"trials": 0}, "--trials must be >= 1"), ({"repeats": 0}, "--repeats must be >= 1"),
+    ({"concurrency": 0}, "--concurrency"), ({"cpus_per_trial": 0.0}, "--cpus-per-trial"),
+    ({"gpus_per_trial": -0.5}, "--gpus-per-trial"), ({"time_budget_s": 0.0}, "--time-budget"),
+    ({"scheduler": "pbt"}, "unknown scheduler 'pbt'"), ({"metric": "macro-f1"}, "did you mean 'macro_f1'"),
+])
+def test_search_options_reject_bad_values(change, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        SearchOptions(**change).validate()
+
+
+def test_resume_without_a_previous_search_is_a_user_error(tmp_path):
+    space = load_space(Path(__file__).resolve().parents[1] / "search_spaces" / "cce.yaml")
+    with pytest.raises(ConfigError, match="--resume: no search sst2-cce-"):
+        experiment_path("sst2", space, SearchOptions(resume=True, storage=str(tmp_path)))
+
+
+def test_trial_line_shows_the_loss_first_and_hides_fixed_keys():
+    config = {"train.lr": 1e-5, "loss.margin": 0.25, "loss.margin|proxy_anchor": 0.25, "loss.name": "proxy_anchor",
+              "train.epochs": 15}
+    assert describe(config, {"train.epochs"}) == "loss.name=proxy_anchor margin=0.25 train.lr=1e-05"

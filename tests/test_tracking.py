@@ -1,0 +1,357 @@
+"""MLflow tracking of searches, on real stores: a SQLite file and a real `mlflow server` on loopback.
+
+Searches run through the `tunedml` command in this process (so they share one local Ray); `best`,
+a wrong tracking URI and the server run as subprocesses, as a user runs them. The server is the one
+`tunedml ui` starts (`mlflow server` on 127.0.0.1), so one server start covers both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from mlflow import MlflowClient
+
+from tunedml.cli import main
+from tunedml.config import build_config, from_flat
+from tunedml.errors import TrackingError
+from tunedml.tracking import (BEST_CONFIG, PLOTS, UI_ENV, check_tracking, experiment_name, find_best,
+                              optuna_params, resolve_tracking_uri)
+
+SPACES = {
+    # head inference on a tiny random model: a coin toss on dev
+    "head": """
+loss.name:
+  choice:
+    none: {}
+    proxy_anchor:
+      loss.margin: {uniform: [0.0, 0.5]}
+train.lr: {loguniform: [1.0e-4, 1.0e-3]}
+train.epochs: 2
+inference.mode: head
+""",
+    # nearest class center of the training embeddings: better than the coin toss on this draw
+    "proxy": """
+train.lr: {loguniform: [1.0e-5, 1.0e-4]}
+train.epochs: 2
+inference.mode: proxy
+""",
+    # every trial fails at its few-shot draw (sst2 has far fewer examples per class)
+    "broken": """
+train.lr: {loguniform: [1.0e-4, 1.0e-3]}
+train.epochs: 2
+data.k: 100000
+""",
+}
+STATUSES = {"FINISHED", "KILLED", "FAILED"}
+
+
+# ----------------------------------------------------------------- helpers
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tunedml(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tunedml.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}, timeout=600)
+
+
+def in_process(*args: str) -> tuple[int, str]:
+    """Run `tunedml` in this process; (exit code, stdout).
+
+    Ray pickles the search's callbacks, and cloudpickle pickles sys.stderr only when it is the real
+    one: pytest's capturing stand-in (held by the progress lines) is swapped out meanwhile; the
+    output still reaches pytest through file descriptor 2.
+    """
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(sys.__stderr__):
+        code = main(list(args))
+    return code, out.getvalue()
+
+
+def wait_for_http(url: str, proc: subprocess.Popen, log: Path, limit_s: float = 180) -> None:
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"{proc.args[:4]} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        time.sleep(0.5)
+    pytest.fail(f"{url} did not answer within {limit_s}s:\n{log.read_text()[-3000:]}")
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """Stop a process started with start_new_session=True, and everything it started."""
+    for sig, wait_s in ((signal.SIGINT, 30), (signal.SIGKILL, 10)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=wait_s)
+            return
+
+
+@contextlib.contextmanager
+def started(cmd: list[str], folder: Path, health: str, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
+    log = folder / "server.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=folder, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, **UI_ENV, **(env or {})})
+    try:
+        wait_for_http(health, proc, log)
+        yield proc
+    finally:
+        stop_group(proc)
+
+
+# ----------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    from tunedml.search import init_ray
+
+    started_here = not ray.is_initialized()
+    init_ray(None, False)
+    yield
+    if started_here:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def spaces(tmp_path_factory) -> dict[str, str]:
+    folder = tmp_path_factory.mktemp("spaces")
+    for name, text in SPACES.items():
+        (folder / f"{name}.yaml").write_text(text)
+    return {name: str(folder / f"{name}.yaml") for name in SPACES}
+
+
+@pytest.fixture(scope="module")
+def run_search(ray_local, spaces, tiny_roberta, data_dir, tmp_path_factory):
+    storage = tmp_path_factory.mktemp("results")
+
+    def run(uri: str, space: str, trials: int) -> dict[str, Any]:
+        k = [] if "data.k" in SPACES[space] else ["--set", "data.k=4"]  # the command line would win
+        code, out = in_process("search", "--dataset", "sst2", "--data-dir", data_dir, "--model", tiny_roberta,
+                               "--space", spaces[space], "--trials", str(trials), *k,
+                               "--scheduler", "none", "--storage", str(storage), "--tracking-uri", uri, "--json")
+        assert code == 0
+        return json.loads(out)
+    return run
+
+
+@pytest.fixture(scope="module")
+def sqlite_uri(tmp_path_factory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="module")
+def recorded(run_search, sqlite_uri) -> dict[str, dict[str, Any]]:
+    """Three searches of sst2 in one SQLite store: a coin toss, a better one, one where all fail."""
+    return {"head": run_search(sqlite_uri, "head", 2), "proxy": run_search(sqlite_uri, "proxy", 2),
+            "broken": run_search(sqlite_uri, "broken", 1)}
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`tunedml ui` on a store of its own: an `mlflow server` subprocess on a free loopback port."""
+    folder = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    cmd = [sys.executable, "-m", "tunedml.cli", "ui", "--port", str(port), "--tracking-uri",
+           f"sqlite:///{folder / 'server.db'}"]
+    with started(cmd, folder, f"http://127.0.0.1:{port}/health") as proc:
+        yield f"http://127.0.0.1:{port}", proc
+        proc.terminate()  # SIGTERM to `tunedml ui` alone takes its server along; the group is stopped anyway
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=60)
+
+
+# ----------------------------------------------------------------- what a search records
+
+def assert_search_recorded(uri: str, summary: dict[str, Any], space_file: str, trials: int) -> None:
+    """The parent run, its nested trial runs and the outcome of a finished search are all there."""
+    client = MlflowClient(uri)
+    parent = client.get_run(summary["mlflow"]["run_id"])
+    experiment = client.get_experiment(parent.info.experiment_id)
+    assert experiment.name == experiment_name("sst2") == "tunedml/sst2"
+    tags = parent.data.tags
+    assert parent.info.status == "FINISHED"
+    assert tags["tunedml.role"] == "search" and tags["tunedml.dataset"] == "sst2"
+    assert tags["tunedml.space"] == Path(space_file).stem and tags["tunedml.space_file"] == space_file
+    assert len(tags["tunedml.space_sha256"]) == 64 and tags["tunedml.protocol"] == "kshot" and tags["tunedml.k"] == "4"
+    assert tags["tunedml.model"] == summary["best_config"]["model.name"]
+    assert tags["tunedml.ray_address"] == "local" and tags["tunedml.version"]
+    assert tags["tunedml.search"] == Path(summary["path"]).name == parent.info.run_name
+    assert parent.data.params["search.trials"] == str(trials)
+
+    children = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert len(children) == summary["trials"] == trials
+    for child in children:
+        assert child.data.tags["tunedml.role"] == "trial" and child.data.tags["ray.node_id"]
+        assert child.info.status in STATUSES
+        params = child.data.params
+        full = from_flat(params, source="child params").to_flat()
+        assert set(params) == set(full) and params["train.epochs"] == "2" and params["data.k"] == "4"
+        for key in ("dev_accuracy", "dev_macro_f1", "train_loss"):
+            history = client.get_metric_history(child.info.run_id, key)
+            assert [m.step for m in history] == [1, 2], key
+        if child.info.status == "KILLED":
+            assert child.data.tags["tunedml.stopped_early"] == "true"
+
+    best_child = next(c for c in children if c.data.tags["ray.trial_id"] == summary["best_trial"])
+    assert tags["tunedml.best_run_id"] == best_child.info.run_id
+    assert parent.data.metrics["best_score"] == summary["best_score"] == best_child.data.metrics["dev_accuracy"]
+    assert parent.data.metrics["best_dev_macro_f1"] == best_child.data.metrics["dev_macro_f1"]
+    searched = {k[len("best."):]: v for k, v in parent.data.params.items() if k.startswith("best.")}
+    assert searched and all(best_child.data.params[k] == v for k, v in searched.items())
+
+    files = {f.path for f in client.list_artifacts(parent.info.run_id)}
+    assert {BEST_CONFIG, "space", "plots"} <= files
+    with tempfile.TemporaryDirectory() as tmp:
+        local = client.download_artifacts(parent.info.run_id, BEST_CONFIG, tmp)
+        assert build_config(local).to_flat() == summary["best_config"]
+    assert [f.path for f in client.list_artifacts(parent.info.run_id, "space")] == [f"space/{Path(space_file).name}"]
+    plots = {Path(f.path).stem for f in client.list_artifacts(parent.info.run_id, "plots")}
+    skipped = {name for name in PLOTS if f"plot {name} skipped" in tags.get("tunedml.notes", "")}
+    assert "optimization_history" in plots and plots | skipped == set(PLOTS)
+
+
+def test_search_on_sqlite_records_parent_trials_and_best(recorded, sqlite_uri, spaces):
+    assert_search_recorded(sqlite_uri, recorded["head"], spaces["head"], trials=2)
+    assert_search_recorded(sqlite_uri, recorded["proxy"], spaces["proxy"], trials=2)
+
+
+def test_failed_trials_are_recorded_with_their_reason(recorded, sqlite_uri):
+    client = MlflowClient(sqlite_uri)
+    parent = client.get_run(recorded["broken"]["mlflow"]["run_id"])
+    assert parent.info.status == "FAILED" and parent.data.tags["tunedml.error"] == "no trial produced a score"
+    (child,) = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert child.info.status == "FAILED"
+    assert "DataError" in child.data.tags["tunedml.error"] and "data.k" in child.data.tags["tunedml.error"]
+
+
+def test_best_returns_the_better_search_and_its_config_trains(recorded, sqlite_uri, tmp_path):
+    head, proxy = recorded["head"], recorded["proxy"]
+    assert proxy["best_score"] > head["best_score"], "the fixture's two searches should differ"
+    code, out = in_process("best", "--dataset", "sst2", "--json", "--tracking-uri", sqlite_uri)
+    assert code == 0
+    best = json.loads(out)
+    assert best["run_id"] == proxy["mlflow"]["run_id"] and best["score"] == proxy["best_score"]
+    assert best["space"] == "proxy" and best["objective"] == "dev_accuracy"
+    assert best["config"] == proxy["best_config"]
+
+    only_head = find_best(sqlite_uri, "sst2", space="search_spaces/head.yaml")
+    assert only_head.run_id == head["mlflow"]["run_id"] and only_head.config == head["best_config"]
+
+    # the printed YAML is a run config: training it reproduces the best trial's dev score
+    run = tunedml("best", "--dataset", "sst2", "--tracking-uri", sqlite_uri)
+    assert run.returncode == 0 and run.stderr == "", run.stderr
+    text = run.stdout
+    assert text.startswith("# best dev_accuracy") and proxy["mlflow"]["run_id"] in text.splitlines()[0]
+    (tmp_path / "best.yaml").write_text(text)
+    code, out = in_process("train", "--config", str(tmp_path / "best.yaml"), "--json")
+    assert code == 0 and json.loads(out)["dev"]["accuracy"] == pytest.approx(proxy["best_score"])
+
+
+def test_best_says_when_nothing_is_recorded(recorded, sqlite_uri, capsys):
+    assert main(["best", "--dataset", "mr", "--tracking-uri", sqlite_uri]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("tunedml best: error: no search recorded for dataset 'mr'") and sqlite_uri in err
+    with pytest.raises(TrackingError, match="no finished search recorded for dataset 'sst2' and space 'dml'"):
+        find_best(sqlite_uri, "sst2", space="dml.yaml")
+
+
+def test_search_through_an_mlflow_server(mlflow_server, run_search, spaces, monkeypatch, capsys):
+    url, _ = mlflow_server
+    summary = run_search(url + "/", "head", 2)
+    assert summary["mlflow"]["tracking_uri"] == url
+    assert_search_recorded(url, summary, spaces["head"], trials=2)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    assert main(["best", "--dataset", "sst2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["run_id"] == summary["mlflow"]["run_id"]
+
+
+# ----------------------------------------------------------------- where it writes, and failing fast
+
+def search_args(uri: str, spaces: dict[str, str], tiny_roberta: str, data_dir: str, storage: Path) -> list[str]:
+    return ["search", "--dataset", "sst2", "--data-dir", data_dir, "--model", tiny_roberta, "--space", spaces["head"],
+            "--trials", "2", "--storage", str(storage), "--tracking-uri", uri]
+
+
+def test_unreachable_server_fails_before_ray_starts(spaces, tiny_roberta, data_dir, tmp_path):
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    run = tunedml(*search_args(uri, spaces, tiny_roberta, data_dir, tmp_path / "results"))
+    assert run.returncode == 2 and run.stdout == ""
+    assert run.stderr == f"tunedml search: error: cannot reach MLflow at {uri}: Connection refused\n"
+    assert not (tmp_path / "results").exists()  # no trial, no Ray experiment
+
+
+def test_unwritable_sqlite_fails_before_ray_starts(spaces, tiny_roberta, data_dir, tmp_path, capsys):
+    uri = "sqlite:////proc/tunedml/mlflow.db"
+    assert main(search_args(uri, spaces, tiny_roberta, data_dir, tmp_path / "results")) == 2
+    err = capsys.readouterr().err
+    assert err == f"tunedml search: error: cannot use MLflow tracking URI {uri}: cannot create /proc/tunedml " \
+                  "(No such file or directory)\n"
+    assert not (tmp_path / "results").exists()
+
+
+def test_tracking_uri_resolution(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert resolve_tracking_uri(None) == f"sqlite:///{tmp_path}/mlflow.db"
+    assert resolve_tracking_uri("sqlite:///runs/m.db") == f"sqlite:///{tmp_path}/runs/m.db"
+    assert resolve_tracking_uri("store.db") == f"sqlite:///{tmp_path}/store.db"
+    assert resolve_tracking_uri("http://127.0.0.1:5000/") == "http://127.0.0.1:5000"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///from-env.db")
+    assert resolve_tracking_uri(None) == f"sqlite:///{tmp_path}/from-env.db"
+    assert resolve_tracking_uri("sqlite:////abs/x.db") == "sqlite:////abs/x.db"
+    with pytest.raises(TrackingError, match="unsupported scheme 'ftp'"):
+        check_tracking("ftp://host/x")
+    with pytest.raises(TrackingError, match="in-memory"):
+        check_tracking("sqlite:///:memory:")
+
+
+def test_optuna_names_are_recovered_from_a_trial_config():
+    """Optuna's plots are rebuilt from config keys: branch parameters get their `key|option` names."""
+    import optuna
+
+    from tunedml.space import config_keys, load_space
+
+    space = load_space(Path(__file__).resolve().parents[1] / "search_spaces" / "dml.yaml")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    for _ in range(8):
+        trial = study.ask()
+        config = space.define_by_run(trial)
+        assert optuna_params(space.root, config_keys(config)) == trial.params
+        study.tell(trial, 0.5)
+
+
+# ----------------------------------------------------------------- the UI
+
+def test_ui_serves_on_loopback_only(mlflow_server):
+    import psutil
+
+    url, proc = mlflow_server
+    port = int(url.rsplit(":", 1)[1])
+    with urllib.request.urlopen(f"{url}/api/2.0/mlflow/experiments/search?max_results=100", timeout=10) as r:
+        assert "Default" in {e["name"] for e in json.load(r)["experiments"]}
+    listening = {c.laddr.ip for c in psutil.net_connections("tcp") if c.laddr.port == port and c.status == "LISTEN"}
+    assert listening == {"127.0.0.1"}
+    assert proc.poll() is None

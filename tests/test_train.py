@@ -1,0 +1,159 @@
+"""The training loop on real SST-2 draws: history, reproducibility, failures and the real MiniLM."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tunedml.config import build_config
+from tunedml.data import Draw, load_corpus, tokenize
+from tunedml.errors import ConfigError, NonFiniteLossError
+from tunedml.model import load_tokenizer
+from tunedml.train import FitResult, Trainer, draw_for, pick_device, run_training
+
+
+@pytest.fixture(scope="module")
+def tokens(data_dir, tiny_roberta):
+    return tokenize(load_corpus("sst2", data_dir), load_tokenizer(tiny_roberta), max_length=48)
+
+
+def config(tiny_roberta, data_dir, *sets: str):
+    return build_config(sets=[f"model.name={tiny_roberta}", f"data.data_dir={data_dir}", "data.k=8",
+                              "train.epochs=2", "train.batch_size=8", "train.lr=1e-3", "train.threads=2", *sets])
+
+
+def small_draw(cfg, tokens) -> Draw:
+    """The configured kshot draw with the test set cut to 200 examples."""
+    d = draw_for(cfg, tokens)
+    return Draw(d.train, d.dev, d.test[:200])
+
+
+def fit(cfg, tokens, **kwargs) -> FitResult:
+    return Trainer(cfg, tokens, small_draw(cfg, tokens)).fit(**kwargs)
+
+
+def in_unit_interval(metrics: dict[str, float]) -> bool:
+    return set(metrics) == {"accuracy", "macro_f1"} and all(0.0 <= v <= 1.0 for v in metrics.values())
+
+
+# ---------------------------------------------------------------- a run
+
+def test_fit_records_one_result_per_epoch(tiny_roberta, data_dir, tokens):
+    cfg = config(tiny_roberta, data_dir, "train.epochs=3", "loss.name=supcon")
+    seen = []
+    result = fit(cfg, tokens, callback=seen.append)
+    assert [e.epoch for e in result.history] == [1, 2, 3]
+    assert seen == result.history
+    for e in result.history:
+        assert math.isfinite(e.train_loss) and set(e.loss_parts) == {"ce", "dml"}
+        assert in_unit_interval(e.dev) and e.seconds > 0
+    assert result.dev == result.history[-1].dev
+    assert in_unit_interval(result.test)
+
+
+def test_fit_without_test(tiny_roberta, data_dir, tokens):
+    result = fit(config(tiny_roberta, data_dir, "train.epochs=1"), tokens, evaluate_test=False)
+    assert result.test is None and in_unit_interval(result.dev)
+
+
+def test_training_lowers_the_loss_on_its_own_examples(tiny_roberta, data_dir, tokens):
+    cfg = config(tiny_roberta, data_dir, "train.epochs=8", "model.dropout=0", "train.warmup_ratio=0")
+    history = fit(cfg, tokens).history
+    assert history[-1].train_loss < history[0].train_loss
+
+
+def test_same_seed_same_run(tiny_roberta, data_dir, tokens):
+    cfg = config(tiny_roberta, data_dir, "loss.name=proxy_anchor")
+    a, b = fit(cfg, tokens), fit(cfg, tokens)
+    assert [e.train_loss for e in a.history] == [e.train_loss for e in b.history]
+    assert [e.loss_parts for e in a.history] == [e.loss_parts for e in b.history]
+    assert [e.dev for e in a.history] == [e.dev for e in b.history]
+    assert a.test == b.test
+
+
+def test_another_seed_another_run(tiny_roberta, data_dir, tokens):
+    a = fit(config(tiny_roberta, data_dir, "train.epochs=1"), tokens)
+    b = fit(config(tiny_roberta, data_dir, "train.epochs=1", "train.seed=1"), tokens)
+    assert a.history[0].train_loss != b.history[0].train_loss
+
+
+@pytest.mark.parametrize("loss, mode", [("proxy_nca", "proxy"), ("supcon", "proxy"), ("none", "proxy"),
+                                        ("proxy_anchor", "mixed")])
+def test_inference_modes_score_dev_and_test(tiny_roberta, data_dir, tokens, loss, mode):
+    cfg = config(tiny_roberta, data_dir, "train.epochs=1", f"loss.name={loss}", f"inference.mode={mode}")
+    result = fit(cfg, tokens)
+    assert in_unit_interval(result.dev) and in_unit_interval(result.test)
+
+
+def test_run_training_reads_draws_and_trains(tiny_roberta, data_dir):
+    cfg = config(tiny_roberta, data_dir, "train.epochs=1", "data.dataset=trec", "data.k=4", "data.max_length=32")
+    result = run_training(cfg, evaluate_test=False)
+    assert len(result.history) == 1 and in_unit_interval(result.dev)
+
+
+# ---------------------------------------------------------------- failures
+
+def test_nan_proxies_stop_training_with_the_epoch_and_loss_parts(tiny_roberta, data_dir, tokens):
+    cfg = config(tiny_roberta, data_dir, "loss.name=proxy_anchor")
+    trainer = Trainer(cfg, tokens, small_draw(cfg, tokens))
+    trainer.train_epoch()
+    with torch.no_grad():
+        trainer.loss.dml.proxies().fill_(float("nan"))
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss in epoch 2: ce=[\d.]+, dml=nan") as info:
+        trainer.train_epoch()
+    assert info.value.epoch == 2
+    assert set(info.value.parts) == {"ce", "dml"}
+    assert math.isfinite(info.value.parts["ce"]) and math.isnan(info.value.parts["dml"])
+
+
+def test_unknown_device_is_a_config_error():
+    assert pick_device("cpu") == torch.device("cpu")
+    with pytest.raises(ConfigError, match="train.device: unknown device 'tpu'; valid: auto, cpu, cuda, cuda:N"):
+        pick_device("tpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_without_a_gpu_is_a_config_error():
+    with pytest.raises(ConfigError, match="no CUDA device is available"):
+        pick_device("cuda")
+
+
+# ---------------------------------------------------------------- the optimizer
+
+def test_proxies_have_their_own_learning_rate_and_no_decay(tiny_roberta, data_dir, tokens):
+    cfg = config(tiny_roberta, data_dir, "loss.name=soft_triple", "train.proxy_lr=0.05", "train.lr=2e-5",
+                 "train.weight_decay=0.1")
+    trainer = Trainer(cfg, tokens, small_draw(cfg, tokens))
+    proxies = trainer.loss.dml.loss.fc
+    groups = trainer.optimizer.param_groups
+    [proxy_group] = [g for g in groups if any(p is proxies for p in g["params"])]
+    assert proxy_group["params"] == [proxies]
+    assert proxy_group["initial_lr"] == 0.05 and proxy_group["weight_decay"] == 0.0
+    model_groups = [g for g in groups if g is not proxy_group]
+    assert {g["initial_lr"] for g in model_groups} == {2e-5}
+    assert sorted(g["weight_decay"] for g in model_groups) == [0.0, 0.1]  # biases and norms: no decay
+    optimized = {id(p) for g in model_groups for p in g["params"]}
+    assert optimized == {id(p) for p in trainer.model.parameters()}
+
+
+def test_plain_cce_has_no_proxy_group(tiny_roberta, data_dir, tokens):
+    cfg = config(tiny_roberta, data_dir)
+    trainer = Trainer(cfg, tokens, small_draw(cfg, tokens))
+    assert len(trainer.optimizer.param_groups) == 2
+
+
+# ---------------------------------------------------------------- the real model
+
+def test_embedded_minilm_trains(data_dir):
+    cfg = build_config(sets=[f"data.data_dir={data_dir}", "data.k=2", "data.max_length=64", "train.epochs=1",
+                             "train.batch_size=4", "train.threads=2", "loss.name=proxy_anchor"])
+    assert cfg.model.name == "minilm"
+    tokens = tokenize(load_corpus("sst2", data_dir), load_tokenizer("minilm"), cfg.data.max_length)
+    d = draw_for(cfg, tokens)
+    trainer = Trainer(cfg, tokens, Draw(d.train, d.dev, d.test[:32]))
+    assert trainer.model.hidden_size == 384
+    result = trainer.fit()
+    assert len(result.history) == 1 and math.isfinite(result.history[0].train_loss)
+    assert in_unit_interval(result.dev) and in_unit_interval(result.test)
