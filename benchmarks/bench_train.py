@@ -30,7 +30,8 @@ from tunedml.config import build_config  # noqa: E402
 from tunedml.model import resolve_model  # noqa: E402
 from tunedml.train import Trainer, draw_for, prepare_tokens  # noqa: E402
 
-DEFAULT_DATA_DIR = os.environ.get("TUNEDML_DATA_DIR") or str(Path(__file__).resolve().parents[2] / "shared" / "data" / "senteval")
+DEFAULT_DATA_DIR = os.environ.get("TUNEDML_DATA_DIR") or str(
+    Path(__file__).resolve().parents[2] / "shared" / "data" / "senteval")
 
 
 class BareLoop:
@@ -75,9 +76,37 @@ def timed(fn) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
+def measure(trainer: Trainer, bare: BareLoop, repeats: int) -> dict[str, list[tuple[float, float]]]:
+    """(wall, CPU) seconds of ``repeats`` epochs per loop, after one warm-up epoch each."""
+    tokens, draw, batch_size = trainer.tokens, trainer.draw, trainer.cfg.train.batch_size
+
+    def bare_epoch() -> None:
+        bare.epoch(bare.batches(tokens.input_ids, tokens.corpus.labels, draw.train, batch_size, tokens.pad_token_id))
+
+    loops = {"tunedml": trainer.train_epoch, "bare": bare_epoch}
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in loops}
+    for repeat in range(repeats + 1):
+        for name in sorted(loops, reverse=repeat % 2 == 1):  # alternate which loop goes first
+            seconds = timed(loops[name])
+            if repeat:
+                times[name].append(seconds)
+    return times
+
+
+def print_table(times: dict[str, list[tuple[float, float]]], steps: int) -> None:
+    wall = {name: statistics.median(w for w, _ in v) for name, v in times.items()}
+    cpu = {name: statistics.median(c for _, c in v) for name, v in times.items()}
+    print("| loop | epoch wall (s) | per step (ms) | epoch CPU (s) |")
+    print("|---|---:|---:|---:|")
+    for name, label in (("tunedml", "tunedml `Trainer.train_epoch`"), ("bare", "bare PyTorch loop")):
+        print(f"| {label} | {wall[name]:.2f} | {1000 * wall[name] / steps:.0f} | {cpu[name]:.2f} |")
+    print(f"| ratio tunedml / bare | {wall['tunedml'] / wall['bare']:.2f} | | {cpu['tunedml'] / cpu['bare']:.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="SentEval folder (default: $TUNEDML_DATA_DIR or ../shared/data/senteval)")
+    parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
+                        help="SentEval folder (default: $TUNEDML_DATA_DIR or ../shared/data/senteval)")
     parser.add_argument("--dataset", default="sst2")
     parser.add_argument("--model", default="minilm")
     parser.add_argument("--k", type=int, default=64, help="examples per class in the training draw")
@@ -90,34 +119,17 @@ def main() -> None:
                              f"model.name={args.model}", f"train.batch_size={args.batch_size}",
                              f"train.epochs={args.repeats + 1}", f"train.threads={args.threads}", "train.device=cpu"])
     tokens = prepare_tokens(cfg)
-    draw = draw_for(cfg, tokens)
-    trainer = Trainer(cfg, tokens, draw)  # sets torch's thread count for both loops
+    trainer = Trainer(cfg, tokens, draw_for(cfg, tokens))  # sets torch's thread count for both loops
     bare = BareLoop(cfg.model.name, tokens.corpus.num_classes, cfg.train.lr, cfg.train.weight_decay, cfg.train.seed)
+    times = measure(trainer, bare, args.repeats)
 
-    def bare_epoch() -> None:
-        bare.epoch(bare.batches(tokens.input_ids, tokens.corpus.labels, draw.train, cfg.train.batch_size,
-                                tokens.pad_token_id))
-
-    loops = {"tunedml": trainer.train_epoch, "bare": bare_epoch}
-    times: dict[str, list[tuple[float, float]]] = {"tunedml": [], "bare": []}
-    for repeat in range(args.repeats + 1):  # the first epoch of each loop is the warm-up
-        for name in sorted(loops, reverse=repeat % 2 == 1):  # alternate which loop goes first
-            seconds = timed(loops[name])
-            if repeat:
-                times[name].append(seconds)
-
-    steps = -(-len(draw.train) // cfg.train.batch_size)
-    wall = {name: statistics.median(w for w, _ in v) for name, v in times.items()}
-    cpu = {name: statistics.median(c for _, c in v) for name, v in times.items()}
+    examples = len(trainer.draw.train)
+    steps = -(-examples // args.batch_size)
     machine = platform.processor() or platform.machine()
-    print(f"One training epoch: {args.dataset} k={args.k} ({len(draw.train)} examples, {steps} step{'s' * (steps != 1)} of "
-          f"{cfg.train.batch_size}), {args.model}, torch {torch.__version__} on CPU ({machine}), "
+    print(f"One training epoch: {args.dataset} k={args.k} ({examples} examples, {steps} step{'s' * (steps != 1)} "
+          f"of {args.batch_size}), {args.model}, torch {torch.__version__} on CPU ({machine}), "
           f"{torch.get_num_threads()} threads; median of {args.repeats} epochs after a warm-up.\n")
-    print("| loop | epoch wall (s) | per step (ms) | epoch CPU (s) |")
-    print("|---|---:|---:|---:|")
-    for name, label in (("tunedml", "tunedml `Trainer.train_epoch`"), ("bare", "bare PyTorch loop")):
-        print(f"| {label} | {wall[name]:.2f} | {1000 * wall[name] / steps:.0f} | {cpu[name]:.2f} |")
-    print(f"| ratio tunedml / bare | {wall['tunedml'] / wall['bare']:.2f} | | {cpu['tunedml'] / cpu['bare']:.2f} |")
+    print_table(times, steps)
 
 
 if __name__ == "__main__":

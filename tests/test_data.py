@@ -148,7 +148,8 @@ def test_kfold_draw_is_reproducible_and_moves_with_the_seed(mr):
 
 
 def test_kfold_sample_larger_than_the_training_folds(trec):
-    with pytest.raises(DataError, match=r"class '\w+' has \d+ examples in the training folds; the draw needs \d+; lower data.sample_size"):
+    message = r"class '\w+' has \d+ examples in the training folds; the draw needs \d+; lower data.sample_size"
+    with pytest.raises(DataError, match=message):
         draw(trec, "kfold", folds=5, sample_size=5000)
 
 

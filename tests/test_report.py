@@ -136,7 +136,7 @@ def test_search_then_retrain_then_report(tmp_path, tiny_roberta, data_dir):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     common = ["--dataset", "trec", "--data-dir", data_dir, "--model", tiny_roberta, "--set", "data.k=2",
               "--set", "data.max_length=32", "--tracking-uri", uri]
-    search = ["search", "--trials", "2", "--scheduler", "none", "--storage", str(tmp_path / "ray"), *common]
+    search = ["search", "--trials", "1", "--scheduler", "none", "--storage", str(tmp_path / "ray"), *common]
     tunedml(*search, "--space", os.path.join(SPACES, "cce.yaml"), cwd=str(tmp_path))
     tunedml(*search, "--space", os.path.join(SPACES, "dml.yaml"), "--set", "train.epochs=1", cwd=str(tmp_path))
 

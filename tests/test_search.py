@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tunedml.cli import print_search_result
+from tunedml.cli import main, print_search_result
 from tunedml.config import from_flat
 from tunedml.errors import ConfigError
 from tunedml.search import (SearchOptions, _max_epochs, _scheduler, describe, experiment_path, init_ray,
@@ -127,12 +127,15 @@ def saved_statuses(path: Path) -> dict[str, str]:
 
 # ----------------------------------------------------------------- end to end from the command line
 
-def test_two_trial_search_on_two_datasets_prints_best_configs(searches, tmp_path, tiny_roberta, data_dir):
+def test_two_trial_search_on_two_datasets_prints_best_configs(local_ray, tmp_path, tiny_roberta, data_dir,
+                                                             monkeypatch, capsys):
+    """The command's whole path (in this process, on the shared Ray): two datasets, two trials each."""
+    monkeypatch.chdir(tmp_path)  # MLflow's default ./mlflow.db lands here
     space = tmp_path / "two.yaml"
     space.write_text(TWO_LOSSES % 2)
-    run = searches("--dataset", "sst2,trec", "--data-dir", data_dir, "--space", str(space), "--trials", "2",
-                   "--model", tiny_roberta, "--set", "data.k=2", "--storage", str(tmp_path / "results"), "--json")
-    rc, stdout, stderr = run.finish()
+    rc = main(["search", "--dataset", "sst2,trec", "--data-dir", data_dir, "--space", str(space), "--trials", "2",
+               "--model", tiny_roberta, "--set", "data.k=2", "--storage", str(tmp_path / "results"), "--json"])
+    stdout, stderr = capsys.readouterr()
     assert rc == 0, stderr
     summaries = json.loads(stdout)  # stdout is the JSON alone
     assert [s["dataset"] for s in summaries] == ["sst2", "trec"]
@@ -146,34 +149,33 @@ def test_two_trial_search_on_two_datasets_prints_best_configs(searches, tmp_path
         folder = Path(s["path"])
         assert folder.parent == tmp_path / "results" and folder.name.startswith(f"{s['dataset']}-two-")
         assert (folder / "tunedml_search.json").is_file()
+        ids = {p.name.removeprefix("trial_") for p in folder.glob("trial_*")}  # named by the id each line shows
+        assert len(ids) == 2 and ids <= set(trial_ids(stderr)) and s["best_trial"] in ids
     lines = stderr.splitlines()
     assert [ln.split()[1] for ln in lines if ln.startswith("trial ")] == ["1/2", "2/2", "1/2", "2/2"]
-    assert lines[0].startswith("search sst2 over") and any(ln.startswith("search trec over") for ln in lines)
+    assert any(ln.startswith("search sst2 over") for ln in lines) and any(ln.startswith("search trec over") for ln in lines)
     assert "== Status ==" not in stderr and "+---" not in stderr  # Ray's own reporting stays quiet
-    for s in summaries:  # one folder per trial, named by the id its line shows
-        ids = {p.name.removeprefix("trial_") for p in Path(s["path"]).glob("trial_*")}
-        assert len(ids) == 2 and ids <= set(trial_ids(stderr)) and s["best_trial"] in ids
 
 
 def test_interrupted_and_killed_search_resumes_without_rerunning_finished_trials(searches, tmp_path, tiny_roberta,
                                                                                 data_dir):
     space = tmp_path / "resume.yaml"
-    space.write_text(TWO_LOSSES % 12)
-    args = ["--dataset", "sst2", "--data-dir", data_dir, "--space", str(space), "--trials", "4", "--model",
+    space.write_text(TWO_LOSSES % 8)
+    args = ["--dataset", "sst2", "--data-dir", data_dir, "--space", str(space), "--trials", "3", "--model",
             tiny_roberta, "--set", "data.k=2", "--scheduler", "none", "--storage", str(tmp_path / "results")]
     path = tmp_path / "results" / "interrupted"
 
     # Ctrl-C after the first trial: Ray saves the state; the command says how to go on
     first = searches(*args, "--name", "interrupted")
-    finished_first = first.wait_for("trial 1/4").split()[2]
+    finished_first = first.wait_for("trial 1/3").split()[2]
     first.proc.send_signal(signal.SIGINT)
     rc, _, stderr = first.finish()
     assert rc == 130, stderr
-    assert "interrupted: 1 of 4 trials ended" in stderr and "--resume --name interrupted" in stderr
+    assert "interrupted: 1 of 3 trials ended" in stderr and "--resume --name interrupted" in stderr
 
     # resumed, then the driver is killed (SIGKILL) once Ray has saved a second finished trial
     second = searches(*args, "--resume", "--name", "interrupted")
-    finished_second = second.wait_for("trial 2/4").split()[2]  # the count goes on from the first run
+    finished_second = second.wait_for("trial 2/3").split()[2]  # the count goes on from the first run
     assert finished_second != finished_first
     deadline = time.monotonic() + WAIT_S
     while saved_statuses(path).get(finished_second) != "TERMINATED" and time.monotonic() < deadline:
@@ -190,9 +192,9 @@ def test_interrupted_and_killed_search_resumes_without_rerunning_finished_trials
     rerun = set(trial_ids(stderr))
     assert not rerun & done_before, f"finished trials ran again: {rerun & done_before}"
     assert [ln.split()[1] for ln in stderr.splitlines() if ln.startswith("trial ")] == \
-        [f"{k}/4" for k in range(len(done_before) + 1, 5)]
+        [f"{k}/3" for k in range(len(done_before) + 1, 4)]
     summary = json.loads(stdout)
-    assert summary["trials"] == 4 and summary["finished"] == 4 and summary["failed"] == []
+    assert summary["trials"] == 3 and summary["finished"] == 3 and summary["failed"] == []
     assert set(saved_statuses(path).values()) == {"TERMINATED"}
 
 

@@ -7,6 +7,7 @@ registry. Every value is validated here, once, before any data or model is loade
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 from dataclasses import dataclass, field
@@ -143,7 +144,9 @@ class RunConfig:
 
     def with_overrides(self, overrides: dict[str, Any], source: str = "--set") -> "RunConfig":
         """A new config with ``overrides`` (flat keys, raw or typed values) applied and validated."""
-        flat = self.to_flat() if overrides else {}
+        if not overrides:
+            return copy.deepcopy(self)
+        flat = self.to_flat()
         loss_name = overrides.get("loss.name", self.loss.name)
         loss_name = FIELDS["loss.name"].parse(loss_name, "loss.name", source)
         if loss_name != self.loss.name:  # other loss, other hyperparameters

@@ -211,8 +211,7 @@ def shared_keys(config: dict[str, Any]) -> dict[str, Any]:
 
 def apply_overrides(config: dict[str, Any], overrides: dict[str, Any], source: str) -> dict[str, Any]:
     """A validated full flat config with the user's command-line overrides on top."""
-    cfg = from_flat(config, source=source)
-    return (cfg.with_overrides(overrides, source="command line") if overrides else cfg).to_flat()
+    return from_flat(config, source=source).with_overrides(overrides, source="command line").to_flat()
 
 
 def align_baseline(best: Candidate, baseline: Candidate) -> Candidate:

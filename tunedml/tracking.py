@@ -513,7 +513,7 @@ class TrialRecorder(tune.Callback):
         self.client = tracker.client
         self.runs: dict[str, str] = {}  # trial id -> child run id
         self.unfinished: set[str] = set()  # trial ids started and not yet ended
-        self.with_node: set[str] = set()
+        self.node: dict[str, str] = {}  # trial id -> the node it last reported from
         self.warned = False
         for run in tracker._children() if tracker.options.resume else []:
             if run.data.tags.get("tunedml.interrupted") != "true" and "ray.trial_id" in run.data.tags:
@@ -574,9 +574,10 @@ class TrialRecorder(tune.Callback):
         metrics = [Metric(k, float(v), now, step) for k, v in result.items()
                    if (k in TRIAL_METRICS or k.startswith("dev_")) and isinstance(v, (int, float))]
         tags = []
-        if trial.trial_id not in self.with_node and result.get("node_id"):
-            tags = [RunTag("ray.node_id", str(result["node_id"]))]
-            self.with_node.add(trial.trial_id)
+        node = str(result.get("node_id") or "")
+        if node and self.node.get(trial.trial_id) != node:  # first result, or restarted elsewhere
+            tags = [RunTag("ray.node_id", node)]
+            self.node[trial.trial_id] = node
         self.client.log_batch(run_id, metrics=metrics, tags=tags)
 
     def _end(self, trial: Any, status: str, tags: dict[str, str]) -> None:
