@@ -4,7 +4,8 @@ Both loops fine-tune a freshly loaded all-MiniLM-L6-v2 (the embedded ``minilm``)
 k-shot draw, with the same batch order and the same dynamically padded token batches, AdamW and
 cross-entropy on a linear head over mean-pooled token vectors. tunedml adds what a real run needs
 (dropout on the pooled vector, a warm-up schedule, gradient clipping, loss bookkeeping); the ratio
-shows what that costs. Epochs of the two loops alternate so that machine load hits both alike.
+shows what that costs. Epochs of the two loops alternate so that machine load hits both alike;
+still, on a machine shared with other jobs, epochs can vary threefold: time it on an idle one.
 
     python benchmarks/bench_train.py [--data-dir DIR] [--repeats 5]
 """

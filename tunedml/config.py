@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError, unknown_choice
-from .hparams import Hyperparameter
+from .hparams import Hyperparameter, load_yaml_text
 from .losses import LOSS_NAMES, NO_DML, get_loss_spec
 
 
@@ -205,7 +205,7 @@ def load_yaml(path: str | os.PathLike, source: str | None = None) -> dict[str, A
     """Read a YAML mapping; ConfigError for a missing or malformed file."""
     source = source or str(path)
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        data = load_yaml_text(Path(path).read_text())
     except FileNotFoundError:
         raise ConfigError(f"{source}: file not found") from None
     except yaml.YAMLError as e:

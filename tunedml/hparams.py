@@ -16,14 +16,21 @@ import yaml
 from .errors import ConfigError, unknown_choice
 
 
-_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+class YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, plus YAML 1.2 floats such as ``1e-4`` (YAML 1.1 reads them as strings)."""
+
+
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"), list("-+0123456789."))
+
+
+def load_yaml_text(text: str) -> Any:
+    return yaml.load(text, Loader=YamlLoader)
 
 
 def _scalar(text: str) -> Any:
-    """A YAML scalar; also ``1e-4``, which YAML 1.1 (PyYAML) reads as a string."""
-    if _EXPONENT.fullmatch(text.strip()):
-        return float(text)
-    return yaml.safe_load(text) if text.strip() else text
+    """A `--set` value read as YAML would read it in a config file."""
+    return load_yaml_text(text) if text.strip() else text
 
 
 @dataclass(frozen=True)

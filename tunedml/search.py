@@ -128,6 +128,7 @@ class SearchResult:
             "trials": len(self.trials),
             "finished": sum(t.status == "FINISHED" for t in self.trials),
             "stopped_early": sum(t.status == "KILLED" for t in self.trials),
+            "unfinished": sum(t.status == "UNFINISHED" for t in self.trials),  # --time-budget ran out first
             "failed": [{"trial": t.trial_id, "error": t.error} for t in self.failures],
             "seconds": round(self.seconds, 1),
         }
@@ -140,8 +141,12 @@ def repeat_config(cfg: RunConfig, r: int) -> RunConfig:
     return replace(cfg, data=replace(cfg.data, seed=cfg.data.seed + r), train=replace(cfg.train, seed=cfg.train.seed + r))
 
 
-def trainable(config: dict[str, Any], tokens: Any, base: dict[str, Any], repeats: int) -> None:
-    """One trial: train ``repeats`` draws in lockstep, report their mean dev scores every epoch."""
+def trainable(config: dict[str, Any], tokens: Any, base: dict[str, Any], repeats: int, threads: int = 0) -> None:
+    """One trial: train ``repeats`` draws in lockstep, report their mean dev scores every epoch.
+
+    ``threads`` (the CPUs granted to the trial) applies where the config leaves train.threads at 0;
+    it is not written into the config, so the best configuration carries no machine's CPU count.
+    """
     import numpy as np
     import ray
     import torch
@@ -149,6 +154,8 @@ def trainable(config: dict[str, Any], tokens: Any, base: dict[str, Any], repeats
     from .train import Trainer, draw_for, prepare_tokens
 
     cfg = from_flat({**base, **config_keys(config)}, source="trial config")
+    if not cfg.train.threads and threads:
+        cfg = replace(cfg, train=replace(cfg.train, threads=threads))
     if (cfg.model.name, cfg.data.max_length) != (tokens.tokenizer_name, tokens.max_length):
         tokens = prepare_tokens(cfg)  # the space searches the model or max_length
     runs = [repeat_config(cfg, r) for r in range(repeats)]
@@ -346,10 +353,9 @@ def run_search(tokens: Any, base: dict[str, Any], space: SearchSpace, options: S
     init_ray(options.address, options.verbose)
     storage, name = experiment_path(base.get("data.dataset", "dataset"), space, options)
     path = f"{storage.rstrip('/')}/{name}"
-    cpus = options.cpus_per_trial or max(1.0, float(int(ray.cluster_resources().get("CPU", 1)) // options.concurrency))
-    if "train.threads" not in space.root.keys() and not base.get("train.threads"):
-        base = {**base, "train.threads": max(1, int(cpus))}
-    fn = tune.with_resources(tune.with_parameters(trainable, tokens=tokens, base=base, repeats=options.repeats),
+    cpus = options.cpus_per_trial or _default_cpus(options.concurrency)
+    fn = tune.with_resources(tune.with_parameters(trainable, tokens=tokens, base=base, repeats=options.repeats,
+                                                  threads=max(1, int(cpus))),
                              {"cpu": cpus, "gpu": options.gpus_per_trial})
     objective = options.objective
     total = int(read_state(path).get("options", {}).get("trials", options.trials)) if options.resume else options.trials
@@ -387,17 +393,26 @@ def run_search(tokens: Any, base: dict[str, Any], space: SearchSpace, options: S
     return result
 
 
+def _default_cpus(concurrency: int) -> float:
+    """All CPUs shared among the concurrent trials, but no more than one node has (a trial runs on one)."""
+    import ray
+
+    per_node = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")] or [1]
+    total = int(ray.cluster_resources().get("CPU", 1))
+    return max(1.0, float(min(total // concurrency, int(max(per_node)))))
+
+
 def _trial_dirname(trial: Any) -> str:
     """``trial_<id>``: the id printed on each trial's line, instead of Ray's long config-named folders."""
     return f"trial_{trial.trial_id}"
 
 
 def _interrupted(result: SearchResult, total: int, options: SearchOptions) -> bool:
-    """Ray returns normally after Ctrl-C: a trial left unfinished, or too few trials, tells."""
-    if any(t.status == "UNFINISHED" for t in result.trials):
-        return True
-    out_of_time = options.time_budget_s is not None and result.seconds >= options.time_budget_s
-    return len(result.trials) < total and not out_of_time
+    """Ray returns normally after Ctrl-C: a trial left unfinished, or too few trials, tells
+    (unless --time-budget ran out, which ends a search the same way)."""
+    if options.time_budget_s is not None and result.seconds >= options.time_budget_s:
+        return False
+    return any(t.status == "UNFINISHED" for t in result.trials) or len(result.trials) < total
 
 
 def _set_callbacks(tuner: Any, callbacks: list[Any]) -> None:
@@ -435,8 +450,8 @@ def _summarise(trials: list[Any], base: dict[str, Any], space: SearchSpace, path
         error = None
         if trial.status == "ERROR":
             status, error = "FAILED", _saved_error(trial)
-        elif trial.status != "TERMINATED":
-            status = "UNFINISHED"  # pending or running when the search was interrupted
+        elif trial.status != "TERMINATED" or last.get("epoch") is None:
+            status = "UNFINISHED"  # pending or running when the search was interrupted, or out of time
         else:
             status = trial_status(trial)
         score = last.get(objective) if status in ("FINISHED", "KILLED") else None
