@@ -38,6 +38,30 @@ CONFIGS = [
 ]
 
 
+class Clock:
+    """A Tune callback noting when each trial starts and ends, to place the time outside the trials."""
+
+    def __init__(self) -> None:
+        from ray import tune
+
+        class _Callback(tune.Callback):
+            def on_trial_start(cb, iteration, trials, trial, **info):
+                self.events.append(("start", time.perf_counter()))
+
+            def on_trial_complete(cb, iteration, trials, trial, **info):
+                self.events.append(("end", time.perf_counter()))
+
+        self.callback = _Callback()
+        self.events: list[tuple[str, float]] = []
+
+    def split(self, start: float, stop: float) -> tuple[float, float, float]:
+        """(to the first trial's start, between trials, after the last trial's end)."""
+        starts = [t for kind, t in self.events if kind == "start"]
+        ends = [t for kind, t in self.events if kind == "end"]
+        between = sum(s - e for s, e in zip(starts[1:], ends[:-1]))
+        return starts[0] - start, between, stop - ends[-1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
@@ -79,24 +103,27 @@ def main() -> None:
         raise SystemExit(f"Ray sees {ray.cluster_resources()['CPU']} CPUs, this process {cpus}")
 
     bare: list[list[float]] = []  # [round][config]
-    searches: list[tuple[float, list[float], list[int]]] = []  # (wall, trainable seconds, threads) per round
+    searches: list[tuple[float, list[float], list[int], tuple]] = []  # (wall, trainable s, threads, split)
     with tempfile.TemporaryDirectory() as storage:
         for r in range(args.rounds):
             bare.append([bare_seconds(c) for c in CONFIGS])
             options = SearchOptions(trials=len(CONFIGS), scheduler="none", storage=storage, name=f"bench{r}",
                                     points=CONFIGS)
+            clock = Clock()
             start = time.perf_counter()
-            result = run_search(tokens, base, space, options)
-            wall = time.perf_counter() - start
+            result = run_search(tokens, base, space, options, callbacks=[clock.callback])
+            stop = time.perf_counter()
+            wall = stop - start
             if [t.config["loss.name"] for t in result.trials] != [c["loss.name"] for c in CONFIGS] or result.failures:
                 raise SystemExit(f"the search did not run the four points: {result.to_dict()}")
             saved = {t.trial_id: t.last_result for t in ExperimentAnalysis(result.path).trials}
             last = [saved[t.trial_id] for t in result.trials]
-            searches.append((wall, [x["time_total_s"] for x in last], [x["threads"] for x in last]))
+            searches.append((wall, [x["time_total_s"] for x in last], [x["threads"] for x in last],
+                             clock.split(start, stop)))
     ray.shutdown()
 
     best_bare = [min(b[i] for b in bare) for i in range(len(CONFIGS))]
-    wall, inside, threads = min(searches)
+    wall, inside, threads, (first, between, after) = min(searches)
     bare_total = sum(best_bare)
     cpu = platform.processor() or platform.machine()
     print(f"Search overhead: {args.dataset} k={args.k}, {args.model}, {args.epochs} epochs per trial, "
@@ -111,7 +138,12 @@ def main() -> None:
     print("|---|---:|")
     print(f"| Ray start (once per driver) | {ray_start:.1f} |")
     print(f"| search wall time (`run_search`) | {wall:.1f} |")
-    print(f"| of which outside the trainables (trial process start, Tune, Optuna) | {wall - sum(inside):.1f} |")
+    print(f"| of which outside the trainables | {wall - sum(inside):.1f} |")
+    print(f"| ... until the first trial starts (Tune setup, trial process start, imports) | {first:.1f} |")
+    print(f"| ... between trials ({len(CONFIGS) - 1} gaps) | {between:.1f} |")
+    print(f"| ... after the last trial (Tune teardown, summary) | {after:.1f} |")
+    print(f"| first trial's trainable minus its bare time (imports, first model load in a new process) | "
+          f"{inside[0] - best_bare[0]:.1f} |")
     print(f"| sum of bare training times | {bare_total:.1f} |")
     print(f"| **ratio search / bare** | **{wall / bare_total:.2f}** |")
     print(f"| ratio with Ray's start | {(wall + ray_start) / bare_total:.2f} |")
