@@ -23,7 +23,7 @@ def test_defaults_describe_a_plain_cce_run_on_sst2():
     assert (cfg.data.dataset, cfg.data.protocol, cfg.data.k) == ("sst2", "kshot", 16)
     assert (cfg.model.name, cfg.model.pooling, cfg.model.token_mode) == ("minilm", "mean", False)
     assert (cfg.loss.name, cfg.loss.ce_weight, cfg.loss.params) == ("none", 1.0, {})
-    assert (cfg.train.lr, cfg.train.batch_size, cfg.train.seed) == (3e-5, 16, 0)
+    assert (cfg.train.lr, cfg.train.batch_size, cfg.train.seed) == (1e-4, 16, 0)
     assert cfg.inference.mode == "head"
 
 

@@ -82,10 +82,10 @@ def test_kfold_draws_cover_every_fold_per_seed():
 
 def test_baseline_takes_the_data_encoder_and_seeds_of_the_best_config():
     best = Candidate("best", build_config(sets=["loss.name=proxy_anchor", "data.k=8", "data.seed=4", "model.name=x",
-                                                "train.seed=2", "train.lr=1e-4"]).to_flat(), "test")
+                                                "train.seed=2", "train.lr=5e-4"]).to_flat(), "test")
     base = align_baseline(best, cce_defaults({"data.k": 32, "train.epochs": 3}))
     assert (base.config["data.k"], base.config["data.seed"], base.config["model.name"]) == (8, 4, "x")
-    assert (base.config["train.seed"], base.config["train.epochs"], base.config["train.lr"]) == (2, 3, 3e-5)
+    assert (base.config["train.seed"], base.config["train.epochs"], base.config["train.lr"]) == (2, 3, 1e-4)
     assert base.loss == "none"
     pairs = zip(draw_configs(best.run_config, 2), draw_configs(base.run_config, 2))
     assert all(a.data == b.data and a.train.seed == b.train.seed for a, b in pairs)
@@ -94,7 +94,7 @@ def test_baseline_takes_the_data_encoder_and_seeds_of_the_best_config():
 def test_space_file_as_baseline_uses_recorded_values_for_searched_keys():
     cce = os.path.join(SPACES, "cce.yaml")
     plain = candidate_from_file("baseline", cce, {})
-    assert plain.loss == "none" and plain.config["train.lr"] == 3e-5 and "at defaults" in plain.source
+    assert plain.loss == "none" and plain.config["train.lr"] == 1e-4 and "at defaults" in plain.source
     recorded = {**plain.config, "train.lr": 1.5e-4, "train.epochs": 7}
     tuned = candidate_from_file("baseline", cce, {"train.epochs": 2}, recorded, "MLflow run abc")
     assert tuned.config["train.lr"] == 1.5e-4 and tuned.config["train.epochs"] == 2

@@ -65,7 +65,7 @@ class TrainConfig:
     epochs: int = _hp(20, int, 1, 10_000)
     batch_size: int = _hp(16, int, 1, 65_536)
     eval_batch_size: int = _hp(64, int, 1, 65_536)
-    lr: float = _hp(3e-5, float, 1e-8, 1.0, log=True)
+    lr: float = _hp(1e-4, float, 1e-8, 1.0, log=True, help="few-shot runs take few steps: higher than full-data fine-tuning")
     proxy_lr: float = _hp(1e-2, float, 1e-8, 100.0, log=True, help="learning rate of proxies / class centers")
     weight_decay: float = _hp(0.01, float, 0.0, 1.0)
     warmup_ratio: float = _hp(0.1, float, 0.0, 1.0)
