@@ -181,8 +181,6 @@ def _check_consistency(cfg: RunConfig, source: str) -> None:
         raise ConfigError(f"{source}: loss.ce_weight must be > 0 when loss.name is 'none'")
     if cfg.loss.name != NO_DML and cfg.loss.ce_weight <= 0 and cfg.loss.dml_weight <= 0:
         raise ConfigError(f"{source}: loss.ce_weight and loss.dml_weight are both 0; nothing would be trained")
-    if cfg.inference.mode != "head" and cfg.loss.name == NO_DML:
-        pass  # plain CCE: proxy inference uses class centers of the training embeddings
     if cfg.data.protocol == "kfold" and cfg.data.fold >= cfg.data.folds:
         raise ConfigError(f"{source}: data.fold={cfg.data.fold} must be below data.folds={cfg.data.folds}")
 
