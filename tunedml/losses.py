@@ -153,23 +153,37 @@ def get_loss_spec(name: str) -> LossSpec | None:
 
 
 class CombinedLoss(nn.Module):
-    """``ce_weight * CCE(logits) + dml_weight * DML(embeddings)``; returns the total and its parts."""
+    """``ce_weight * CCE(logits) + dml_weight * DML(embeddings)``; returns the total and its parts.
+
+    ``adv_logits`` (adversarial views of the batch, see :mod:`tunedml.adversarial`) add
+    ``adv_weight * CCE(adv_logits)`` to the CCE term, reported as the part ``adv_ce``.
+    """
 
     def __init__(self, ce_weight: float, dml_weight: float, dml: DMLLoss | None):
         super().__init__()
         self.ce_weight, self.dml_weight, self.dml = ce_weight, dml_weight, dml
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor, embeddings: torch.Tensor,
-                embedding_labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                embedding_labels: torch.Tensor, adv_logits: torch.Tensor | None = None,
+                adv_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         parts: dict[str, torch.Tensor] = {}
         total = logits.new_zeros(())
         if self.ce_weight > 0:
             parts["ce"] = F.cross_entropy(logits.float(), labels)
             total = total + self.ce_weight * parts["ce"]
+            if adv_logits is not None and adv_weight > 0:
+                parts["adv_ce"] = F.cross_entropy(adv_logits.float(), labels)
+                total = total + self.ce_weight * adv_weight * parts["adv_ce"]
         if self.dml is not None and self.dml_weight > 0:
             parts["dml"] = self.dml(embeddings.float(), embedding_labels)
             total = total + self.dml_weight * parts["dml"]
         return total, parts
+
+    def backward(self, total: torch.Tensor, parts: dict[str, torch.Tensor],
+                 shared: list[torch.nn.Parameter]) -> None:
+        """Back-propagate one step's loss. ``shared`` are the encoder's and head's parameters:
+        weightings that need each term's gradient on them (EPO) use it; a fixed sum does not."""
+        total.backward()
 
 
 def build_loss(name: str, ce_weight: float, dml_weight: float, params: dict[str, Any],

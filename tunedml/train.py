@@ -82,6 +82,7 @@ class Trainer:
         self.model = (model or build_model(cfg.model.name, num_classes, cfg.model.pooling, cfg.model.dropout)).to(self.device)
         self.loss = build_loss(cfg.loss.name, cfg.loss.ce_weight, cfg.loss.dml_weight, cfg.loss.params,
                                num_classes, self.model.hidden_size).to(self.device)
+        self.shared_parameters = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = self._optimizer()
         steps = cfg.train.epochs * math.ceil(len(draw.train) / cfg.train.batch_size)
         from transformers import get_linear_schedule_with_warmup
@@ -122,7 +123,7 @@ class Trainer:
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(self.epoch, {k: float(v.detach()) for k, v in parts.items()})
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            self.loss.backward(loss, parts, self.shared_parameters)
             if self.cfg.train.max_grad_norm > 0:
                 params = [p for g in self.optimizer.param_groups for p in g["params"]]
                 torch.nn.utils.clip_grad_norm_(params, self.cfg.train.max_grad_norm)
