@@ -273,8 +273,8 @@ def check_request(request: Request, nodes: list[Node], where: str, wait_ok: bool
     elif request.at_once > 1 and (request.at_once * request.cpus > total.cpus or request.at_once * request.gpus > total.gpus):
         problem = (f"{request.at_once_option} {request.at_once} needs {_num(request.at_once * request.cpus)} CPUs"
                    + (f" and {_num(request.at_once * request.gpus)} GPUs" if request.gpus else "")
-                   + f" ({_num(request.cpus)} CPUs" + (f", {_num(request.gpus)} GPUs" if request.gpus else "")
-                   + f" each) but {where} has {total}; lower {request.at_once_option} or the share per task")
+                   + f" (each {_num(request.cpus)} CPUs" + (f", {_num(request.gpus)} GPUs" if request.gpus else "")
+                   + f") but {where} has {total}; lower {request.at_once_option} or the share per task")
     if problem is None:
         return
     if wait_ok:
@@ -301,24 +301,20 @@ def check_search_resources(options: Any) -> None:
     check_request(request, nodes, "the cluster" if cluster else "this machine", wait_ok=cluster and autoscaling())
 
 
-def check_retrain_resources(options: Any, draws: int) -> None:
-    """Retrain's per-draw request: refused where ``_plan`` would silently drop it."""
+def check_retrain_resources(options: Any) -> None:
+    """Retrain's per-draw request: refused where ``retrain._plan`` would silently drop it."""
     check_quantity(options.cpus_per_draw, "--cpus-per-draw")
     check_quantity(options.gpus_per_draw, "--gpus-per-draw")
-    parallel = options.parallel
-    if parallel is not None and parallel > draws:
-        raise ConfigError(f"--parallel {parallel} is more than the {draws} draws to train "
-                          "(best and baseline); at most that many run at once")
     cluster = bool(options.address)  # as retrain plans it: RAY_ADDRESS alone does not make a cluster run
-    if cluster and parallel is not None:
+    if cluster and options.parallel is not None:
         raise ConfigError("--parallel has no effect on a cluster (--address): Ray runs as many draws as the "
                           "nodes fit; leave it out, or set --cpus-per-draw / --gpus-per-draw")
     nodes = join_cluster(options.address, options.verbose) if cluster else [local_node()]
     gpus = options.gpus_per_draw
     if gpus is None:
         gpus = 1.0 if not cluster and nodes[0].gpus else 0.0
-    cpus = options.cpus_per_draw or 1.0
-    request = Request(cpus, gpus, parallel or 1, "--cpus-per-draw", "--gpus-per-draw", "--parallel")
+    request = Request(options.cpus_per_draw or 1.0, gpus, options.parallel or 1, "--cpus-per-draw",
+                      "--gpus-per-draw", "--parallel")
     check_request(request, nodes, "the cluster" if cluster else "this machine", wait_ok=cluster and autoscaling())
 
 
@@ -350,9 +346,9 @@ def check_model(name: str) -> None:
     try:
         probe(endpoint.hostname or "huggingface.co", endpoint.port or 443, "unreachable")
     except ConfigError as e:
-        reason = str(e).split(": ", 1)[-1]
-        raise ConfigError(f"model.name {name!r}: not a local folder and not in the Hugging Face cache; tried "
-                          f"{constants.ENDPOINT}: {reason}; {MODEL_ADVICE}") from None
+        reason = str(e).rsplit(": ", 1)[-1]
+        raise ConfigError(f"model.name {name!r}: not a local folder and not in the Hugging Face cache, and "
+                          f"{constants.ENDPOINT} cannot be reached ({reason}); {MODEL_ADVICE}") from None
     error = _loads(path, local_files_only=False)
     if error:
         raise ConfigError(f"model.name {name!r}: cannot load it from {constants.ENDPOINT} ({error}); {MODEL_ADVICE}")
@@ -489,9 +485,19 @@ def _check_search_folder(storage: str, name: str, options: Any) -> None:
                           f"with --resume --name {name}, or choose another name")
 
 
+def check_retrain_start(options: Any, uri: str, save_model: str | None) -> None:
+    """What `tunedml retrain` will use, known from its options alone: where it writes (tracking
+    store, --save-model), the cluster it joins and what each draw asks for."""
+    check_tracking_store(uri)
+    check_address(options.address)
+    if save_model is not None:
+        check_output_folder(save_model or "tunedml_models", "--save-model")
+    check_retrain_resources(options)
+
+
 def check_retrain(best: Any, baseline: Any, options: Any) -> None:
-    """Everything `tunedml retrain` will use once its two configurations are known: their models,
-    every draw of both (fresh seeds, every fold) and the resources each draw asks for."""
+    """The rest, once its two configurations are known: their models, every draw of both (fresh
+    seeds, every fold) and their number against --parallel."""
     from .data import load_corpus
     from .retrain import align_baseline, draw_configs
 
@@ -503,4 +509,7 @@ def check_retrain(best: Any, baseline: Any, options: Any) -> None:
     corpus = load_corpus(d.dataset, d.data_dir, d.text_column, d.label_column)
     for role, cfgs in configs.items():
         check_draws(corpus, [c.to_flat() for c in cfgs], f"the {role} configuration")
-    check_retrain_resources(options, sum(len(c) for c in configs.values()))
+    draws = sum(len(c) for c in configs.values())
+    if options.parallel is not None and options.parallel > draws:
+        raise ConfigError(f"--parallel {options.parallel} is more than the {draws} draws to train "
+                          "(best and baseline); at most that many run at once")

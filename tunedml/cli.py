@@ -344,15 +344,12 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
     selection.tracking_uri = resolve_tracking_uri(args.tracking_uri)
     uri = selection.tracking_uri
-    from . import checks
+    from .checks import check_retrain, check_retrain_start
 
-    checks.check_tracking_store(uri)
-    checks.check_address(args.address)
-    if args.save_model is not None:
-        checks.check_output_folder(args.save_model or "tunedml_models", "--save-model")
+    check_retrain_start(options, uri, args.save_model)  # places, address, resources: before MLflow
     check_tracking(uri)
     best, baseline = select(selection)
-    checks.check_retrain(best, baseline, options)  # models, draws, resources: before any training
+    check_retrain(best, baseline, options)  # models and draws of both: before any training
     from .progress import Progress
     from .report import comparison_lines, draw_line
     from .retrain import retrain, save_top_model
