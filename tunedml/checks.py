@@ -28,6 +28,7 @@ from urllib.parse import urlparse
 from .errors import ConfigError, DataError, TrackingError
 
 PROBE_TIMEOUT_S = 3  # a host that does not answer in 3 s is unreachable for a pre-flight check
+HOST_PATTERN = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]")  # a name, IPv4 or [IPv6]
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=@-]{0,199}")
 STORAGE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")  # what pyarrow (Ray's storage) opens
 DATABASE_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
@@ -181,7 +182,7 @@ def check_address(address: str | None) -> None:
     host, sep, port_text = rest.rpartition(":")
     if not sep:
         host, port_text = rest, "10001" if scheme else "6379"
-    if not host or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+    if not HOST_PATTERN.fullmatch(host) or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
         raise ConfigError(f"--address {address}: not an address; {valid}")
     probe(host, int(port_text), f"--address {address}: no Ray cluster answers")
 
@@ -459,6 +460,10 @@ def check_search(prepared: list[tuple[str, dict[str, Any], Any, Any]], options: 
                           "(each search is named <dataset>-<space>-<time>)")
     for dataset, _, space, driver_cfg in prepared:
         _check_search_folder(*experiment_path(driver_cfg.data.dataset, space, options), options)
+        devices = {driver_cfg.train.device} | space_values(space.root, "train.device")
+        if options.gpus_per_trial == 0 and any(str(d).startswith("cuda") for d in devices):
+            raise ConfigError("train.device=cuda with --gpus-per-trial 0: Ray hides the GPUs from a trial that asks "
+                              "for none; pass --gpus-per-trial (e.g. 1, or 0.25 to share a GPU) or train.device=auto")
         for name in sorted({driver_cfg.model.name} | space_values(space.root, "model.name"), key=str):
             check_model(str(name))
         d = driver_cfg.data
