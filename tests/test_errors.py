@@ -269,14 +269,12 @@ def test_hub_id_offline(refused, search, run_config, work, capsys):
     assert not ray_started()
 
 
-@pytest.mark.parametrize("command", ["train", "search"])
-def test_hub_id_without_network(work, data_dir, command):
-    """No network: the hub endpoint refuses; one line in seconds instead of a minute of retries."""
+def test_hub_id_without_network(work, data_dir):
+    """No network: the hub endpoint refuses; one line in seconds instead of a minute of retries.
+    (A subprocess: the hub's endpoint is read when huggingface_hub is imported.)"""
     endpoint = f"http://127.0.0.1:{free_port()}"
     args = ["--dataset", "sst2", "--data-dir", data_dir, "--model", "no-such-org/no-such-model"]
-    if command == "search":
-        args += ["--space", str(SPACES / "cce.yaml"), "--tracking-uri", str(work / "mlflow.db")]
-    run = tunedml(command, *args, cwd=work, timeout=60, env={"HF_HUB_OFFLINE": None, "HF_ENDPOINT": endpoint})
+    run = tunedml("train", *args, cwd=work, timeout=60, env={"HF_HUB_OFFLINE": None, "HF_ENDPOINT": endpoint})
     assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
     assert f"{endpoint} cannot be reached (Connection refused)" in run.stderr and "--model minilm" in run.stderr
     assert list(work.iterdir()) == []
@@ -338,12 +336,14 @@ def test_argparse_errors_are_one_line_from_the_shell(work):
 # ----------------------------------------------------------------- SIGTERM: recorded KILLED like Ctrl-C
 
 @pytest.mark.slow
-def test_sigterm_ends_a_search_killed_not_failed(work, data_dir, tiny_roberta):
+def test_sigterm_ends_a_search_killed_not_failed(work, tmp_path, data_dir, tiny_roberta):
     from mlflow import MlflowClient
 
     db = work / "mlflow.db"
+    space = tmp_path / "long.yaml"
+    space.write_text("loss.name: none\ntrain.lr: {loguniform: [1.0e-4, 1.0e-3]}\ntrain.epochs: 200\n")
     args = ["search", "--dataset", "sst2", "--data-dir", data_dir, "--model", tiny_roberta, "--space",
-            str(SPACES / "cce.yaml"), "--trials", "2", "--set", "data.k=2", "--set", "train.epochs=50",
+            str(space), "--trials", "2", "--set", "data.k=2",
             "--scheduler", "none", "--name", "term", "--storage", str(work / "results"), "--tracking-uri", str(db)]
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "tunedml.cli", *args], cwd=work, env=env, text=True,
