@@ -368,3 +368,10 @@ def test_sigterm_ends_a_search_killed_not_failed(work, tmp_path, data_dir, tiny_
     (parent,) = client.search_runs([exp.experiment_id], "tags.`tunedml.role` = 'search'")
     assert parent.info.status == "KILLED" and "tunedml.interrupted" in parent.data.tags
     assert all(r.info.status != "RUNNING" for r in client.search_runs([exp.experiment_id]))
+
+    # resumed with options that the saved search would ignore: refused before anything is recorded
+    run = tunedml(*args, "--resume", "--trials", "5", "--seed", "3", cwd=work, timeout=120)
+    assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
+    assert "--resume continues term with the options it started with; leave out --trials 5 (it has 2), --seed 3" \
+        in run.stderr
+    assert client.get_run(parent.info.run_id).info.status == "KILLED"

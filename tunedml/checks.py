@@ -476,6 +476,8 @@ def check_search(prepared: list[tuple[str, dict[str, Any], Any, Any]], options: 
 
 def _check_search_folder(storage: str, name: str, options: Any) -> None:
     """--resume finds the search it continues; a new search does not land in an existing one's folder."""
+    from .search import read_state
+
     if "://" in storage and not storage.startswith("file://"):
         return
     folder = Path(urlparse(storage).path if storage.startswith("file://") else storage) / name
@@ -485,6 +487,7 @@ def _check_search_folder(storage: str, name: str, options: Any) -> None:
         if not folder.is_dir() or not tune.Tuner.can_restore(str(folder)):
             raise ConfigError(f"--resume --name {name}: no search to resume in {folder.parent} "
                               "(run it first, or check --name and --storage)")
+        _check_resumed_options(options, read_state(str(folder)).get("options", {}), name)
     elif folder.exists():
         raise ConfigError(f"--name {name}: a search of that name is already in {folder.parent}; continue it "
                           f"with --resume --name {name}, or choose another name")
@@ -518,3 +521,21 @@ def check_retrain(best: Any, baseline: Any, options: Any) -> None:
     if options.parallel is not None and options.parallel > draws:
         raise ConfigError(f"--parallel {options.parallel} is more than the {draws} draws to train "
                           "(best and baseline); at most that many run at once")
+
+
+RESUMED_AS_SAVED = {"trials": "--trials", "scheduler": "--scheduler", "metric": "--metric", "repeats": "--repeats",
+                    "seed": "--seed", "concurrency": "--concurrency", "time_budget_s": "--time-budget"}
+
+
+def _check_resumed_options(options: Any, saved: dict[str, Any], name: str) -> None:
+    """--resume continues a search as Ray saved it (its searcher, scheduler, sample count, budget):
+    an option given another value than the search started with would be ignored, or (--repeats)
+    would change the search halfway. Options left at their defaults are not compared."""
+    from .search import SearchOptions
+
+    default = SearchOptions()
+    changed = [f"{flag} {getattr(options, key)} (it has {saved[key]})" for key, flag in RESUMED_AS_SAVED.items()
+               if key in saved and getattr(options, key) not in (getattr(default, key), saved[key])]
+    if changed:
+        raise ConfigError(f"--resume continues {name} with the options it started with; leave out "
+                          + ", ".join(changed))
