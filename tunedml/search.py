@@ -17,6 +17,7 @@ from typing import Any
 
 from ray import tune
 
+from .checks import check_name
 from .config import FIELDS, RunConfig, from_flat
 from .errors import ConfigError, unknown_choice
 from .progress import Progress, fmt_duration
@@ -65,6 +66,7 @@ class SearchOptions:
             raise ConfigError("--scheduler: " + unknown_choice("scheduler", self.scheduler, SCHEDULERS))
         if self.metric not in METRICS:
             raise ConfigError("--metric: " + unknown_choice("metric", self.metric, METRICS))
+        check_name(self.name, "--name")  # a search's folder is <storage>/<name>: nothing escapes it
 
     @property
     def objective(self) -> str:
@@ -221,6 +223,9 @@ def init_ray(address: str | None, verbose: bool) -> None:
         ray.init(**kwargs)
     else:  # "local": without it Ray joins whatever cluster `ray start` last left on this machine
         ray.init(address="local", include_dashboard=False, **kwargs)
+    from .interrupt import sigterm_as_ctrl_c
+
+    sigterm_as_ctrl_c()  # ray.init replaced it with a handler that exits: a search would end FAILED
     if not verbose:  # failed trials are summarised by tunedml; Ray's tracebacks stay in the results folder
         import logging
 
