@@ -224,21 +224,6 @@ def local_ray():
             ray.shutdown()
 
 
-@pytest.fixture(scope="module")
-def nan_model(tiny_roberta, tmp_path_factory) -> str:
-    """The tiny model with NaN in a LayerNorm: every forward pass, and so the loss, is NaN."""
-    import torch
-    from transformers import AutoModel, AutoTokenizer
-
-    path = tmp_path_factory.mktemp("nan-roberta")
-    model = AutoModel.from_pretrained(tiny_roberta)
-    with torch.no_grad():
-        model.embeddings.LayerNorm.weight.fill_(float("nan"))
-    model.save_pretrained(path)
-    AutoTokenizer.from_pretrained(tiny_roberta).save_pretrained(path)
-    return str(path)
-
-
 def test_failing_trial_is_recorded_with_its_reason_and_the_others_finish(local_ray, tmp_path, tiny_roberta, nan_model,
                                                                         data_dir, capsys):
     from ray.tune import ExperimentAnalysis
