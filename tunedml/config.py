@@ -17,15 +17,25 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError, unknown_choice
-from .hparams import Hyperparameter, load_yaml_text
-from .losses import LOSS_NAMES, NO_DML, get_loss_spec
+from .hparams import Applies, Hyperparameter, load_yaml_text
+from .losses import LOSS_NAMES, NO_DML, get_loss_spec, learns_parameters
 
 
 def _hp(default: Any, kind: type, low: float | None = None, high: float | None = None, *,
-        choices: tuple | None = None, log: bool = False, optional: bool = False, help: str = "") -> Any:
+        choices: tuple | None = None, log: bool = False, optional: bool = False, help: str = "",
+        applies: Applies | None = None) -> Any:
     """A dataclass field whose metadata carries its Hyperparameter (name filled in later)."""
-    hp = Hyperparameter("", kind, default, low, high, choices, log, optional, help)
+    hp = Hyperparameter("", kind, default, low, high, choices, log, optional, help, applies)
     return field(default=default, metadata={"hp": hp})
+
+
+# Where a key changes the run (a space may search it only there; see hparams.Applies)
+WITH_DML = Applies(("loss.name",), lambda name: name != NO_DML,
+                   "only with a DML loss (loss.name other than none; plain CCE's weight only rescales what AdamW normalises)")
+WITH_LOSS_PARAMETERS = Applies(("loss.name",), lambda name: learns_parameters(name),
+                               "only where the loss learns parameters of its own (losses with proxies)")
+WITH_MIXED = Applies(("loss.name", "inference.mode"), lambda name, mode: name != NO_DML and mode == "mixed",
+                     "only with inference.mode=mixed and a DML loss")
 
 
 @dataclass
@@ -55,8 +65,8 @@ class ModelConfig:
 @dataclass
 class LossConfig:
     name: str = _hp(NO_DML, str, choices=LOSS_NAMES)
-    ce_weight: float = _hp(1.0, float, 0.0, 100.0)
-    dml_weight: float = _hp(1.0, float, 0.0, 100.0)
+    ce_weight: float = _hp(1.0, float, 0.0, 100.0, applies=WITH_DML)
+    dml_weight: float = _hp(1.0, float, 0.0, 100.0, applies=WITH_DML)
     params: dict[str, Any] = field(default_factory=dict)  # the DML loss's hyperparameters
 
 
@@ -66,7 +76,8 @@ class TrainConfig:
     batch_size: int = _hp(16, int, 1, 65_536)
     eval_batch_size: int = _hp(64, int, 1, 65_536)
     lr: float = _hp(1e-4, float, 1e-8, 1.0, log=True, help="few-shot runs take few steps: higher than full-data fine-tuning")
-    proxy_lr: float = _hp(1e-2, float, 1e-8, 100.0, log=True, help="learning rate of proxies / class centers")
+    proxy_lr: float = _hp(1e-2, float, 1e-8, 100.0, log=True, help="learning rate of proxies / class centers",
+                          applies=WITH_LOSS_PARAMETERS)
     weight_decay: float = _hp(0.01, float, 0.0, 1.0)
     warmup_ratio: float = _hp(0.1, float, 0.0, 1.0)
     max_grad_norm: float = _hp(1.0, float, 0.0, 1e6, help="0 turns clipping off")
@@ -78,9 +89,11 @@ class TrainConfig:
 
 @dataclass
 class InferenceConfig:
-    mode: str = _hp("head", str, choices=("head", "proxy", "mixed"))
-    mix_weight: float = _hp(0.5, float, 0.0, 1.0, help="mixed: weight of the head's probabilities")
-    proxy_scale: float = _hp(16.0, float, 0.01, 1000.0, log=True, help="mixed: softmax scale of proxy scores")
+    mode: str = _hp("head", str, choices=("head", "proxy", "mixed"), applies=WITH_DML)
+    mix_weight: float = _hp(0.5, float, 0.0, 1.0, help="mixed: weight of the head's probabilities",
+                             applies=WITH_MIXED)
+    proxy_scale: float = _hp(16.0, float, 0.01, 1000.0, log=True, help="mixed: softmax scale of proxy scores",
+                              applies=WITH_MIXED)
 
 
 SECTIONS: dict[str, type] = {

@@ -152,6 +152,13 @@ def get_loss_spec(name: str) -> LossSpec | None:
     return LOSSES[name]
 
 
+def learns_parameters(name: str) -> bool:
+    """Whether training ``loss.name`` learns parameters of the loss's own (proxies): only then does
+    train.proxy_lr change the run."""
+    spec = get_loss_spec(name) if name in LOSS_NAMES else None
+    return spec is not None and spec.has_proxies
+
+
 class CombinedLoss(nn.Module):
     """``ce_weight * CCE(logits) + dml_weight * DML(embeddings)``; returns the total and its parts.
 
