@@ -39,7 +39,7 @@ def sample(space, n: int, seed: int = 0) -> list[dict]:
 # ----------------------------------------------------------------- the shipped spaces
 
 def test_every_issue_space_is_shipped():
-    assert {p.stem for p in SHIPPED} >= {"cce", "proxy_anchor", "soft_triple", "proxy_nca", "supcon", "dml"}
+    assert {p.stem for p in SHIPPED} >= {"cce", "proxy_anchor", "soft_triple", "proxy_nca", "supcon", "dml", "ensemble", "moo"}
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
@@ -271,6 +271,29 @@ def test_points_map_config_keys_to_optuna_parameters():
         space.optuna_params({"loss.name": "arcface"})
 
 
+# ----------------------------------------------------------------- loss sets and weightings
+
+def test_the_ensemble_space_offers_sets_with_their_own_hyperparameters_and_weightings():
+    space = load_space(REPO / "search_spaces" / "ensemble.yaml")
+    space.check_against({})
+    configs = sample(space, 40)
+    assert {c["loss.name"] for c in configs} == {"proxy_anchor+supcon", "soft_triple+supcon", "proxy_anchor+soft_triple+supcon"}
+    assert {c["loss.weighting"] for c in configs} == {"linear", "uncertainty", "epo"}
+    for c in configs:
+        names = c["loss.name"].split("+")
+        weights = {k for k in c if k.endswith(".weight")}
+        assert weights == (set() if c["loss.weighting"] == "uncertainty" else {f"loss.{n}.weight" for n in names})
+        assert all(k.split(".")[1] in names for k in c if k.count(".") == 2)
+        from_flat(c)
+
+
+def test_the_moo_space_compares_linear_and_epo_over_the_same_rays():
+    space = load_space(REPO / "search_spaces" / "moo.yaml")
+    d = space.optuna_distributions()
+    assert d["loss.weighting"].choices == ("linear", "epo") and "loss.dml_weight" in d
+    assert space.fixed_value("loss.name") == "supcon" and space.fixed_value("loss.ce_weight") == 1.0
+
+
 # ----------------------------------------------------------------- invalid spaces: one error, file and key
 
 INVALID = {
@@ -299,6 +322,16 @@ INVALID = {
     "bad fixed value": ("train.batch_size: [8, 16]\n", "train.batch_size", "is not a int"),
     "rule across keys at a range's low end": ("loss.name: none\nloss.ce_weight: {uniform: [0.0, 1.0]}\n",
                                               "loss.ce_weight", "must be > 0 when loss.name is 'none'"),
+    "a loss not in the set": ("loss.name: {choice: {proxy_anchor+supcon: {loss.soft_triple.la: {uniform: [5.0, 10.0]}}}}\n",
+                              "loss.soft_triple.la", "soft_triple is not a loss of loss.name=proxy_anchor+supcon"),
+    "short key in a set": ("loss.name: proxy_anchor+supcon\nloss.margin: {uniform: [0.0, 0.5]}\n",
+                           "loss.margin", "names several losses; name the loss: loss.proxy_anchor.margin"),
+    "the same loss twice": ("loss.name: {choice: {supcon+supcon: {}}}\n", "loss.name", "supcon appears twice"),
+    "unknown loss in a set": ("loss.name: {categorical: [proxy_anchor+supcn]}\n", "loss.name", "unknown loss 'supcn'"),
+    "epo with one term": ("loss.name: {choice: {none: {}, supcon: {}}}\nloss.weighting: epo\n", "loss.weighting=epo",
+                          "combines several terms"),
+    "learned weights searched": ("loss.name: supcon\nloss.weighting: uncertainty\nloss.dml_weight: {uniform: [0.1, 1.0]}\n",
+                                 "loss.dml_weight", "where it does nothing (loss.name=supcon, loss.weighting=uncertainty)"),
     "rule across keys at a range's high end": ("data.protocol: kfold\ndata.folds: 3\ndata.fold: {int: [0, 4]}\n",
                                                "data.fold", "data.fold=4 must be below data.folds=3"),
 }

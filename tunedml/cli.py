@@ -148,7 +148,18 @@ def cmd_losses(args: argparse.Namespace) -> int:
         for name, h in r["hyperparameters"].items():
             print(f"    loss.{name:<18} default {h['default']!s:<6} {h['valid']}")
     print("All losses: loss.ce_weight, loss.dml_weight (total = ce_weight*CCE + dml_weight*DML).")
+    print_weightings()
     return 0
+
+
+def print_weightings() -> None:
+    from .losses import WEIGHTINGS
+
+    print("Several DML losses: loss.name=proxy_anchor+supcon, each with loss.<loss>.<hyperparameter> and "
+          "loss.<loss>.weight (default 1).")
+    print("How CCE and the DML terms combine:")
+    for name, summary in WEIGHTINGS.items():
+        print(f"    loss.weighting={name:<12} {summary}")
 
 
 # ----------------------------------------------------------------- search

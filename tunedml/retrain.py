@@ -651,7 +651,7 @@ def load_model(path: str | Path) -> SavedModel:
     weights = torch.load(folder / "head.pt", map_location="cpu", weights_only=True)
     model.head.load_state_dict(weights["head"])
     loss = build_loss(cfg.loss.name, cfg.loss.ce_weight, cfg.loss.dml_weight, cfg.loss.params, len(labels),
-                      model.hidden_size)
+                      model.hidden_size, weighting=cfg.loss.weighting)
     loss.load_state_dict(weights["loss"])
     model.eval()
     return SavedModel(cfg, model, loss, weights["centers"], load_tokenizer(cfg.model.name), labels)
