@@ -149,7 +149,18 @@ def cmd_losses(args: argparse.Namespace) -> int:
         for name, h in r["hyperparameters"].items():
             print(f"    loss.{name:<18} default {h['default']!s:<6} {h['valid']}")
     print("All losses: loss.ce_weight, loss.dml_weight (total = ce_weight*CCE + dml_weight*DML).")
+    print_weightings()
     return 0
+
+
+def print_weightings() -> None:
+    from .losses import WEIGHTINGS
+
+    print("Several DML losses: loss.name=proxy_anchor+supcon, each with loss.<loss>.<hyperparameter> and "
+          "loss.<loss>.weight (default 1).")
+    print("How CCE and the DML terms combine:")
+    for name, summary in WEIGHTINGS.items():
+        print(f"    loss.weighting={name:<12} {summary}")
 
 
 # ----------------------------------------------------------------- search
@@ -163,13 +174,14 @@ def search_datasets(value: str | None) -> list[str]:
 
 
 def search_options(args: argparse.Namespace):
-    from .search import SearchOptions
+    from .search import SearchOptions, parse_per_option
 
     options = SearchOptions(
         trials=args.trials, concurrency=args.concurrency, cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial, scheduler=args.scheduler, metric=args.metric, repeats=args.repeats,
         time_budget_s=args.time_budget, storage=args.storage, name=args.name, resume=args.resume,
         address=args.address, max_failures=args.max_failures, seed=args.seed, verbose=args.verbose)
+    options.per_option_key, options.per_option_start = parse_per_option(args.start_per_option)
     options.validate()
     return options
 
@@ -234,6 +246,8 @@ def print_search_result(result) -> None:
     if result.best is None:
         print("  no trial produced a score")
         return
+    for line in result.option_lines():
+        print(line)
     print(f"  best {result.objective} {result.best.score:.4f} (trial {result.best.trial_id})")
     searched = yaml.safe_dump(result.best.config, sort_keys=True).strip()
     print("  best configuration:\n    " + searched.replace("\n", "\n    "))
@@ -258,6 +272,9 @@ def add_search_parser(sub) -> None:
     p.add_argument("--max-failures", type=int, default=None, metavar="N",
                    help="restart a failed trial (e.g. lost with its node) up to N times; default 1 with --address, else 0")
     p.add_argument("--seed", type=int, default=0, help="TPE sampler seed")
+    p.add_argument("--start-per-option", default="1", metavar="[KEY=]N",
+                   help="start with N trials of every option of loss.name (or of KEY, a top-level choice) "
+                        "before TPE proposes; 0 turns it off (default 1)")
     add_tracking_option(p)
     add_output_options(p)
 

@@ -81,7 +81,7 @@ class Trainer:
         num_classes = tokens.corpus.num_classes
         self.model = (model or build_model(cfg.model.name, num_classes, cfg.model.pooling, cfg.model.dropout)).to(self.device)
         self.loss = build_loss(cfg.loss.name, cfg.loss.ce_weight, cfg.loss.dml_weight, cfg.loss.params,
-                               num_classes, self.model.hidden_size).to(self.device)
+                               num_classes, self.model.hidden_size, weighting=cfg.loss.weighting).to(self.device)
         self.shared_parameters = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = self._optimizer()
         steps = cfg.train.epochs * math.ceil(len(draw.train) / cfg.train.batch_size)
