@@ -81,7 +81,7 @@ def test_train_prints_a_readable_summary(tiny_roberta, data_dir):
 
 @pytest.mark.parametrize("args, message", [
     (["--dataset", "sst-2"], "unknown dataset 'sst-2' (did you mean 'sst2'?)"),
-    (["--set", "loss.name=supcn"], "loss.name: unknown value 'supcn' (did you mean 'supcon'?)"),
+    (["--set", "loss.name=supcn"], "loss.name: unknown loss 'supcn' (did you mean 'supcon'?)"),
     (["--set", "train.lrr=0.1"], "unknown key 'train.lrr' (did you mean 'train.lr'?)"),
     (["--set", "data.k=0"], "data.k=0 is out of range; valid: int in [1, 100000]"),
     (["--set", "loss.name=proxy_nca", "--set", "loss.margin=0.1"], "not a hyperparameter of loss 'proxy_nca'"),
