@@ -10,6 +10,7 @@ import pytest
 
 from tunedml.config import from_flat
 from tunedml.errors import ConfigError
+from tunedml.optuna_space import optuna_distributions
 from tunedml.space import BRANCH_SEP, config_keys, load_space
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,14 +46,14 @@ def test_every_issue_space_is_shipped():
 def test_shipped_space_validates_and_samples_valid_configs(path):
     space = load_space(path)
     space.check_against({"data.dataset": "sst2", "data.k": 8})
-    assert space.root.searched()
+    assert space.root.dists or space.root.branches
     for config in sample(space, 12):
         from_flat({"data.k": 8, **config}, source=str(path))  # every drawn trial is a valid run config
 
 
 def test_dml_space_has_a_conditional_block_per_loss():
     space = load_space(REPO / "search_spaces" / "dml.yaml")
-    names = space.optuna_distributions()
+    names = optuna_distributions(space)
     assert names["loss.name"].choices == ("none", "proxy_anchor", "soft_triple", "proxy_nca", "supcon")
     # each branch's hyperparameters are their own Optuna parameters, so TPE models each loss apart
     assert {"loss.margin|proxy_anchor", "loss.alpha|proxy_anchor", "loss.centers_per_class|soft_triple",
@@ -68,7 +69,7 @@ def test_dml_space_has_a_conditional_block_per_loss():
 def test_a_command_line_value_replaces_a_fixed_one_and_clashes_with_a_searched_one(tmp_path):
     space = load_space(REPO / "search_spaces" / "dml.yaml")
     space.check_against({"train.epochs": 3})
-    assert space.fixed_value("train.epochs") == 3
+    assert space.root.fixed["train.epochs"] == 3
     with pytest.raises(ConfigError, match=r"dml.yaml: train.lr is searched in this space and also set"):
         load_space(REPO / "search_spaces" / "dml.yaml").check_against({"train.lr": 1e-4})
 
@@ -93,14 +94,14 @@ data.max_length: {int: {low: 16, high: 128, log: true}}
 model.pooling: cls
 """)
     space = load_space(path)
-    d = space.optuna_distributions()
+    d = optuna_distributions(space)
     assert d["train.lr"] == optuna.distributions.FloatDistribution(1e-5, 1e-3, log=True)
     assert d["train.weight_decay"] == optuna.distributions.FloatDistribution(0.0, 0.1)
     assert d["train.warmup_ratio"] == optuna.distributions.FloatDistribution(0.01, 0.2, log=True)
     assert d["train.batch_size"] == optuna.distributions.CategoricalDistribution([8, 16, 32])
     assert d["train.epochs"] == optuna.distributions.IntDistribution(2, 10, step=2)
     assert d["data.max_length"] == optuna.distributions.IntDistribution(16, 128, log=True)
-    assert space.fixed_value("model.pooling") == "cls"
+    assert space.root.fixed["model.pooling"] == "cls"
     for config in sample(space, 10):
         assert config["train.epochs"] in (2, 4, 6, 8, 10) and isinstance(config["train.epochs"], int)
         assert 1e-5 <= config["train.lr"] <= 1e-3
@@ -134,7 +135,7 @@ loss.name:
 """)
     space = load_space(path)
     space.check_against({})
-    names = set(space.optuna_distributions())
+    names = set(optuna_distributions(space))
     assert "inference.mix_weight|proxy_anchor,inference.mode=mixed" in names
     assert not any("/" in n for n in names)  # Ray would read a slash as a nested config
     configs = sample(space, 30)
