@@ -120,9 +120,11 @@ def test_unknown_protocol(mr):
 
 def test_folds_partition_the_data_stratified(trec):
     assignment = fold_assignment(trec, folds=5)
-    assert sorted(set(assignment.tolist())) == [0, 1, 2, 3, 4]
+    assert sorted(set(assignment[trec.train_idx].tolist())) == [0, 1, 2, 3, 4, 5]  # 5 test folds and the draw part
+    assert (assignment[trec.test_idx] == -1).all()  # the official test split is in no fold
     tests = [draw(trec, "kfold", folds=5, fold=f, sample_size=32).test for f in range(5)]
-    assert np.array_equal(np.sort(np.concatenate(tests)), np.arange(len(trec.texts)))  # each row in one fold
+    parts = np.concatenate(tests + [np.flatnonzero(assignment == 5)])
+    assert np.array_equal(np.sort(parts), np.sort(trec.train_idx))  # each training row in one part
     for c in range(trec.num_classes):  # every fold holds a fifth of every class (+-1)
         counts = [np.sum(trec.labels[t] == c) for t in tests]
         assert max(counts) - min(counts) <= 1
@@ -147,8 +149,21 @@ def test_kfold_draw_is_reproducible_and_moves_with_the_seed(mr):
     assert np.array_equal(a.test, c.test)
 
 
+@pytest.mark.parametrize("name", ["sst2", "mr"])
+def test_kfold_test_folds_never_hold_what_a_search_selected_on(corpora, name):
+    """A search draws fold 0 with seeds 0, 1, ... (--repeats); the final evaluation tests on every fold."""
+    corpus = corpora[name]
+    search = [draw(corpus, "kfold", folds=5, fold=0, sample_size=32, seed=s) for s in range(10)]
+    seen = np.concatenate([np.concatenate([d.train, d.dev]) for d in search])
+    final_tests = np.concatenate([draw(corpus, "kfold", folds=5, fold=f, sample_size=32, seed=1000 + f).test
+                                  for f in range(5)])
+    assert not np.intersect1d(seen, final_tests).size
+    if corpus.test_idx is not None:  # the official test split is in no fold, nor in any draw
+        assert not np.intersect1d(np.concatenate([final_tests, seen]), corpus.test_idx).size
+
+
 def test_kfold_sample_larger_than_the_training_folds(trec):
-    message = r"class '\w+' has \d+ examples in the training folds; the draw needs \d+; lower data.sample_size"
+    message = r"class '\w+' has \d+ examples in the kfold draw part; the draw needs \d+; lower data.sample_size"
     with pytest.raises(DataError, match=message):
         draw(trec, "kfold", folds=5, sample_size=5000)
 

@@ -132,7 +132,7 @@ def test_cuda_device_without_a_gpu_request(refused, search):
 @pytest.mark.parametrize("command", ["search", "ui", "retrain"])
 def test_tracking_store_that_cannot_be_created(refused, search, run_config, command):
     uri = "sqlite:////proc/tunedml-x.db"
-    args = {"search": search()[:-2], "ui": ["ui"], "retrain": ["retrain", "--config", run_config]}[command]
+    args = {"search": search()[:-2], "ui": ["ui"], "retrain": ["retrain", "--config", run_config, "--baseline", "defaults"]}[command]
     refused(*args, "--tracking-uri", uri, fragments=(f"cannot use MLflow tracking URI {uri}: cannot write in /proc",))
 
 
@@ -170,9 +170,9 @@ def test_report_out_and_save_model_that_cannot_be_written(refused, work, tmp_pat
     db = work / "mlflow.db"
     file = tmp_path / "taken"
     file.write_text("")
-    refused("retrain", "--config", run_config, "--save-model", str(file), "--tracking-uri", str(db),
+    refused("retrain", "--config", run_config, "--baseline", "defaults", "--save-model", str(file), "--tracking-uri", str(db),
             fragments=(f"--save-model {file}: is an existing file",))
-    refused("retrain", "--config", run_config, "--save-model", "/proc/tunedml-model", "--tracking-uri", str(db),
+    refused("retrain", "--config", run_config, "--baseline", "defaults", "--save-model", "/proc/tunedml-model", "--tracking-uri", str(db),
             fragments=("--save-model /proc/tunedml-model: cannot create",))
     import sqlite3
 
@@ -263,7 +263,7 @@ def test_folder_without_a_model(refused, search, tmp_path, tiny_roberta, data_di
 def test_hub_id_offline(refused, search, run_config, work, capsys):
     refused(*search("--model", "roberta-base"), fragments=("model.name 'roberta-base'", "HF_HUB_OFFLINE", "--model minilm"))
     # retrain knows its models once it has read its configurations (the tracking store is opened for that)
-    code = main(["retrain", "--config", run_config, "--model", "roberta-base", "--tracking-uri", str(work / "m.db")])
+    code = main(["retrain", "--config", run_config, "--baseline", "defaults", "--model", "roberta-base", "--tracking-uri", str(work / "m.db")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "model.name 'roberta-base'" in err and "Hugging Face cache" in err
     assert not ray_started()
@@ -284,23 +284,23 @@ def test_hub_id_without_network(work, data_dir):
 
 @pytest.mark.skipif("has_gpu()")
 def test_retrain_gpu_request_without_a_gpu(refused, run_config, work):
-    refused("retrain", "--config", run_config, "--gpus-per-draw", "1", "--tracking-uri", str(work / "m.db"),
+    refused("retrain", "--config", run_config, "--baseline", "defaults", "--gpus-per-draw", "1", "--tracking-uri", str(work / "m.db"),
             fragments=("--gpus-per-draw 1 can never be granted: this machine has", "0 GPUs"))
 
 
 def test_retrain_cpu_and_parallel_requests_beyond_the_machine(refused, run_config, work):
     db = str(work / "m.db")
-    refused("retrain", "--config", run_config, "--cpus-per-draw", str(CPUS * 50), "--tracking-uri", db,
+    refused("retrain", "--config", run_config, "--baseline", "defaults", "--cpus-per-draw", str(CPUS * 50), "--tracking-uri", db,
             fragments=(f"--cpus-per-draw {CPUS * 50} can never be granted",))
-    refused("retrain", "--config", run_config, "--parallel", str(CPUS + 1), "--seeds", str(CPUS + 1),
+    refused("retrain", "--config", run_config, "--baseline", "defaults", "--parallel", str(CPUS + 1), "--seeds", str(CPUS + 1),
             "--tracking-uri", db, fragments=(f"--parallel {CPUS + 1} needs {CPUS + 1} CPUs",))
-    refused("retrain", "--config", run_config, "--parallel", "2", "--address", "auto", "--tracking-uri", db,
+    refused("retrain", "--config", run_config, "--baseline", "defaults", "--parallel", "2", "--address", "auto", "--tracking-uri", db,
             fragments=("--parallel has no effect on a cluster",))
 
 
 def test_retrain_parallel_beyond_the_draws(work, run_config, capsys):
     """Known only once the configuration is read (the tracking store is opened for that)."""
-    code = main(["retrain", "--config", run_config, "--seeds", "1", "--parallel", "3", "--cpus-per-draw", "0.1",
+    code = main(["retrain", "--config", run_config, "--baseline", "defaults", "--seeds", "1", "--parallel", "3", "--cpus-per-draw", "0.1",
                  "--tracking-uri", str(work / "m.db")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "--parallel 3 is more than the 2 draws to train" in err
@@ -308,7 +308,7 @@ def test_retrain_parallel_beyond_the_draws(work, run_config, capsys):
 
 
 def test_retrain_impossible_draw(work, run_config, capsys):
-    code = main(["retrain", "--config", run_config, "--set", "data.k=5000", "--tracking-uri", str(work / "m.db")])
+    code = main(["retrain", "--config", run_config, "--baseline", "defaults", "--set", "data.k=5000", "--tracking-uri", str(work / "m.db")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "k=5000 needs 10000" in err and "(the best configuration)" in err
 

@@ -24,15 +24,21 @@ from tunedml.train import prepare_tokens
 SPACES = os.path.join(os.path.dirname(__file__), "..", "search_spaces")
 
 
-def hand_made(dataset: str, best: list[float], baseline: list[float], loss: str = "proxy_anchor") -> Comparison:
-    """A comparison with given per-draw test accuracies (macro-F1 = accuracy), no training."""
-    def result(role: str, scores: list[float], name: str) -> ConfigResult:
-        draws = [DrawResult(i, 1000 + i, 1000 + i, None, {"accuracy": s, "macro_f1": s}, None, 1.0)
+def hand_made(dataset: str, best: list[float], baseline: list[float], loss: str = "proxy_anchor",
+              options: RetrainOptions | None = None, untuned: bool = False, trials: tuple = (None, None),
+              collapsed: tuple = ((), ())) -> Comparison:
+    """A comparison with given per-draw test accuracies (macro-F1 = accuracy), no training;
+    ``trials``/``collapsed``: (baseline, best) search budgets and indices of collapsed draws."""
+    def result(role: str, scores: list[float], name: str, side: int) -> ConfigResult:
+        draws = [DrawResult(i, 1000 + i, 1000 + i, None, {"accuracy": s, "macro_f1": s,
+                                                          "collapsed": float(i in collapsed[side])}, None, 1.0)
                  for i, s in enumerate(scores)]
-        return ConfigResult(Candidate(role, {"loss.name": name, "data.dataset": dataset}, "test"), draws)
+        candidate = Candidate(role, {"loss.name": name, "data.dataset": dataset}, "test",
+                              untuned=untuned and role == "baseline", trials=trials[side])
+        return ConfigResult(candidate, draws)
 
-    return compare(dataset, ["negative", "positive"], "kshot k=16", result("best", best, loss),
-                   result("baseline", baseline, "none"), RetrainOptions())
+    return compare(dataset, ["negative", "positive"], "kshot k=16", result("best", best, loss, 1),
+                   result("baseline", baseline, "none", 0), options or RetrainOptions())
 
 
 def opens_as_image(path) -> tuple[int, int]:
@@ -59,10 +65,68 @@ def test_rows_are_percent_and_the_difference_is_paired():
 def test_markdown_has_one_row_per_dataset():
     table = markdown([hand_made("sst2", [0.80, 0.82], [0.78, 0.84]), hand_made("mr", [0.7, 0.7], [0.7, 0.7], "supcon")])
     lines = table.splitlines()
-    assert lines[2] == "| Dataset | Protocol | Draws | CCE baseline | Best configuration | Loss | Δ (pp) |"
-    assert lines[4] == "| sst2 | kshot k=16 | 2 | 81.0 ± 4.2 | 81.0 ± 1.4 | proxy_anchor | +0.0 [-2.0, +2.0] |"
-    assert lines[5] == "| mr | kshot k=16 | 2 | 70.0 ± 0.0 | 70.0 ± 0.0 | supcon | +0.0 [+0.0, +0.0] |"
+    assert lines[2] == ("| Dataset | Protocol | Draws | CCE baseline | Best configuration | Loss | Worst draw | "
+                        "Collapsed | Trials | Δ (pp) | p (t / Wilcoxon) |")
+    # two draws: scores and spread, but no interval, no p-value and no star
+    assert lines[4] == ("| sst2 | kshot k=16 | 2 | 81.0 ± 4.2 | 81.0 ± 1.4 | proxy_anchor | 78.0 / 80.0 | 0 / 0 | – / – | "
+                        "+0.0 (no interval: 2 draws) | – / – |")
+    assert lines[5] == ("| mr | kshot k=16 | 2 | 70.0 ± 0.0 | 70.0 ± 0.0 | supcon | 70.0 / 70.0 | 0 / 0 | – / – | "
+                        "+0.0 (no interval: 2 draws) | – / – |")
     assert len(lines) == 6
+
+
+def test_the_caption_names_the_interval_method():
+    t = markdown([hand_made("sst2", [0.80, 0.83, 0.79], [0.78, 0.80, 0.80])])
+    assert "95% paired Student t interval" in t.splitlines()[0] and "Wilcoxon" in t.splitlines()[0]
+    boot = markdown([hand_made("sst2", [0.80, 0.83, 0.79], [0.78, 0.80, 0.80], options=RetrainOptions(interval="bootstrap"))])
+    assert "percentile-bootstrap interval" in boot.splitlines()[0] and "Student t" not in boot.splitlines()[0]
+
+
+def test_a_significant_row_shows_interval_star_and_p_values():
+    from tunedml.retrain import paired_p_values, t_interval
+
+    c = hand_made("sst2", [0.82, 0.85, 0.83, 0.86, 0.84], [0.78, 0.80, 0.80, 0.81, 0.79])
+    d = [4.0, 5.0, 3.0, 5.0, 5.0]
+    ci, (p_t, p_w) = t_interval(d), paired_p_values(d)
+    row = markdown([c]).splitlines()[4]
+    assert (round(ci.low, 1), round(ci.high, 1), round(p_t, 4), round(p_w, 3)) == (3.3, 5.5, 0.0004, 0.062)
+    assert "| +4.4 [+3.3, +5.5] * | 4e-04 / 0.062 |" in row
+
+
+def test_untuned_baseline_and_different_budgets_are_marked():
+    c = hand_made("sst2", [0.80, 0.83, 0.79], [0.78, 0.80, 0.80], untuned=True, trials=(None, 40))
+    text = markdown([c])
+    assert "| 80.7 ± 2.1 | proxy_anchor |" in text and "| 79.3 ± 1.2 † |" in text
+    assert "† untuned baseline: CCE at default settings" in text and "‡" not in text
+    differ = markdown([hand_made("sst2", [0.80, 0.83, 0.79], [0.78, 0.80, 0.80], trials=(20, 40))])
+    assert "| 20 / 40 ‡ |" in differ and "‡ the two searches had different budgets" in differ
+    same = markdown([hand_made("sst2", [0.80, 0.83, 0.79], [0.78, 0.80, 0.80], trials=(40, 40))])
+    assert "| 40 / 40 |" in same and "‡" not in same and "†" not in same
+
+
+def test_spread_worst_draw_and_collapsed_draws_in_table_and_csv(tmp_path):
+    from tunedml.report import write_csv
+
+    c = hand_made("mpqa", [0.78, 0.81, 0.75], [0.78, 0.519, 0.75], collapsed=((1,), ()))
+    assert "| 51.9 / 75.0 | 1 / 0 |" in markdown([c])
+    with open(write_csv([c], tmp_path / "r.csv")) as f:
+        record = next(csv.DictReader(f))
+    assert (record["baseline_worst"], record["baseline_collapsed"], record["best_collapsed"]) == ("51.9", "1", "0")
+    assert float(record["baseline_std"]) == pytest.approx(100 * np.std([0.78, 0.519, 0.75], ddof=1), abs=1e-3)
+    assert record["interval"] == "t" and float(record["p_t"]) > 0 and record["significant"] == "False"
+
+
+def test_an_older_comparison_file_still_reads():
+    old = hand_made("sst2", [0.80, 0.83, 0.79], [0.78, 0.80, 0.80]).to_dict()
+    for side in ("best", "baseline"):
+        for key in ("untuned", "trials", "collapsed"):
+            del old[side][key]
+    old["baseline"]["source"] = "CCE defaults"
+    old["differences_pp"] = {m: {k: v for k, v in i.items() if k in ("mean", "low", "high", "confidence")}
+                             for m, i in old["differences_pp"].items()}
+    again = Comparison.from_dict(old)
+    assert again.differences["accuracy"].method == "bootstrap" and again.baseline.candidate.untuned
+    assert "percentile-bootstrap" in markdown([again]).splitlines()[0]
 
 
 def test_unknown_metric_is_a_config_error():
@@ -163,6 +227,9 @@ def test_search_then_retrain_then_report(tmp_path, tiny_roberta, data_dir):
 
 def test_report_without_final_runs_is_one_line_and_exit_code_2(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    from mlflow import MlflowClient
+
+    MlflowClient(f"sqlite:///{tmp_path / 'm.db'}").search_experiments()  # a store exists, with no final run in it
     run = subprocess.run([sys.executable, "-m", "tunedml.cli", "report", "--tracking-uri", str(tmp_path / "m.db"),
                           "--out", str(tmp_path / "report")], capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 2 and run.stderr.count("\n") == 1

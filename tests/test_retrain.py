@@ -16,8 +16,9 @@ from tunedml.config import build_config
 from tunedml.data import draw as make_draw
 from tunedml.errors import ConfigError
 from tunedml.retrain import (
-    FRESH_OFFSET, Candidate, Comparison, RetrainOptions, align_baseline, apply_overrides, bootstrap_interval,
-    candidate_from_file, cce_defaults, draw_configs, load_model, paired_differences, retrain, save_model,
+    FRESH_OFFSET, Candidate, Comparison, ConfigResult, DrawResult, RetrainOptions, align_baseline, apply_overrides,
+    bootstrap_interval, candidate_from_file, cce_defaults, compare, draw_configs, load_model, paired_differences,
+    paired_p_values, retrain, save_model, t_interval,
 )
 from tunedml.train import prepare_tokens
 
@@ -59,6 +60,71 @@ def test_interval_is_seeded():
     narrower = bootstrap_interval(values, confidence=0.5)
     wider = bootstrap_interval(values, confidence=0.99)
     assert wider.low <= narrower.low <= narrower.high <= wider.high
+
+
+def test_t_interval_hand_computed():
+    values = [-1.0, 0.5, 2.0, 4.0]
+    mean = 1.375
+    sd = (sum((v - mean) ** 2 for v in values) / 3) ** 0.5
+    half = 3.182446305284263 * sd / 4 ** 0.5  # t quantile 0.975 with 3 degrees of freedom, from the tables
+    ci = t_interval(values)
+    assert (ci.mean, ci.method, ci.n) == (mean, "t", 4)
+    assert ci.low == pytest.approx(mean - half, abs=1e-12) and ci.high == pytest.approx(mean + half, abs=1e-12)
+    assert t_interval(values, confidence=0.5).high < ci.high
+
+
+def test_t_interval_is_wider_than_the_bootstrap_at_five_draws():
+    values = [0.3, -1.2, 2.5, 0.9, 1.1]
+    t, boot = t_interval(values), bootstrap_interval(values)
+    assert t.low < boot.low and t.high > boot.high
+
+
+def test_p_values_are_the_paired_t_test_and_wilcoxon_of_scipy():
+    from scipy import stats
+
+    best, base = np.array([0.81, 0.84, 0.79, 0.86, 0.80]), np.array([0.78, 0.80, 0.80, 0.81, 0.76])
+    p_t, p_w = paired_p_values(paired_differences(best, base))
+    assert p_t == pytest.approx(stats.ttest_rel(best, base).pvalue)
+    assert p_w == pytest.approx(stats.wilcoxon(best - base).pvalue)
+    assert paired_p_values([0.0, 0.0, 0.0]) == (1.0, 1.0)
+
+
+def result_of(role: str, test: list[float], dev: list[float] | None = None) -> ConfigResult:
+    dev = dev or test
+    draws = [DrawResult(i, 1000 + i, 1000 + i, None, {"accuracy": t, "macro_f1": t}, {"accuracy": d, "macro_f1": d}, 1.0)
+             for i, (t, d) in enumerate(zip(test, dev))]
+    return ConfigResult(Candidate(role, {"loss.name": "none"}, "test"), draws)
+
+
+def test_fewer_than_three_paired_draws_give_no_interval_and_no_p_value():
+    c = compare("sst2", ["n", "p"], "kshot k=16", result_of("best", [0.8, 0.9]), result_of("baseline", [0.7, 0.7]),
+                RetrainOptions())
+    d = c.differences["accuracy"]
+    assert d.mean == pytest.approx(15.0) and (d.low, d.high, d.p_t, d.p_wilcoxon) == (None, None, None, None)
+    assert not d.exists and not d.significant
+    one = compare("sst2", ["n", "p"], "kshot k=16", result_of("best", [0.8]), result_of("baseline", [0.7]),
+                  RetrainOptions())
+    assert not one.differences["accuracy"].exists and not one.differences["accuracy"].significant
+
+
+def test_the_default_interval_is_t_and_the_bootstrap_stays_an_option():
+    best, base = result_of("best", [0.80, 0.83, 0.79, 0.86]), result_of("baseline", [0.78, 0.80, 0.80, 0.81])
+    d = paired_differences(best.scores("accuracy"), base.scores("accuracy"))
+    t = compare("sst2", ["n", "p"], "kshot k=16", best, base, RetrainOptions()).differences["accuracy"]
+    assert (t.mean, t.low, t.high) == (t_interval(d).mean, t_interval(d).low, t_interval(d).high)
+    assert (t.p_t, t.p_wilcoxon) == paired_p_values(d)
+    boot = compare("sst2", ["n", "p"], "kshot k=16", best, base,
+                   RetrainOptions(interval="bootstrap")).differences["accuracy"]
+    assert boot.method == "bootstrap" and (boot.low, boot.high) == (bootstrap_interval(d).low, bootstrap_interval(d).high)
+    with pytest.raises(ConfigError, match="unknown interval 'z'"):
+        RetrainOptions(interval="z").validate()
+
+
+def test_the_saved_and_plotted_draw_is_chosen_on_dev_never_on_test():
+    best = result_of("best", test=[0.95, 0.60, 0.70, 0.60], dev=[0.50, 0.75, 0.75, 0.70])
+    assert best.top_draw() == 1  # draw 0 has the best test score; draws 1 and 2 tie on dev: the lower index
+    c = compare("sst2", ["n", "p"], "kshot k=16", best, result_of("baseline", [0.6] * 4), RetrainOptions())
+    assert c.best_draw == 1
 
 
 def test_paired_differences_are_percentage_points():
@@ -161,7 +227,8 @@ def test_the_paired_interval_comes_from_those_draws(compared):
     assert compared.paired == [0, 1]
     for metric in ("accuracy", "macro_f1"):
         d = [100 * (b.test[metric] - c.test[metric]) for b, c in zip(compared.best.draws, compared.baseline.draws)]
-        assert compared.differences[metric] == bootstrap_interval(d)
+        assert compared.differences[metric].mean == pytest.approx(np.mean(d))
+        assert not compared.differences[metric].exists  # two paired draws: no interval
         summary = compared.best.summary()[metric]
         assert summary["mean"] == pytest.approx(np.mean([x.test[metric] for x in compared.best.draws]))
         assert summary["std"] == pytest.approx(np.std([x.test[metric] for x in compared.best.draws], ddof=1))
@@ -186,7 +253,7 @@ def test_the_comparison_survives_json(compared):
 
 
 def test_snapshots_hold_test_embeddings_and_prototypes(compared, tokens):
-    top = max(compared.best.draws, key=lambda d: (d.test["accuracy"], d.test["macro_f1"], -d.index))
+    top = max(compared.best.draws, key=lambda d: (d.dev["accuracy"], -d.index))
     assert compared.best_draw == top.index
     best, base = compared.snapshots["best"], compared.snapshots["baseline"]
     n_test = len(tokens.corpus.test_idx)
@@ -276,6 +343,11 @@ def test_retrain_from_files_records_final_runs_and_a_loadable_model(tmp_path, ti
     model = load_model(out["model"])
     assert model.cfg.inference.mode == "proxy" and model.label_names == ["DESC", "ENTY", "ABBR", "HUM", "LOC", "NUM"]
     assert set(model.predict(["Who wrote Hamlet?", "How far is the moon?"])) <= set(model.label_names)
+    from tunedml.tracking import download_model
+
+    fetched = load_model(download_model(uri, runs["best"], tmp_path / "fetched"))  # the copy the final run keeps
+    texts = ["Who wrote Hamlet?", "How far is the moon?", "What is a quark?"]
+    assert fetched.predict(texts) == model.predict(texts)
 
     best, baseline = select(Selection(run_id=runs["best"], baseline=runs["baseline"], tracking_uri=uri))
     assert best.config == out["best"]["config"] and baseline.config == out["baseline"]["config"]
@@ -302,3 +374,74 @@ def test_retrain_bad_input_is_one_line_and_exit_code_2_before_training(tmp_path,
     assert run.stderr.count("\n") == 1 and run.stderr.startswith("tunedml retrain: error: ")
     assert message in run.stderr
     assert "Traceback" not in run.stderr and "draw" not in run.stderr and run.stdout == ""
+
+
+# ----------------------------------------------------------------- the baseline is never silently untuned
+
+def record_search(uri: str, dataset: str, space: str, config: dict, score: float, trials: int) -> str:
+    """A finished search as `tunedml search` records it (parent run, best config, space file), written
+    straight to a real store: what `retrain` reads, without a minute of Ray per search."""
+    from mlflow import MlflowClient
+
+    from tunedml.config import from_flat
+    from tunedml.tracking.store import dataset_experiment
+
+    client = MlflowClient(uri)
+    experiment = dataset_experiment(client, uri, dataset)
+    tags = {"tunedml.role": "search", "tunedml.dataset": dataset, "tunedml.space": space,
+            "tunedml.trials_finished": str(trials - 1), "tunedml.trials_stopped_early": "1", "tunedml.trials_failed": "0"}
+    run = client.create_run(experiment, run_name=f"{dataset}-{space}", tags=tags)
+    client.log_param(run.info.run_id, "search.trials", trials)
+    client.log_metric(run.info.run_id, "best_dev_accuracy", score)
+    client.log_text(run.info.run_id, from_flat(config).to_yaml(), "best_config.yaml")
+    with open(os.path.join(SPACES, f"{space}.yaml")) as f:
+        client.log_text(run.info.run_id, f.read(), f"space/{space}.yaml")
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id
+
+
+@pytest.fixture(scope="module")
+def dml_only_store(tmp_path_factory, tiny_roberta, data_dir) -> str:
+    uri = f"sqlite:///{tmp_path_factory.mktemp('dml-only') / 'mlflow.db'}"
+    record_search(uri, "sst2", "dml", apply_overrides({"loss.name": "proxy_anchor"}, small(tiny_roberta, data_dir, **{
+        "train.epochs": 1, "data.k": 2}), "test"), 0.6, trials=12)
+    return uri
+
+
+def test_retrain_without_a_cce_search_stops_and_names_the_command(dml_only_store, tmp_path):
+    run = tunedml("retrain", "--dataset", "sst2", "--tracking-uri", dml_only_store, cwd=str(tmp_path))
+    assert run.returncode == 2 and run.stdout == "" and run.stderr.count("\n") == 1, run.stderr
+    assert run.stderr.startswith("tunedml retrain: error: no CCE-only search recorded for dataset 'sst2'")
+    assert "`tunedml search --dataset sst2 --space search_spaces/cce.yaml --trials 12`" in run.stderr
+    assert "--baseline defaults" in run.stderr and "draw" not in run.stderr
+
+
+def test_untuned_baseline_on_request_and_one_draw_gives_scores_without_interval(dml_only_store, tmp_path):
+    run = tunedml("retrain", "--dataset", "sst2", "--tracking-uri", dml_only_store, "--baseline", "defaults",
+                  "--seeds", "1", "--parallel", "1", cwd=str(tmp_path))
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = run.stdout.splitlines()
+    assert any(line.startswith("  CCE baseline (none, untuned)") for line in lines)
+    assert any(line.startswith("  best (proxy_anchor, 12 trials)") for line in lines)
+    assert "no interval and no p-values: 1 paired draws, 3 needed" in run.stdout
+    assert "[" not in run.stdout and "*" not in run.stdout and "CI" not in run.stdout
+    assert "note: the CCE baseline is untuned" in run.stdout
+
+    from tunedml.tracking import final_comparisons
+
+    [recorded] = final_comparisons(dml_only_store, ["sst2"])
+    assert recorded.baseline.candidate.untuned and recorded.best.candidate.trials == 12
+    assert not recorded.differences["accuracy"].exists
+
+
+def test_both_searches_give_their_trial_counts(tmp_path, tiny_roberta, data_dir):
+    from tunedml.retrain import Selection, select
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = small(tiny_roberta, data_dir)
+    record_search(uri, "sst2", "dml", apply_overrides({"loss.name": "supcon"}, config, "test"), 0.7, trials=40)
+    cce_run = record_search(uri, "sst2", "cce", apply_overrides({}, {**config, "train.lr": 2e-4}, "test"), 0.65,
+                           trials=20)
+    best, baseline = select(Selection("sst2", tracking_uri=uri))
+    assert (best.loss, best.trials, baseline.loss, baseline.trials) == ("supcon", 40, "none", 20)
+    assert baseline.run_id == cce_run and not baseline.untuned and baseline.config["train.lr"] == 2e-4

@@ -10,6 +10,7 @@ import pytest
 
 from tunedml.config import from_flat
 from tunedml.errors import ConfigError
+from tunedml.optuna_space import optuna_distributions
 from tunedml.space import BRANCH_SEP, config_keys, load_space
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,14 +47,14 @@ def test_every_issue_space_is_shipped():
 def test_shipped_space_validates_and_samples_valid_configs(path):
     space = load_space(path)
     space.check_against({"data.dataset": "sst2", "data.k": 8})
-    assert space.root.searched()
+    assert space.root.dists or space.root.branches
     for config in sample(space, 12):
         from_flat({"data.k": 8, **config}, source=str(path))  # every drawn trial is a valid run config
 
 
 def test_dml_space_has_a_conditional_block_per_loss():
     space = load_space(REPO / "search_spaces" / "dml.yaml")
-    names = space.optuna_distributions()
+    names = optuna_distributions(space)
     assert names["loss.name"].choices == ("none", "proxy_anchor", "soft_triple", "proxy_nca", "supcon")
     # each branch's hyperparameters are their own Optuna parameters, so TPE models each loss apart
     assert {"loss.margin|proxy_anchor", "loss.alpha|proxy_anchor", "loss.centers_per_class|soft_triple",
@@ -77,15 +78,15 @@ def test_shipped_spaces_share_one_definition_of_everything_but_the_loss(path):
     for key in COMMON:  # the very same distribution or value in every space
         assert space.root.fixed.get(key) == common.root.fixed.get(key)
         assert [d for d in space.root.dists if d.key == key] == [d for d in common.root.dists if d.key == key]
-    assert space.fixed_value("train.epochs") == 15  # fixed: ASHA's rungs compare equal schedules
+    assert space.root.fixed["train.epochs"] == 15  # fixed: ASHA's rungs compare equal schedules
 
 
 def test_the_cce_space_is_the_dml_space_without_the_loss():
     cce = load_space(REPO / "search_spaces" / "cce.yaml")
     dml = load_space(REPO / "search_spaces" / "dml.yaml")
-    assert cce.fixed_value("loss.name") == "none" and cce.root.keys() == COMMON | {"loss.name"}
+    assert cce.root.fixed["loss.name"] == "none" and cce.root.keys() == COMMON | {"loss.name"}
     none_branch = dml.root.branches["loss.name"][1]["none"]
-    assert not none_branch.searched() and dml.root.keys() - {k for s in dml.root.branches["loss.name"][1].values()
+    assert not (none_branch.dists or none_branch.branches) and dml.root.keys() - {k for s in dml.root.branches["loss.name"][1].values()
                                                             for k in s.keys()} == COMMON | {"loss.name"}
 
 
@@ -95,8 +96,8 @@ def test_include_is_resolved_next_to_the_including_file(tmp_path):
     write(tmp_path / "parts", "train.epochs: 3\n", "more.yaml")
     path = write(tmp_path, "include: parts/base.yaml\nloss.name: supcon\n")
     space = load_space(path)
-    assert space.fixed_value("train.epochs") == 3 and space.fixed_value("loss.name") == "supcon"
-    assert "train.lr" in space.optuna_distributions()
+    assert space.root.fixed["train.epochs"] == 3 and space.root.fixed["loss.name"] == "supcon"
+    assert "train.lr" in optuna_distributions(space)
     assert len(space.sources) == 3
     before = space.sha256
     write(tmp_path / "parts", "train.epochs: 4\n", "more.yaml")
@@ -185,7 +186,7 @@ loss.name:
 def test_a_command_line_value_replaces_a_fixed_one_and_clashes_with_a_searched_one(tmp_path):
     space = load_space(REPO / "search_spaces" / "dml.yaml")
     space.check_against({"train.epochs": 3})
-    assert space.fixed_value("train.epochs") == 3
+    assert space.root.fixed["train.epochs"] == 3
     with pytest.raises(ConfigError, match=r"dml.yaml: train.lr is searched in this space and also set"):
         load_space(REPO / "search_spaces" / "dml.yaml").check_against({"train.lr": 1e-4})
 
@@ -210,14 +211,14 @@ data.max_length: {int: {low: 16, high: 128, log: true}}
 model.pooling: cls
 """)
     space = load_space(path)
-    d = space.optuna_distributions()
+    d = optuna_distributions(space)
     assert d["train.lr"] == optuna.distributions.FloatDistribution(1e-5, 1e-3, log=True)
     assert d["train.weight_decay"] == optuna.distributions.FloatDistribution(0.0, 0.1)
     assert d["train.warmup_ratio"] == optuna.distributions.FloatDistribution(0.01, 0.2, log=True)
     assert d["train.batch_size"] == optuna.distributions.CategoricalDistribution([8, 16, 32])
     assert d["train.epochs"] == optuna.distributions.IntDistribution(2, 10, step=2)
     assert d["data.max_length"] == optuna.distributions.IntDistribution(16, 128, log=True)
-    assert space.fixed_value("model.pooling") == "cls"
+    assert space.root.fixed["model.pooling"] == "cls"
     for config in sample(space, 10):
         assert config["train.epochs"] in (2, 4, 6, 8, 10) and isinstance(config["train.epochs"], int)
         assert 1e-5 <= config["train.lr"] <= 1e-3
@@ -253,7 +254,7 @@ loss.name:
 """)
     space = load_space(path)
     space.check_against({})
-    names = set(space.optuna_distributions())
+    names = set(optuna_distributions(space))
     assert "inference.mix_weight|proxy_anchor,inference.mode=mixed" in names
     assert not any("/" in n for n in names)  # Ray would read a slash as a nested config
     configs = sample(space, 30)
@@ -289,9 +290,9 @@ def test_the_ensemble_space_offers_sets_with_their_own_hyperparameters_and_weigh
 
 def test_the_moo_space_compares_linear_and_epo_over_the_same_rays():
     space = load_space(REPO / "search_spaces" / "moo.yaml")
-    d = space.optuna_distributions()
+    d = optuna_distributions(space)
     assert d["loss.weighting"].choices == ("linear", "epo") and "loss.dml_weight" in d
-    assert space.fixed_value("loss.name") == "supcon" and space.fixed_value("loss.ce_weight") == 1.0
+    assert space.root.fixed["loss.name"] == "supcon" and space.root.fixed["loss.ce_weight"] == 1.0
 
 
 # ----------------------------------------------------------------- invalid spaces: one error, file and key

@@ -28,7 +28,7 @@ from tunedml.cli import main
 from tunedml.config import build_config, from_flat
 from tunedml.errors import TrackingError
 from tunedml.tracking import (BEST_CONFIG, PLOTS, UI_ENV, check_tracking, experiment_name, find_best,
-                              optuna_params, resolve_tracking_uri)
+                              resolve_tracking_uri)
 
 SPACES = {
     # head inference on a tiny random model: a coin toss on dev
@@ -338,7 +338,7 @@ def test_optuna_names_are_recovered_from_a_trial_config():
     for _ in range(8):
         trial = study.ask()
         config = space.define_by_run(trial)
-        assert optuna_params(space.root, config_keys(config)) == trial.params
+        assert space.root.params(config_keys(config), space.path) == trial.params
         study.tell(trial, 0.5)
 
 

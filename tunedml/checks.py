@@ -29,7 +29,6 @@ from .errors import ConfigError, DataError, TrackingError
 
 PROBE_TIMEOUT_S = 3  # a host that does not answer in 3 s is unreachable for a pre-flight check
 HOST_PATTERN = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]")  # a name, IPv4 or [IPv6]
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=@-]{0,199}")
 STORAGE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")  # what pyarrow (Ray's storage) opens
 DATABASE_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -136,15 +135,6 @@ def _writable(folder: Path, where: str) -> None:
 
 
 # ----------------------------------------------------------------- names, ports, addresses
-
-def check_name(name: str | None, what: str = "--name") -> None:
-    """A name that becomes a folder is one path component of plain characters: nothing escapes."""
-    if name is None:
-        return
-    if not NAME_PATTERN.fullmatch(name) or name in (".", ".."):
-        raise ConfigError(f"{what} {name!r}: not a valid name; use letters, digits and . _ - + = @ "
-                          "(one folder name, not a path, at most 200 characters, starting with a letter or digit)")
-
 
 def port(text: str) -> int:
     """argparse type of a TCP port to listen on: an integer in 1..65535."""

@@ -42,14 +42,13 @@ def add_output_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="let library logs through")
 
 
-def config_from_args(args: argparse.Namespace, dataset: str | None = None):
-    """Defaults < --config < --dataset/--data-dir/--model < --set, all validated."""
-    from .config import build_config
-    from .data import check_dataset_name, resolve_data_dir
+def named_keys(args: argparse.Namespace) -> dict[str, Any]:
+    """--dataset, --data-dir and --model as flat config keys (the data folder made absolute)."""
+    from .data import resolve_data_dir
 
     extra: dict[str, Any] = {}
-    if dataset or getattr(args, "dataset", None):
-        extra["data.dataset"] = dataset or args.dataset
+    if getattr(args, "dataset", None):
+        extra["data.dataset"] = args.dataset
     data_dir = resolve_data_dir(getattr(args, "data_dir", None))
     if data_dir:
         if not os.path.isdir(data_dir):
@@ -57,6 +56,17 @@ def config_from_args(args: argparse.Namespace, dataset: str | None = None):
         extra["data.data_dir"] = os.path.abspath(data_dir)  # trials run in other directories
     if getattr(args, "model", None):
         extra["model.name"] = args.model
+    return extra
+
+
+def config_from_args(args: argparse.Namespace, dataset: str | None = None):
+    """Defaults < --config < --dataset/--data-dir/--model < --set, all validated."""
+    from .config import build_config
+    from .data import check_dataset_name
+
+    extra = named_keys(args)
+    if dataset:
+        extra["data.dataset"] = dataset
     cfg = build_config(getattr(args, "config", None), getattr(args, "set", []), extra)
     check_dataset_name(cfg.data.dataset)
     from .checks import check_model
@@ -208,7 +218,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     prepared = [(ds, *prepare_search(args, ds)) for ds in datasets]  # all validated before any work
     quiet_libraries(args.verbose)
     from .checks import check_search
-    from .tracking import SearchTracker, check_tracking, resolve_tracking_uri
+    from .tracking import check_tracking, resolve_tracking_uri
+    from .tracking.search_runs import SearchTracker
 
     uri = resolve_tracking_uri(args.tracking_uri)
     check_search(prepared, options, uri)  # places, names, models, draws, resources: before MLflow and Ray
@@ -331,18 +342,11 @@ def add_tracking_parsers(sub) -> None:
 # ----------------------------------------------------------------- final evaluation: retrain, report
 
 def override_args(args: argparse.Namespace) -> dict[str, Any]:
-    """--data-dir, --model and --set as flat overrides (validated when applied)."""
+    """--data-dir, --model and --set as flat overrides for both configurations (validated when
+    applied); --dataset is not one: it also says which recorded searches to take."""
     from .config import parse_set_args
-    from .data import resolve_data_dir
 
-    extra: dict[str, Any] = {}
-    data_dir = resolve_data_dir(args.data_dir)
-    if data_dir:
-        if not os.path.isdir(data_dir):
-            raise DataError(f"--data-dir {data_dir!r} is not a folder")
-        extra["data.data_dir"] = os.path.abspath(data_dir)
-    if args.model:
-        extra["model.name"] = args.model
+    extra = {k: v for k, v in named_keys(args).items() if k != "data.dataset"}
     return {**extra, **parse_set_args(args.set)}
 
 
@@ -351,8 +355,8 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     from .retrain import RetrainOptions, Selection, draw_configs, select
 
     options = RetrainOptions(seeds=args.seeds, parallel=args.parallel, cpus_per_draw=args.cpus_per_draw,
-                             gpus_per_draw=args.gpus_per_draw, address=args.address, bootstrap=args.bootstrap,
-                             keep_model=args.save_model is not None, verbose=args.verbose)
+                             gpus_per_draw=args.gpus_per_draw, address=args.address, interval=args.interval,
+                             bootstrap=args.bootstrap, keep_model=args.save_model is not None, verbose=args.verbose)
     options.validate()
     selection = Selection(args.dataset, args.run_id, args.config, args.baseline, override_args(args))
     selection.check()
@@ -368,13 +372,13 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     best, baseline = select(selection)
     check_retrain(best, baseline, options)  # models and draws of both: before any training
     from .progress import Progress
-    from .report import comparison_lines, draw_line
+    from .report import comparison_lines, describe_candidate, draw_line
     from .retrain import retrain, save_top_model
     from .train import prepare_tokens
 
     draws = len(draw_configs(best.run_config, args.seeds))
-    print(f"retrain {best.config['data.dataset']}: {draws} draws of best = {best.loss} ({best.source}) and "
-          f"baseline = {baseline.loss} ({baseline.source})", file=sys.stderr, flush=True)
+    print(f"retrain {best.config['data.dataset']}: {draws} draws of best = {describe_candidate(best)} and "
+          f"baseline = {describe_candidate(baseline)}", file=sys.stderr, flush=True)
     tokens = prepare_tokens(best.run_config)
     progress = Progress(2 * draws, "draw")
     comparison = retrain(tokens, best, baseline, options, on_draw=lambda job, r: progress.step(draw_line(job, r)))
@@ -387,7 +391,8 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     print("\n".join(comparison_lines(comparison)))
     print(f"  recorded in MLflow: run {run_ids['best']} (best), {run_ids['baseline']} (baseline) at {uri}")
     if model_dir:
-        print(f"  model of draw {comparison.best_draw} saved to {model_dir} (tunedml.retrain.load_model)")
+        print(f"  model of draw {comparison.best_draw} (best dev accuracy) saved to {model_dir} "
+              "(tunedml.retrain.load_model)")
     elif args.save_model is not None:
         print("  no model saved: every draw of the best configuration failed")
     return 0
@@ -395,13 +400,11 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
 @command("report")
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import PROJECTIONS, check_metric, markdown, write_report
+    from .metrics import check_metric
+    from .report import check_projection, markdown, rows, write_report
 
     check_metric(args.metric)
-    if args.projection not in PROJECTIONS:
-        from .errors import ConfigError, unknown_choice
-
-        raise ConfigError("--projection: " + unknown_choice("projection", args.projection, PROJECTIONS))
+    check_projection(args.projection)
     quiet_libraries(args.verbose)
     from .tracking import check_tracking, final_comparisons, log_report, resolve_tracking_uri
 
@@ -416,8 +419,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     files = write_report(comparisons, args.out, args.metric, args.projection)
     run_id = log_report(uri, args.out, comparisons)
     if args.json:
-        from .report import rows
-
         emit_json({"rows": [r.__dict__ for r in rows(comparisons, args.metric)], "files": [str(f) for f in files],
                    "mlflow": {"tracking_uri": uri, "run_id": run_id}})
         return 0
@@ -434,18 +435,20 @@ def add_final_parsers(sub) -> None:
     p.add_argument("--seeds", type=int, default=None,
                    help="kshot: fresh draws (and seeds), default 5; kfold: seeds per fold, default 1 (every fold)")
     p.add_argument("--baseline", default=None,
-                   help="a YAML run config or space file (e.g. search_spaces/cce.yaml), or a run id "
-                        "(default: the best recorded CCE-only search, else CCE with defaults)")
+                   help="a YAML run config or space file (e.g. search_spaces/cce.yaml), a run id, or 'defaults' "
+                        "for untuned CCE (default: the best recorded CCE-only search)")
     p.add_argument("--parallel", type=int, default=None, help="draws at a time (default: as many as the CPUs allow; "
                                                               "1 trains them one by one in this process)")
     p.add_argument("--cpus-per-draw", type=float, default=None, help="CPUs per draw (default: all CPUs / parallel draws)")
     p.add_argument("--gpus-per-draw", type=float, default=None,
                    help="GPUs per draw; fractions share a GPU (default: 1 where this machine has a GPU, else 0)")
     p.add_argument("--address", default=None, help="run the draws on a Ray cluster: auto or ray://host:port")
-    p.add_argument("--bootstrap", type=int, default=10_000, help="bootstrap resamples of the paired differences")
+    p.add_argument("--interval", default="t",
+                   help="interval of the paired difference: t (Student's t, default) or bootstrap (percentile)")
+    p.add_argument("--bootstrap", type=int, default=10_000, help="bootstrap resamples (with --interval bootstrap)")
     p.add_argument("--save-model", nargs="?", const="", default=None, metavar="DIR",
-                   help="save the best draw's model to DIR (default tunedml_models/<dataset>-<loss>-<time>) "
-                        "and to its MLflow run")
+                   help="save the model of the best configuration's draw with the best dev score to DIR "
+                        "(default tunedml_models/<dataset>-<loss>-<time>) and to its MLflow run")
     add_tracking_option(p)
     add_output_options(p)
 

@@ -254,12 +254,19 @@ def _kshot(corpus: Corpus, k: int, seed: int, test_size: int) -> Draw:
 
 
 def fold_assignment(corpus: Corpus, folds: int) -> np.ndarray:
-    """Stratified fold id of every example, fixed for a corpus and fold count."""
+    """The kfold part of every example, stratified and fixed for a corpus and fold count.
+
+    Parts 0 .. folds-1 are the test folds; part ``folds`` (the draw part) is where every draw's
+    training and dev examples come from; -1 marks the official test split, which is in no part.
+    A search selects on dev scores of draws from the draw part only, so no example of any test
+    fold was ever seen by a search, whatever the seeds or repeats it used.
+    """
     rng = np.random.default_rng(FOLD_SEED)
-    assignment = np.empty(len(corpus.labels), dtype=np.int64)
+    assignment = np.full(len(corpus.labels), -1, dtype=np.int64)
+    pool = corpus.train_idx
     for c in range(corpus.num_classes):
-        members = rng.permutation(np.flatnonzero(corpus.labels == c))
-        assignment[members] = np.arange(len(members)) % folds
+        members = rng.permutation(pool[corpus.labels[pool] == c])
+        assignment[members] = np.arange(len(members)) % (folds + 1)
     return assignment
 
 
@@ -275,18 +282,18 @@ def _stratified_sample(corpus: Corpus, candidates: np.ndarray, size: int, rng: n
         members = candidates[labels == c]
         if len(members) < n:
             raise DataError(f"{corpus.name}: class {corpus.label_names[c]!r} has {len(members)} examples "
-                            f"in the training folds; the draw needs {n}; lower data.sample_size")
+                            f"in the kfold draw part; the draw needs {n}; lower data.sample_size")
         picked.append(rng.permutation(members)[:n])
     return np.concatenate(picked)
 
 
 def _kfold(corpus: Corpus, sample_size: int, folds: int, fold: int, seed: int) -> Draw:
+    """Train and dev from the draw part, test on test fold ``fold`` (see :func:`fold_assignment`)."""
     assignment = fold_assignment(corpus, folds)
     rng = np.random.default_rng(seed)
-    training = np.flatnonzero(assignment != fold)
-    train = _stratified_sample(corpus, training, sample_size, rng)
-    rest = np.setdiff1d(training, train)
-    dev = _stratified_sample(corpus, rest, sample_size, rng)
+    part = np.flatnonzero(assignment == folds)
+    train = _stratified_sample(corpus, part, sample_size, rng)
+    dev = _stratified_sample(corpus, np.setdiff1d(part, train), sample_size, rng)
     return Draw(train, dev, np.flatnonzero(assignment == fold))
 
 

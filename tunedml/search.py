@@ -7,27 +7,38 @@ talks to MLflow: tracking plugs in as a Tune callback.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import time
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from ray import tune
 
-from .checks import check_name
 from .config import FIELDS, RunConfig, from_flat
 from .errors import ConfigError, unknown_choice
+from .metrics import METRICS, check_metric
 from .progress import Progress, fmt_duration
 from .space import SearchSpace, config_keys
 
-METRICS = ("accuracy", "macro_f1")
 SCHEDULERS = ("asha", "hyperband", "none")
 DEFAULT_STORAGE = "tunedml_results"
 STATE_FILE = "tunedml_search.json"  # what the search was, so --resume and `tunedml best` can read it
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=@-]{0,199}")  # a search's folder name
 CHECKPOINT_EVERY_S = "2"  # TUNE_GLOBAL_CHECKPOINT_S unless set: how often Ray saves the search's state
+
+
+def check_name(name: str | None, what: str = "--name") -> None:
+    """A name that becomes a folder is one path component of plain characters: nothing escapes."""
+    if name is None:
+        return
+    if not NAME_PATTERN.fullmatch(name) or name in (".", ".."):
+        raise ConfigError(f"{what} {name!r}: not a valid name; use letters, digits and . _ - + = @ "
+                          "(one folder name, not a path, at most 200 characters, starting with a letter or digit)")
 
 
 @dataclass
@@ -69,8 +80,7 @@ class SearchOptions:
                 raise ConfigError(message)
         if self.scheduler not in SCHEDULERS:
             raise ConfigError("--scheduler: " + unknown_choice("scheduler", self.scheduler, SCHEDULERS))
-        if self.metric not in METRICS:
-            raise ConfigError("--metric: " + unknown_choice("metric", self.metric, METRICS))
+        check_metric(self.metric)
         check_name(self.name, "--name")  # a search's folder is <storage>/<name>: nothing escapes it
 
     @property
@@ -358,6 +368,73 @@ class TrialLines(tune.Callback):
         print(f"trial {trial.trial_id} failed ({trial_error(trial)}); restarting it", file=self.progress.stream, flush=True)
 
 
+_LIVE: dict[str, list[Any]] = {}  # search name -> this process's callbacks while it runs
+
+
+class Relay(tune.Callback):
+    """The search's one Tune callback: it hands every event to the callbacks of this process.
+
+    Ray pickles the run config, callbacks included, and ``Tuner.restore`` (--resume) brings back
+    those pickled copies, with no public way to replace them. So the callback Ray keeps only
+    relays, by the search's name, to the live callbacks this process registered for it (the
+    progress lines and the MLflow recorder of this run); its own copies serve only where no live
+    ones are registered (a Tuner run by Ray elsewhere, as over ``ray://``).
+    """
+
+    def __init__(self, name: str, callbacks: list[Any]):
+        self.name = name
+        self.callbacks = callbacks
+
+    @contextlib.contextmanager
+    def live(self) -> Iterator[None]:
+        """Register this relay's callbacks as the live ones of its search while the search runs."""
+        _LIVE[self.name] = self.callbacks
+        try:
+            yield
+        finally:
+            _LIVE.pop(self.name, None)
+
+    def _each(self, hook: str, **info: Any) -> None:
+        for callback in _LIVE.get(self.name, self.callbacks):
+            getattr(callback, hook)(**info)
+
+    def setup(self, **info):
+        self._each("setup", **info)
+
+    def on_step_begin(self, **info):
+        self._each("on_step_begin", **info)
+
+    def on_step_end(self, **info):
+        self._each("on_step_end", **info)
+
+    def on_trial_start(self, **info):
+        self._each("on_trial_start", **info)
+
+    def on_trial_restore(self, **info):
+        self._each("on_trial_restore", **info)
+
+    def on_trial_save(self, **info):
+        self._each("on_trial_save", **info)
+
+    def on_trial_result(self, **info):
+        self._each("on_trial_result", **info)
+
+    def on_trial_complete(self, **info):
+        self._each("on_trial_complete", **info)
+
+    def on_trial_recover(self, **info):
+        self._each("on_trial_recover", **info)
+
+    def on_trial_error(self, **info):
+        self._each("on_trial_error", **info)
+
+    def on_checkpoint(self, **info):
+        self._each("on_checkpoint", **info)
+
+    def on_experiment_end(self, **info):
+        self._each("on_experiment_end", **info)
+
+
 def describe(config: dict[str, Any], hide: set[str] | frozenset[str] = frozenset()) -> str:
     """The searched values of a trial in a short line: the loss first, its hyperparameters unprefixed."""
     values = {k: v for k, v in config_keys(config).items() if k not in hide}
@@ -432,7 +509,7 @@ def run_search(tokens: Any, base: dict[str, Any], space: SearchSpace, options: S
     objective = options.objective
     total = int(read_state(path).get("options", {}).get("trials", options.trials)) if options.resume else options.trials
     lines = TrialLines(total, objective, hide=set(space.root.fixed))
-    all_callbacks = [lines, *(callbacks or [])]
+    relay = Relay(name, [lines, *(callbacks or [])])
     # Ray saves the search's state every 10 s or more (and at Ctrl-C); every 2 s instead, so that a
     # killed driver loses only trials that ended in its last 2 s. Each save copies the results
     # folder, so not after every step.
@@ -442,7 +519,6 @@ def run_search(tokens: Any, base: dict[str, Any], space: SearchSpace, options: S
         if not tune.Tuner.can_restore(path):
             raise ConfigError(f"--resume: {path} holds no search that can be resumed")
         tuner = tune.Tuner.restore(path, trainable=fn, resume_unfinished=True, resume_errored=False)
-        _set_callbacks(tuner, all_callbacks)
     else:
         _write_state(storage, name, {**(state or {}), "space": space.path, "base": base, "options": options.__dict__})
         tuner = tune.Tuner(
@@ -452,11 +528,12 @@ def run_search(tokens: Any, base: dict[str, Any], space: SearchSpace, options: S
                 num_samples=options.trials, time_budget_s=options.time_budget_s, trial_dirname_creator=_trial_dirname,
                 reuse_actors=True),  # a new trial process would import torch and transformers again
             run_config=tune.RunConfig(
-                name=name, storage_path=storage, callbacks=all_callbacks, verbose=2 if options.verbose else 0,
+                name=name, storage_path=storage, callbacks=[relay], verbose=2 if options.verbose else 0,
                 failure_config=tune.FailureConfig(max_failures=options.retries, fail_fast=False),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
         )
-    tuner.fit()  # Ctrl-C: Ray saves the state, stops the trials and returns
+    with relay.live():
+        tuner.fit()  # Ctrl-C: Ray saves the state, stops the trials and returns
     result = _summarise(_saved_trials(path), base, space, path, objective, time.perf_counter() - start)
     if _interrupted(result, total, options):
         done = sum(t.status in ("FINISHED", "KILLED", "FAILED") for t in result.trials)
@@ -485,12 +562,6 @@ def _interrupted(result: SearchResult, total: int, options: SearchOptions) -> bo
     if options.time_budget_s is not None and result.seconds >= options.time_budget_s:
         return False
     return any(t.status == "UNFINISHED" for t in result.trials) or len(result.trials) < total
-
-
-def _set_callbacks(tuner: Any, callbacks: list[Any]) -> None:
-    """Tuner.restore keeps the pickled RunConfig; give it this process's callbacks instead."""
-    internal = tuner._local_tuner  # no public API replaces callbacks on restore
-    internal._run_config.callbacks = callbacks
 
 
 def _write_state(storage: str, name: str, state: dict[str, Any]) -> None:

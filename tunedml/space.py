@@ -30,7 +30,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .config import FIELDS, hyperparameter_for, load_yaml
 from .errors import ConfigError, unknown_choice
@@ -76,22 +76,6 @@ class Space:
             out[key] = option
             out.update(options[option].sample(trial))
         return out
-
-    def distributions(self) -> Iterator[tuple[str, Any]]:
-        """(Optuna name, optuna distribution) of every parameter, in all branches."""
-        import optuna.distributions as od
-
-        for d in self.dists:
-            if d.kind == "categorical":
-                yield d.name, od.CategoricalDistribution(d.choices)
-            elif d.kind == "int":
-                yield d.name, od.IntDistribution(int(d.low), int(d.high), step=d.step, log=d.log)
-            else:
-                yield d.name, od.FloatDistribution(d.low, d.high, log=d.log)
-        for name, options in self.branches.values():
-            yield name, od.CategoricalDistribution(list(options))
-            for sub in options.values():
-                yield from sub.distributions()
 
     def examples(self, end: int = 0) -> list[dict[str, Any]]:
         """One concrete config per branch combination, every range at its low (``end=0``) or high
@@ -157,9 +141,6 @@ class Space:
                 keys |= sub.keys()
         return keys
 
-    def searched(self) -> bool:
-        return bool(self.dists or self.branches)
-
 
 @dataclass
 class SearchSpace:
@@ -182,12 +163,6 @@ class SearchSpace:
 
     def define_by_run(self, trial: Any) -> dict[str, Any]:
         return self.root.sample(trial)
-
-    def optuna_distributions(self) -> dict[str, Any]:
-        return dict(self.root.distributions())
-
-    def fixed_value(self, key: str, default: Any = None) -> Any:
-        return self.root.fixed.get(key, default)
 
     def optuna_params(self, point: dict[str, Any]) -> dict[str, Any]:
         """A config (flat keys) as Optuna parameters, to enqueue as a trial to run first.

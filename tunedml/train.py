@@ -22,7 +22,7 @@ from .data import Draw, TokenizedCorpus
 from .errors import ConfigError, NonFiniteLossError
 from .evaluate import Outputs, autocast_for, class_centers, forward_all, predict, scores
 from .losses import build_loss
-from .model import EncoderClassifier, build_model
+from .model import build_model
 
 EpochCallback = Callable[["EpochResult"], None]
 
@@ -71,15 +71,15 @@ def seed_everything(seed: int) -> None:
 
 
 class Trainer:
-    """Fine-tunes ``model`` (built from ``cfg.model`` when not given) on ``draw.train``."""
+    """Fine-tunes the model of ``cfg.model`` on ``draw.train``."""
 
-    def __init__(self, cfg: RunConfig, tokens: TokenizedCorpus, draw: Draw, model: EncoderClassifier | None = None):
+    def __init__(self, cfg: RunConfig, tokens: TokenizedCorpus, draw: Draw):
         self.cfg, self.tokens, self.draw = cfg, tokens, draw
         torch.set_num_threads(granted_threads(cfg.train.threads))
         self.device = pick_device(cfg.train.device)
         seed_everything(cfg.train.seed)
         num_classes = tokens.corpus.num_classes
-        self.model = (model or build_model(cfg.model.name, num_classes, cfg.model.pooling, cfg.model.dropout)).to(self.device)
+        self.model = build_model(cfg.model.name, num_classes, cfg.model.pooling, cfg.model.dropout).to(self.device)
         self.loss = build_loss(cfg.loss.name, cfg.loss.ce_weight, cfg.loss.dml_weight, cfg.loss.params,
                                num_classes, self.model.hidden_size, weighting=cfg.loss.weighting).to(self.device)
         self.shared_parameters = [p for p in self.model.parameters() if p.requires_grad]
@@ -138,13 +138,14 @@ class Trainer:
     def outputs(self, indices: np.ndarray) -> Outputs:
         return forward_all(self.model, self.tokens, indices, self.cfg.train.eval_batch_size, self.device, self.cfg.train.bf16)
 
-    def evaluate(self, indices: np.ndarray) -> dict[str, float]:
-        """Accuracy and macro-F1 on ``indices`` with the configured inference mode."""
+    def evaluate(self, indices: np.ndarray, outputs: Outputs | None = None) -> dict[str, float]:
+        """Accuracy and macro-F1 on ``indices`` with the configured inference mode; ``outputs``: the
+        model's outputs on ``indices`` where the caller has them already (one pass over a test set)."""
         inf = self.cfg.inference
         centers = None
         if inf.mode != "head" and (self.loss.dml is None or self.loss.dml.proxies() is None):
             centers = class_centers(self.outputs(self.draw.train), self.tokens.corpus.num_classes)
-        out = self.outputs(indices)
+        out = outputs if outputs is not None else self.outputs(indices)
         preds = predict(inf.mode, out, self.loss, centers, inf.mix_weight, inf.proxy_scale)
         return scores(preds, out.labels, self.tokens.corpus.num_classes)
 
@@ -163,7 +164,7 @@ class Trainer:
             result.history.append(epoch)
             if callback:
                 callback(epoch)
-        result.dev = result.history[-1].dev if result.history else self.evaluate(self.draw.dev)
+        result.dev = result.history[-1].dev
         if evaluate_test:
             result.test = self.evaluate(self.draw.test)
         result.seconds = time.perf_counter() - start
