@@ -30,7 +30,7 @@ def command(name: str) -> Callable[[Command], Command]:
 
 def add_config_options(p: argparse.ArgumentParser, dataset_help: str = "a task (tunedml datasets) or a data file/folder") -> None:
     p.add_argument("--dataset", help=dataset_help)
-    p.add_argument("--data-dir", help="folder with <task>/<split>.jsonl (default: $TUNEDML_DATA_DIR)")
+    p.add_argument("--data-dir", help="folder with <task>/<split>.jsonl (default: $TUNEDML_DATA_DIR, else the SentEval copy inside the package)")
     p.add_argument("--model", help="minilm (embedded default), a hub id such as roberta-base, or a local folder")
     p.add_argument("--config", help="YAML run config (e.g. a best_config.yaml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. data.k=16")
