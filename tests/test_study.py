@@ -3,6 +3,7 @@ and the whole pipeline end to end in an empty folder (embedded data, default mod
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -159,13 +160,14 @@ def test_bad_settings_stop_before_anything_runs(tmp_path, monkeypatch, capsys, a
     assert list(tmp_path.iterdir()) == []  # no store, no results folder
 
 
-def test_a_space_key_set_inside_a_choice_stops_before_any_search(tmp_path, monkeypatch, capsys):
+def test_a_bad_search_argument_stops_the_study_before_the_store_or_any_search(tmp_path, monkeypatch, capsys):
+    """loss.margin is no key of plain CCE (cce.yaml): found by checking every search up front."""
     monkeypatch.chdir(tmp_path)
     assert main(["study", "--datasets", "sst2", "--set", "loss.margin=0.1", "--tracking-uri",
                  f"sqlite:///{tmp_path / 'm.db'}"]) == 2
     err = capsys.readouterr().err
-    assert "loss.margin" in err and err.count("\n") == 1
-    assert not (tmp_path / "tunedml_results").exists() or not any((tmp_path / "tunedml_results").glob("sst2-*"))
+    assert err.startswith("tunedml study: error: ") and "loss.margin" in err and err.count("\n") == 1
+    assert not (tmp_path / "m.db").exists() and not (tmp_path / "tunedml_results").exists()
 
 
 # ----------------------------------------------------------------- end to end
@@ -180,13 +182,17 @@ def study(cwd: Path, *extra: str, interrupt_after: str | None = None) -> subproc
         return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=1800)
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
-    lines = []
-    for line in proc.stderr:
-        lines.append(line)
-        if line.startswith(interrupt_after):
-            os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the whole foreground group
-            break
-    out, err = proc.communicate(timeout=600)
+    try:
+        lines = []
+        for line in proc.stderr:
+            lines.append(line)
+            if line.startswith(interrupt_after):
+                proc.send_signal(signal.SIGINT)  # Ctrl-C, as test_search sends it to a search
+                break
+        out, err = proc.communicate(timeout=600)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever the driver left (teardown, also on failure)
     return subprocess.CompletedProcess(cmd, proc.returncode, out, "".join(lines) + err)
 
 
@@ -224,6 +230,6 @@ def test_study_in_an_empty_folder_resumes_after_ctrl_c_and_then_has_nothing_left
 
     third = study(tmp_path)
     assert third.returncode == 0, third.stderr
-    assert third.stderr.count("done before") == 4 and "search sst2" not in third.stderr
+    assert third.stderr.count(": done before (run ") == 4 and "search sst2" not in third.stderr
     assert results in third.stdout and "finished" in third.stdout
     assert len(all_runs(tmp_path)) == len(runs)  # nothing ran again

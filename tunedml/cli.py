@@ -463,8 +463,8 @@ def cmd_study(args: argparse.Namespace) -> int:
     from .tracking import check_tracking, resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
-    check_tracking(uri)
-    return run_study(replace(settings, tracking_uri=uri), Commands(run=run_command, check=check_search))
+    return run_study(replace(settings, tracking_uri=uri), Commands(run=run_command, check=check_search),
+                     check_store=lambda: check_tracking(uri))
 
 
 def add_study_parser(sub) -> None:

@@ -409,38 +409,45 @@ class Study:
         self.stream = stream
         self.key = settings.key()
         self.stages = plan(settings)
-        self.ledger = Ledger(settings.tracking_uri, self.key)
+        self.ledger: Ledger  # opened by run(), once the store has been checked
         self.clock = Clock()
         self.pending: list[int] = []  # indices of the stages not done when the study (re)started
         self.runs: dict[tuple[str, str], str] = {}  # (dataset, kind) -> the run that stage produced
         self.spaces: dict[str, str] = {}
 
+    def prepare(self) -> None:
+        """Before anything runs or is recorded: each search's space file, and every search's
+        arguments checked as `tunedml search` checks them."""
+        s = self.settings
+        local = Path(s.storage_path) if "://" not in s.storage_path else Path(tempfile.gettempdir()) / "tunedml-study"
+        self.spaces = study_spaces(s, self.key, local)
+        for dataset in s.datasets:
+            for kind in SEARCH_KINDS:
+                self.commands.check(search_argv(s, dataset, self.spaces[kind], "check", resume=False))
+
     def run(self) -> int:
         s = self.settings
-        with tempfile.TemporaryDirectory(prefix="tunedml-study-") as tmp:
-            local = Path(s.storage_path) if "://" not in s.storage_path else Path(tmp)
-            self.spaces = study_spaces(s, self.key, local)
-            for dataset in s.datasets:  # every search validated before any runs
-                for kind in SEARCH_KINDS:
-                    self.commands.check(search_argv(s, dataset, self.spaces[kind], "check", resume=False))
-            known = self.ledger.open(s, create=not s.resume)
-            self.pending = [i for i, stage in enumerate(self.stages) if self.ledger.done(stage) is None]
-            done = len(self.stages) - len(self.pending)
-            self.say(f"study {self.key[:8]}: {', '.join(s.datasets)}; {s.trials} + {s.trials} trials "
-                     f"(repeats {s.repeats}), {s.seeds} draws; {done} of {len(self.stages)} stages done before"
-                     + ("" if known else " (new study)"))
-            index = 0
-            try:
-                for index, stage in enumerate(self.stages):
-                    self.run_stage(index, stage)
-            except KeyboardInterrupt:
-                self.ledger.end("KILLED")
-                raise StudyInterrupted(f"{self.stages[index].title} stopped, the stages done are kept; "
-                                       f"continue the study with: {s.command()} --resume") from None
-            except BaseException:
-                self.ledger.end("FAILED")
-                raise
-            self.ledger.end("FINISHED")
+        if not self.spaces:
+            self.prepare()
+        self.ledger = Ledger(s.tracking_uri, self.key)
+        known = self.ledger.open(s, create=not s.resume)
+        self.pending = [i for i, stage in enumerate(self.stages) if self.ledger.done(stage) is None]
+        done = len(self.stages) - len(self.pending)
+        self.say(f"study {self.key[:8]}: {', '.join(s.datasets)}; {s.trials} + {s.trials} trials "
+                 f"(repeats {s.repeats}), {s.seeds} draws; {done} of {len(self.stages)} stages done before"
+                 + ("" if known else " (new study)"))
+        index = 0
+        try:
+            for index, stage in enumerate(self.stages):
+                self.run_stage(index, stage)
+        except KeyboardInterrupt:
+            self.ledger.end("KILLED")
+            raise StudyInterrupted(f"{self.stages[index].title} stopped, the stages done are kept; "
+                                   f"continue the study with: {s.command()} --resume") from None
+        except BaseException:
+            self.ledger.end("FAILED")
+            raise
+        self.ledger.end("FINISHED")
         self.print_results()
         return 0
 
@@ -535,6 +542,11 @@ class Study:
               f"in experiment {STUDY_EXPERIMENT} at {self.settings.tracking_uri}")
 
 
-def run_study(settings: Settings, commands: Commands) -> int:
+def run_study(settings: Settings, commands: Commands, check_store: Callable[[], None] = lambda: None) -> int:
+    """Validate everything (settings, then every search's arguments), then ``check_store`` (the
+    tracking store is touched only after that), then run the study."""
     settings.validate()
-    return Study(settings, commands).run()
+    study = Study(settings, commands)
+    study.prepare()
+    check_store()
+    return study.run()
