@@ -26,7 +26,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA_DIR = os.environ.get("TUNEDML_DATA_DIR") or str(REPO.parent / "shared" / "data" / "senteval")
 SPACE = REPO / "search_spaces" / "dml.yaml"
 COMMON = {"loss.ce_weight": 1.0, "loss.dml_weight": 0.1, "train.lr": 5e-5, "train.proxy_lr": 1e-2, "model.pooling": "mean"}
 CONFIGS = [
@@ -64,7 +63,8 @@ class Clock:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    parser.add_argument("--data-dir", default=None,
+                        help="SentEval folder (default: $TUNEDML_DATA_DIR, else the copy inside the package)")
     parser.add_argument("--dataset", default="sst2")
     parser.add_argument("--model", default="minilm")
     parser.add_argument("--k", type=int, default=8, help="examples per class (train and dev)")
@@ -81,8 +81,9 @@ def main() -> None:
     from tunedml.space import load_space
     from tunedml.train import Trainer, draw_for, prepare_tokens
 
-    base = {"data.dataset": args.dataset, "data.data_dir": os.path.abspath(args.data_dir), "data.k": args.k,
-            "model.name": args.model, "train.epochs": args.epochs}
+    base = {"data.dataset": args.dataset, "data.k": args.k, "model.name": args.model, "train.epochs": args.epochs}
+    if args.data_dir:
+        base["data.data_dir"] = os.path.abspath(args.data_dir)
     space = load_space(SPACE, base)
     space.check_against(base)
     tokens = prepare_tokens(from_flat({**base, **space.root.fixed}))

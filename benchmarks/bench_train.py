@@ -17,7 +17,6 @@ import os
 import platform
 import statistics
 import time
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -30,9 +29,6 @@ from torch.nn import functional as F  # noqa: E402
 from tunedml.config import build_config  # noqa: E402
 from tunedml.model import resolve_model  # noqa: E402
 from tunedml.train import Trainer, draw_for, prepare_tokens  # noqa: E402
-
-DEFAULT_DATA_DIR = os.environ.get("TUNEDML_DATA_DIR") or str(
-    Path(__file__).resolve().parents[2] / "shared" / "data" / "senteval")
 
 
 class BareLoop:
@@ -106,8 +102,8 @@ def print_table(times: dict[str, list[tuple[float, float]]], steps: int) -> None
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
-                        help="SentEval folder (default: $TUNEDML_DATA_DIR or ../shared/data/senteval)")
+    parser.add_argument("--data-dir", default=None,
+                        help="SentEval folder (default: $TUNEDML_DATA_DIR, else the copy inside the package)")
     parser.add_argument("--dataset", default="sst2")
     parser.add_argument("--model", default="minilm")
     parser.add_argument("--k", type=int, default=64, help="examples per class in the training draw")
@@ -116,7 +112,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: the CPUs granted)")
     args = parser.parse_args()
 
-    cfg = build_config(sets=[f"data.data_dir={args.data_dir}", f"data.dataset={args.dataset}", f"data.k={args.k}",
+    data_dir = [f"data.data_dir={args.data_dir}"] if args.data_dir else []
+    cfg = build_config(sets=[*data_dir, f"data.dataset={args.dataset}", f"data.k={args.k}",
                              f"model.name={args.model}", f"train.batch_size={args.batch_size}",
                              f"train.epochs={args.repeats + 1}", f"train.threads={args.threads}", "train.device=cpu"])
     tokens = prepare_tokens(cfg)

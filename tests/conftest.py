@@ -1,9 +1,12 @@
-"""Shared fixtures: offline Hugging Face, a tiny random RoBERTa, and the real SentEval slices."""
+"""Shared fixtures: offline Hugging Face, a tiny random RoBERTa, and the real SentEval tasks."""
 
 from __future__ import annotations
 
+import gzip
 import os
+import shutil
 import tempfile
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -12,16 +15,34 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # a test that forgets --tracking-uri must not write mlflow.db into the repository
 os.environ["MLFLOW_TRACKING_URI"] = "sqlite:///" + os.path.join(tempfile.mkdtemp(prefix="tunedml-mlflow-"), "mlflow.db")
+# registered tasks come from the package's embedded copy unless a test passes a folder itself
+os.environ.pop("TUNEDML_DATA_DIR", None)
 
 REPO = Path(__file__).resolve().parents[1]
-SENTEVAL = Path(os.environ.get("TUNEDML_DATA_DIR", REPO.parent / "shared" / "data" / "senteval"))
 
 
 @pytest.fixture(scope="session")
-def data_dir() -> str:
-    if not (SENTEVAL / "sst2").is_dir():
-        pytest.fail(f"SentEval data not found at {SENTEVAL}; set TUNEDML_DATA_DIR")
-    return str(SENTEVAL)
+def data_dir(tmp_path_factory) -> str:
+    """The package's SentEval tasks decompressed into a folder, as a user's --data-dir would hold them.
+
+    Tests that pass it read the real data through the folder loader; tests that pass nothing read
+    the embedded copy. tests/test_data.py checks that both give the same corpus.
+    """
+    from tunedml.data import EMBEDDED, TASKS
+
+    root = tmp_path_factory.mktemp("senteval")
+    for task in TASKS:
+        source = resources.files("tunedml").joinpath(EMBEDDED, task)
+        (root / task).mkdir()
+        for member in source.iterdir():
+            target = root / task / member.name.removesuffix(".gz")
+            with member.open("rb") as raw:
+                if member.name.endswith(".gz"):
+                    with gzip.open(raw) as unzipped, open(target, "wb") as out:
+                        shutil.copyfileobj(unzipped, out)
+                else:
+                    target.write_bytes(raw.read())
+    return str(root)
 
 
 @pytest.fixture(scope="session")

@@ -70,6 +70,7 @@ def test_train_json_prints_one_object_with_dev_and_test(tiny_roberta, data_dir):
     assert len(progress) == 2 and progress[0].startswith("epoch 1/2  loss")
 
 
+@pytest.mark.slow  # ~12 s; test_train_json_prints_one_object... keeps the train command in the fast tier
 def test_train_prints_a_readable_summary(tiny_roberta, data_dir):
     run = tunedml("train", "--dataset", "sst2", "--data-dir", data_dir, "--model", tiny_roberta,
                   "--set", "data.k=4", "--set", "train.epochs=1", "--set", "data.max_length=32")

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import gzip
 import json
+from importlib import resources
 
 import numpy as np
 import pytest
 
 from tunedml.data import (
-    TASKS, Corpus, check_dataset_name, draw, fold_assignment, holdout, load_corpus, tokenize,
+    DATA_DIR_ENV, EMBEDDED, TASKS, Corpus, check_dataset_name, draw, fold_assignment, holdout, load_corpus, tokenize,
 )
 from tunedml.errors import DataError
 from tunedml.model import load_tokenizer
@@ -66,6 +68,47 @@ def test_mr_without_test_split_gets_a_fixed_seeded_hold_out(mr):
 def test_unknown_dataset_suggests_the_closest_task():
     with pytest.raises(DataError, match=r"unknown dataset 'sst-2' \(did you mean 'sst2'\?\); valid: mr, cr"):
         check_dataset_name("sst-2")
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_every_task_loads_from_the_package_as_from_a_folder(task, data_dir):
+    """No folder and no network: the embedded copy gives the folder's texts, order, labels and draws."""
+    embedded, folder = load_corpus(task), load_corpus(task, data_dir)
+    assert embedded.texts == folder.texts
+    assert np.array_equal(embedded.labels, folder.labels)
+    assert embedded.label_names == folder.label_names == list(TASKS[task].labels)
+    assert np.array_equal(embedded.train_idx, folder.train_idx)
+    assert (embedded.test_idx is None) == (folder.test_idx is None) == (not TASKS[task].has_test)
+    if folder.test_idx is not None:
+        assert np.array_equal(embedded.test_idx, folder.test_idx)
+    a, b = draw(embedded, "kshot", k=4, seed=11), draw(folder, "kshot", k=4, seed=11)
+    assert all(np.array_equal(x, y) for x, y in zip((a.train, a.dev, a.test), (b.train, b.dev, b.test)))
+    labels_json = resources.files("tunedml").joinpath(EMBEDDED, task, "labels.json").read_text()
+    assert json.loads(labels_json) == list(TASKS[task].labels)
+
+
+def test_a_data_folder_takes_precedence_over_the_package(tmp_path, monkeypatch):
+    def folder(name: str, text: str):
+        (tmp_path / name / "sst2").mkdir(parents=True)
+        rows = [{"text": f"{text} {i}", "label": i % 2} for i in range(8)]
+        (tmp_path / name / "sst2" / "all.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return str(tmp_path / name)
+
+    env, given = folder("env", "from the environment"), folder("arg", "from --data-dir")
+    assert load_corpus("sst2").texts[0] == "a stirring , funny and finally transporting re-imagining of " \
+                                            "beauty and the beast and 1930s horror films"
+    monkeypatch.setenv(DATA_DIR_ENV, env)
+    assert load_corpus("sst2").texts[0] == "from the environment 0"
+    assert load_corpus("sst2", given).texts[0] == "from --data-dir 0"
+
+
+def test_the_embedded_files_are_compressed_json_lines():
+    """The package ships .jsonl.gz only (about 2.3 MB for the seven tasks), each line one example."""
+    root = resources.files("tunedml").joinpath(EMBEDDED)
+    files = [f for task in TASKS for f in root.joinpath(task).iterdir() if f.name != "labels.json"]
+    assert files and all(f.name.endswith(".jsonl.gz") for f in files)
+    with root.joinpath("trec", "test.jsonl.gz").open("rb") as raw, gzip.open(raw, "rt") as lines:
+        assert sum(1 for _ in lines) == 500
 
 
 def test_data_dir_without_the_task_folder(tmp_path):

@@ -225,6 +225,7 @@ def test_search_then_retrain_then_report(tmp_path, tiny_roberta, data_dir):
     assert logged.data.tags["tunedml.final_runs"] == out["mlflow"]["runs"]["best"]
 
 
+@pytest.mark.slow  # a new MLflow store and the report's imports in a subprocess: ~15 s
 def test_report_without_final_runs_is_one_line_and_exit_code_2(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     from mlflow import MlflowClient

@@ -276,6 +276,7 @@ def test_saved_model_predicts_what_was_scored(compared, tokens, tmp_path):
     assert accuracy == pytest.approx(draw.test["accuracy"], abs=1e-9)
 
 
+@pytest.mark.slow  # starts Ray
 def test_ray_tasks_give_the_same_draws_as_one_process(pair, tokens, compared):
     import ray
 
@@ -302,6 +303,7 @@ def tunedml(*args: str, cwd: str | None = None) -> subprocess.CompletedProcess:
                           timeout=600, cwd=cwd)
 
 
+@pytest.mark.slow  # a whole retrain through the CLI, MLflow and a saved model: ~15 s
 def test_retrain_from_files_records_final_runs_and_a_loadable_model(tmp_path, tiny_roberta, data_dir):
     from mlflow import MlflowClient
 

@@ -127,6 +127,7 @@ def saved_statuses(path: Path) -> dict[str, str]:
 
 # ----------------------------------------------------------------- end to end from the command line
 
+@pytest.mark.slow  # starts Ray
 def test_two_trial_search_on_two_datasets_prints_best_configs(local_ray, tmp_path, tiny_roberta, data_dir,
                                                              monkeypatch, capsys):
     """The command's whole path (in this process, on the shared Ray): two datasets, two trials each."""
@@ -159,6 +160,7 @@ def test_two_trial_search_on_two_datasets_prints_best_configs(local_ray, tmp_pat
     assert "== Status ==" not in stderr and "+---" not in stderr  # Ray's own reporting stays quiet
 
 
+@pytest.mark.slow  # starts Ray
 def test_interrupted_and_killed_search_resumes_without_rerunning_finished_trials(searches, tmp_path, tiny_roberta,
                                                                                 data_dir):
     space = tmp_path / "resume.yaml"
@@ -226,6 +228,7 @@ def local_ray():
             ray.shutdown()
 
 
+@pytest.mark.slow  # starts Ray
 def test_failing_trial_is_recorded_with_its_reason_and_the_others_finish(local_ray, tmp_path, tiny_roberta, nan_model,
                                                                         data_dir, capsys):
     from ray.tune import ExperimentAnalysis

@@ -232,11 +232,13 @@ def assert_search_recorded(uri: str, summary: dict[str, Any], space_file: str, t
     assert "optimization_history" in plots and plots | skipped == set(PLOTS)
 
 
+@pytest.mark.slow  # starts Ray
 def test_search_on_sqlite_records_parent_trials_and_best(recorded, sqlite_uri, spaces):
     assert_search_recorded(sqlite_uri, recorded["head"], spaces["head"], trials=2)
     assert_search_recorded(sqlite_uri, recorded["proxy"], spaces["proxy"], trials=2)
 
 
+@pytest.mark.slow  # starts Ray
 def test_failed_trials_are_recorded_with_their_reason(recorded, sqlite_uri):
     client = MlflowClient(sqlite_uri)
     parent = client.get_run(recorded["broken"]["mlflow"]["run_id"])
@@ -246,6 +248,7 @@ def test_failed_trials_are_recorded_with_their_reason(recorded, sqlite_uri):
     assert "NonFiniteLossError" in child.data.tags["tunedml.error"]
 
 
+@pytest.mark.slow  # starts Ray
 def test_best_returns_the_better_search_and_its_config_trains(recorded, sqlite_uri, tmp_path):
     head, proxy = recorded["head"], recorded["proxy"]
     assert proxy["best_score"] > head["best_score"], "the fixture's two searches should differ"
@@ -269,6 +272,7 @@ def test_best_returns_the_better_search_and_its_config_trains(recorded, sqlite_u
     assert code == 0 and json.loads(out)["dev"]["accuracy"] == pytest.approx(proxy["best_score"])
 
 
+@pytest.mark.slow  # starts Ray
 def test_best_says_when_nothing_is_recorded(recorded, sqlite_uri, capsys):
     assert main(["best", "--dataset", "mr", "--tracking-uri", sqlite_uri]) == 2
     out, err = capsys.readouterr()
@@ -277,6 +281,7 @@ def test_best_says_when_nothing_is_recorded(recorded, sqlite_uri, capsys):
         find_best(sqlite_uri, "sst2", space="dml.yaml")
 
 
+@pytest.mark.slow  # starts an MLflow server
 def test_search_through_an_mlflow_server(mlflow_server, run_search, spaces, monkeypatch, capsys):
     url, _ = mlflow_server
     summary = run_search(url + "/", "head", 2)
@@ -344,6 +349,7 @@ def test_optuna_names_are_recovered_from_a_trial_config():
 
 # ----------------------------------------------------------------- the UI
 
+@pytest.mark.slow  # starts an MLflow server
 def test_ui_serves_on_loopback_only(mlflow_server):
     import psutil
 

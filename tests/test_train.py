@@ -146,6 +146,7 @@ def test_plain_cce_has_no_proxy_group(tiny_roberta, data_dir, tokens):
 
 # ---------------------------------------------------------------- the real model
 
+@pytest.mark.slow  # the real MiniLM: ~10 s
 def test_embedded_minilm_trains(data_dir):
     cfg = build_config(sets=[f"data.data_dir={data_dir}", "data.k=2", "data.max_length=64", "train.epochs=1",
                              "train.batch_size=4", "train.threads=2", "loss.name=proxy_anchor"])

@@ -31,7 +31,7 @@ def command(name: str) -> Callable[[Command], Command]:
 
 def add_config_options(p: argparse.ArgumentParser, dataset_help: str = "a task (tunedml datasets) or a data file/folder") -> None:
     p.add_argument("--dataset", help=dataset_help)
-    p.add_argument("--data-dir", help="folder with <task>/<split>.jsonl (default: $TUNEDML_DATA_DIR)")
+    p.add_argument("--data-dir", help="folder with <task>/<split>.jsonl (default: $TUNEDML_DATA_DIR, else the SentEval copy inside the package)")
     p.add_argument("--model", help="minilm (embedded default), a hub id such as roberta-base, or a local folder")
     p.add_argument("--config", help="YAML run config (e.g. a best_config.yaml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. data.k=16")
@@ -461,6 +461,76 @@ def add_final_parsers(sub) -> None:
     add_output_options(p)
 
 
+# ----------------------------------------------------------------- study
+
+def run_command(argv: list[str]) -> int:
+    """One tunedml command from an argument list, through this parser (the study's stages)."""
+    args = build_parser().parse_args(argv)
+    return COMMANDS[args.command](args)
+
+
+def check_search(argv: list[str]) -> None:
+    """Validate a search's arguments as `tunedml search` does, without running it."""
+    args = build_parser().parse_args(argv)
+    search_options(args)
+    for dataset in search_datasets(args.dataset):
+        prepare_search(args, dataset)
+
+
+@command("study")
+def cmd_study(args: argparse.Namespace) -> int:
+    from .data import resolve_data_dir
+    from .study import Commands, Settings, run_study
+
+    data_dir = resolve_data_dir(args.data_dir)
+    if data_dir and not os.path.isdir(data_dir):
+        raise DataError(f"--data-dir {data_dir!r} is not a folder")
+    settings = Settings(
+        datasets=tuple(search_datasets(args.datasets)), trials=args.trials, seeds=args.seeds, repeats=args.repeats,
+        space=args.space or "", sets=tuple(args.set), model=args.model,
+        data_dir=os.path.abspath(data_dir) if data_dir else None,
+        scheduler=args.scheduler, seed=args.seed, concurrency=args.concurrency, cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial, address=args.address, storage=args.storage or "", out=args.out,
+        resume=args.resume, verbose=args.verbose)
+    settings.validate()
+    quiet_libraries(args.verbose)
+    from dataclasses import replace
+
+    from .tracking import check_tracking, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    return run_study(replace(settings, tracking_uri=uri), Commands(run=run_command, check=check_search),
+                     check_store=lambda: check_tracking(uri))
+
+
+def add_study_parser(sub) -> None:
+    p = sub.add_parser("study", help="the whole pipeline per dataset: CCE and DML searches, retrain, report; resumable")
+    p.add_argument("--datasets", required=True, help="tasks: sst2, a comma list such as sst2,mr,cr, or all")
+    p.add_argument("--trials", type=int, default=20, help="trials of each search (CCE and DML alike; default 20)")
+    p.add_argument("--seeds", type=int, default=5, help="fresh draws of the final retrain (default 5)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="few-shot draws averaged per trial (default 3: a trial costs about 3x the time of one training)")
+    p.add_argument("--space", default=None, help="the DML search space (default: the shipped dml.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="fix a config key in both searches and the retrain, e.g. data.k=16 (a key a space searches "
+                        "is then fixed)")
+    p.add_argument("--model", help="minilm (embedded default), a hub id such as roberta-base, or a local folder")
+    p.add_argument("--data-dir", help="folder with <task>/<split>.jsonl (default: $TUNEDML_DATA_DIR, else the "
+                                      "SentEval copy inside the package)")
+    p.add_argument("--scheduler", default="asha", help="early stopping in the searches: asha (default), hyperband or none")
+    p.add_argument("--seed", type=int, default=0, help="TPE sampler seed of both searches")
+    p.add_argument("--concurrency", type=int, default=1, help="trials at a time")
+    p.add_argument("--cpus-per-trial", type=float, default=None, help="CPUs per trial and per retrain draw")
+    p.add_argument("--gpus-per-trial", type=float, default=None, help="GPUs per trial and per retrain draw, e.g. 0.25")
+    p.add_argument("--address", default=None, help="join a Ray cluster: auto or ray://host:port")
+    p.add_argument("--storage", default=None, help="the searches' results folder or Ray storage_path (default ./tunedml_results)")
+    p.add_argument("--out", default="report", help="the report's folder (default report/)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the study with these settings (the same command without it does too, or starts it)")
+    add_tracking_option(p)
+    p.add_argument("-v", "--verbose", action="store_true", help="let library logs through")
+
+
 # ----------------------------------------------------------------- parser
 
 class Parser(argparse.ArgumentParser):
@@ -488,6 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_search_parser(sub)
     add_tracking_parsers(sub)
     add_final_parsers(sub)
+    add_study_parser(sub)
     return parser
 
 

@@ -44,7 +44,7 @@ WITH_MIXED = Applies(("loss.name", "inference.mode"), lambda name, mode: name !=
 @dataclass
 class DataConfig:
     dataset: str = _hp("sst2", str, help="a registered task (tunedml datasets) or a CSV/JSONL/Parquet file or folder")
-    data_dir: str | None = _hp(None, str, optional=True, help="folder with <task>/<split>.jsonl; default $TUNEDML_DATA_DIR")
+    data_dir: str | None = _hp(None, str, optional=True, help="folder with <task>/<split>.jsonl; default $TUNEDML_DATA_DIR, else the copy inside the package")
     protocol: str = _hp("kshot", str, choices=("kshot", "kfold"))
     k: int = _hp(16, int, 1, 100_000, help="kshot: examples per class in train (and in dev)")
     sample_size: int = _hp(64, int, 2, 1_000_000, help="kfold: training examples drawn from the training folds")
