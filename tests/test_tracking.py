@@ -199,6 +199,10 @@ def assert_search_recorded(uri: str, summary: dict[str, Any], space_file: str, t
     assert tags["tunedml.ray_address"] == "local" and tags["tunedml.version"]
     assert tags["tunedml.search"] == Path(summary["path"]).name == parent.info.run_name
     assert parent.data.params["search.trials"] == str(trials)
+    if "loss.name" in summary["per_option"]:  # each loss's share of the search, as in the printed summary
+        counts = {o: parent.data.metrics.get(f"per_option.loss.name.{o}.trials") for o in summary["per_option"]["loss.name"]}
+        assert counts == {o: r["trials"] for o, r in summary["per_option"]["loss.name"].items()}
+        assert sum(counts.values()) == trials
 
     children = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     assert len(children) == summary["trials"] == trials
@@ -208,7 +212,8 @@ def assert_search_recorded(uri: str, summary: dict[str, Any], space_file: str, t
         params = child.data.params
         full = from_flat(params, source="child params").to_flat()
         assert set(params) == set(full) and params["train.epochs"] == "2" and params["data.k"] == "4"
-        for key in ("dev_accuracy", "dev_macro_f1", "train_loss"):
+        assert child.data.tags["tunedml.collapsed"] in ("true", "false")
+        for key in ("dev_accuracy", "dev_macro_f1", "train_loss", "loss_ce"):
             history = client.get_metric_history(child.info.run_id, key)
             assert [m.step for m in history] == [1, 2], key
         if child.info.status == "KILLED":

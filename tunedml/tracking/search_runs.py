@@ -7,6 +7,7 @@ works unchanged against an ``mlflow server``.
 
 from __future__ import annotations
 
+import re
 import sys
 import tempfile
 from dataclasses import dataclass, field, replace
@@ -24,7 +25,7 @@ from .searches import BEST_CONFIG
 from .store import (ROLE_TAG, SEARCH_ROLE, TRIAL_ROLE, call, client, dataset_experiment, experiment_name, log_batch,
                     metric, param_value, quietly, reason)
 
-TRIAL_METRICS = ("train_loss",)  # besides every dev_* value a trial reports
+TRIAL_METRICS = ("train_loss",)  # besides every dev_* value and loss_* part a trial reports
 
 
 @dataclass
@@ -99,10 +100,24 @@ class SearchTracker:
             self.client.set_terminated(self.run_id, "FAILED")
             return
         self._record_best(result)
+        self._log_per_option(result)
         self._log_plots(result)
         if self.notes:
             self._set_tags({"tunedml.notes": "; ".join(self.notes)[:5000]})
         self.client.set_terminated(self.run_id, "FINISHED")
+
+    def _log_per_option(self, result: Any) -> None:
+        """How many trials each option of a searched choice (each loss) got, and its best score:
+        ``per_option.<key>.<option>.trials`` / ``.finished`` / ``.best`` metrics."""
+        metrics = []
+        for key in result.choices:
+            for option, row in result.per_option(key).items():
+                name = re.sub(r"[^A-Za-z0-9_\-./ ]", "_", f"per_option.{key}.{option}")  # a loss set's '+'
+
+                metrics += [metric(f"{name}.trials", row["trials"]), metric(f"{name}.finished", row["finished"])]
+                if row["best"] is not None:
+                    metrics.append(metric(f"{name}.best", row["best"]))
+        log_batch(self.client, self.run_id, metrics=metrics)
 
     # -- parent run
 
@@ -123,7 +138,8 @@ class SearchTracker:
         params = {f"search.{k}": getattr(o, k) for k in ("trials", "scheduler", "metric", "repeats", "concurrency",
                                                          "seed", "cpus_per_trial", "gpus_per_trial", "time_budget_s")}
         self._log_params({**params, **{f"base.{k}": v for k, v in self.base.items()}})
-        self.client.log_text(self.run_id, self.space.text, f"space/{Path(self.space.path).name}")
+        for path, text in self.space.sources or [(self.space.path, self.space.text)]:  # the file and its includes
+            self.client.log_text(self.run_id, text, f"space/{Path(path).name}")
 
     def _reopen(self) -> None:
         """--resume: the same parent run goes on; its children of interrupted trials are closed."""
@@ -246,8 +262,10 @@ class TrialRecorder(tune.Callback):
             return
         step = int(result["epoch"])
         metrics = [metric(k, v, step) for k, v in result.items()
-                   if (k in TRIAL_METRICS or k.startswith("dev_")) and isinstance(v, (int, float))]
+                   if (k in TRIAL_METRICS or k.startswith(("dev_", "loss_"))) and isinstance(v, (int, float))]
         tags = {}
+        if "dev_collapsed" in result:  # dev predictions all one class at this epoch (the last one tells)
+            tags["tunedml.collapsed"] = "true" if result["dev_collapsed"] else "false"
         node = str(result.get("node_id") or "")
         if node and self.node.get(trial.trial_id) != node:  # first result, or restarted elsewhere
             tags = {"ray.node_id": node}
