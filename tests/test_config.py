@@ -185,7 +185,37 @@ def test_kfold_fold_must_be_below_folds():
 def test_plain_cce_with_zero_ce_weight_trains_nothing():
     assert "loss.ce_weight must be > 0" in config_error(sets=["loss.ce_weight=0"])
     assert "both 0" in config_error(sets=["loss.name=supcon", "loss.ce_weight=0", "loss.dml_weight=0"])
-    assert build_config(sets=["loss.name=supcon", "loss.ce_weight=0"]).loss.ce_weight == 0.0
+    assert build_config(sets=["loss.name=supcon", "loss.ce_weight=0", "inference.mode=proxy"]).loss.ce_weight == 0.0
+
+
+@pytest.mark.parametrize("sets, expected", [
+    (["loss.name=supcon", "loss.ce_weight=0"],
+     "--set: inference.mode=head uses the classification head, which loss.ce_weight=0 leaves untrained"),
+    (["loss.name=proxy_anchor", "loss.ce_weight=0", "inference.mode=mixed"],
+     "inference.mode=mixed uses the classification head, which loss.ce_weight=0 leaves untrained"),
+    (["loss.name=proxy_anchor", "loss.dml_weight=0", "inference.mode=proxy"],
+     "inference.mode=proxy uses the proxies of loss.name=proxy_anchor, which loss.dml_weight=0 leaves untrained"),
+    (["loss.name=soft_triple", "loss.dml_weight=0", "inference.mode=mixed"],
+     "inference.mode=mixed uses the proxies of loss.name=soft_triple, which loss.dml_weight=0 leaves untrained"),
+])
+def test_inference_with_an_untrained_head_or_untrained_proxies_is_refused(sets, expected):
+    msg = config_error(sets=sets)
+    assert expected in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("sets", [
+    ["loss.name=supcon", "loss.dml_weight=0", "inference.mode=proxy"],  # class centers need no proxies
+    ["loss.name=none", "inference.mode=proxy"],
+    ["loss.name=proxy_anchor", "loss.dml_weight=0"],  # head inference; the proxies are unused
+    ["loss.name=proxy_anchor", "loss.ce_weight=0", "inference.mode=proxy"],
+])
+def test_inference_by_class_centers_or_trained_parts_is_allowed(sets):
+    build_config(sets=sets)
+
+
+def test_untrained_inference_is_refused_in_config_files_too(tmp_path):
+    path = write(tmp_path, "loss: {name: proxy_nca, ce_weight: 0}\n")
+    assert config_error(config_file=path).startswith(f"{path}: inference.mode=head uses the classification head")
 
 
 # ---------------------------------------------------------------- flat and YAML round trips

@@ -93,6 +93,32 @@ def test_run_training_reads_draws_and_trains(tiny_roberta, data_dir):
     assert len(result.history) == 1 and in_unit_interval(result.dev)
 
 
+def history(result: FitResult) -> list[tuple]:
+    return [(e.epoch, e.train_loss, e.loss_parts, e.dev) for e in result.history]
+
+
+def test_trainers_in_lockstep_give_what_each_gives_alone(tiny_roberta, data_dir, tokens):
+    # search.py's --repeats steps one trainer per repeat epoch by epoch; dropout and the proxies'
+    # initialisation draw from torch's generator, which each trainer must keep to itself
+    configs = [config(tiny_roberta, data_dir, "loss.name=proxy_anchor", "model.dropout=0.3",
+                      f"data.seed={r}", f"train.seed={r}") for r in range(2)]
+    alone = [fit(c, tokens) for c in configs]
+    trainers = [Trainer(c, tokens, small_draw(c, tokens)) for c in configs]
+    steps = list(zip(*(t.epochs() for t in trainers)))  # as search.trainable steps them
+    for r, trainer in enumerate(trainers):
+        assert history(FitResult(history=[step[r] for step in steps])) == history(alone[r])
+        assert trainer.evaluate(trainer.draw.test) == alone[r].test
+
+
+def test_a_trainer_leaves_the_global_random_state_alone(tiny_roberta, data_dir, tokens):
+    cfg = config(tiny_roberta, data_dir, "train.epochs=1", "loss.name=proxy_anchor")
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    Trainer(cfg, tokens, small_draw(cfg, tokens)).fit(evaluate_test=False)
+    assert torch.equal(torch.rand(3), expected)
+
+
 # ---------------------------------------------------------------- failures
 
 def test_nan_proxies_stop_training_with_the_epoch_and_loss_parts(tiny_roberta, data_dir, tokens):
@@ -136,6 +162,24 @@ def test_proxies_have_their_own_learning_rate_and_no_decay(tiny_roberta, data_di
     assert sorted(g["weight_decay"] for g in model_groups) == [0.0, 0.1]  # biases and norms: no decay
     optimized = {id(p) for g in model_groups for p in g["params"]}
     assert optimized == {id(p) for p in trainer.model.parameters()}
+
+
+def test_huge_proxy_gradients_do_not_shrink_the_encoder_update(tiny_roberta, data_dir, tokens):
+    cfg = config(tiny_roberta, data_dir, "loss.name=proxy_anchor", "train.max_grad_norm=1.0")
+    trainer = Trainer(cfg, tokens, small_draw(cfg, tokens))
+    generator = torch.Generator().manual_seed(0)
+    for p in trainer.model.parameters():
+        p.grad = torch.randn(p.shape, generator=generator)
+    alone = [torch.nn.Parameter(p.detach().clone()) for p in trainer.model_parameters]
+    for copy, p in zip(alone, trainer.model_parameters):
+        copy.grad = p.grad.clone()
+    torch.nn.utils.clip_grad_norm_(alone, 1.0)  # what clipping gives without any proxies
+    proxies = trainer.loss.dml.proxies()
+    proxies.grad = torch.full_like(proxies, 1e6)
+    trainer.clip_gradients()
+    for p, copy in zip(trainer.model_parameters, alone):
+        assert torch.equal(p.grad, copy.grad)
+    assert float(proxies.grad.norm()) == pytest.approx(1.0, rel=1e-4)  # clipped on their own
 
 
 def test_plain_cce_has_no_proxy_group(tiny_roberta, data_dir, tokens):

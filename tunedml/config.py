@@ -181,8 +181,29 @@ def _check_consistency(cfg: RunConfig, source: str) -> None:
         raise ConfigError(f"{source}: loss.ce_weight must be > 0 when loss.name is 'none'")
     if cfg.loss.name != NO_DML and cfg.loss.ce_weight <= 0 and cfg.loss.dml_weight <= 0:
         raise ConfigError(f"{source}: loss.ce_weight and loss.dml_weight are both 0; nothing would be trained")
+    _check_inference_is_trained(cfg, source)
     if cfg.data.protocol == "kfold" and cfg.data.fold >= cfg.data.folds:
         raise ConfigError(f"{source}: data.fold={cfg.data.fold} must be below data.folds={cfg.data.folds}")
+
+
+def _check_inference_is_trained(cfg: RunConfig, source: str) -> None:
+    """Inference must use only what the loss trains.
+
+    The head is trained only by CCE (``head`` and ``mixed`` need ``loss.ce_weight > 0``); learned
+    proxies only by the DML loss (``proxy`` and ``mixed`` with a proxy loss need ``loss.dml_weight
+    > 0``). Losses without proxies (and plain CCE) classify by class centers of the training
+    embeddings, which need no training of their own, so ``proxy`` inference is fine with them.
+    """
+    mode, loss = cfg.inference.mode, cfg.loss
+    if mode in ("head", "mixed") and loss.ce_weight <= 0:
+        raise ConfigError(f"{source}: inference.mode={mode} uses the classification head, which "
+                          f"loss.ce_weight={loss.ce_weight:g} leaves untrained; use inference.mode=proxy "
+                          f"or loss.ce_weight > 0")
+    spec = get_loss_spec(loss.name)
+    if mode in ("proxy", "mixed") and spec is not None and spec.has_proxies and loss.dml_weight <= 0:
+        raise ConfigError(f"{source}: inference.mode={mode} uses the proxies of loss.name={loss.name}, which "
+                          f"loss.dml_weight={loss.dml_weight:g} leaves untrained; use inference.mode=head "
+                          f"or loss.dml_weight > 0")
 
 
 def flatten(nested: dict[str, Any], source: str) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import math
 import os
 import random
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -70,6 +71,37 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@dataclass
+class RandomState:
+    """The global random states a training step can draw from (dropout, initialisation, miners).
+
+    A :class:`Trainer` keeps its own copy and swaps it in around its work (:meth:`Trainer.own_rng`),
+    so trainers stepped in lockstep (``--repeats``) draw exactly what each would draw alone.
+    """
+
+    python: object
+    numpy: dict
+    torch: torch.Tensor
+    cuda: torch.Tensor | None = None
+
+    @classmethod
+    def capture(cls, device: torch.device) -> "RandomState":
+        cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+        return cls(random.getstate(), np.random.get_state(), torch.get_rng_state(), cuda)
+
+    def restore(self, device: torch.device) -> None:
+        random.setstate(self.python)
+        np.random.set_state(self.numpy)
+        torch.set_rng_state(self.torch)
+        if self.cuda is not None and device.type == "cuda":
+            torch.cuda.set_rng_state(self.cuda, device)
+
+
+def _exempt_from_decay(name: str, p: torch.Tensor) -> bool:
+    """Biases and norms take no weight decay."""
+    return p.ndim < 2 or "LayerNorm" in name or "norm" in name.lower()
+
+
 class Trainer:
     """Fine-tunes ``model`` (built from ``cfg.model`` when not given) on ``draw.train``."""
 
@@ -77,12 +109,18 @@ class Trainer:
         self.cfg, self.tokens, self.draw = cfg, tokens, draw
         torch.set_num_threads(granted_threads(cfg.train.threads))
         self.device = pick_device(cfg.train.device)
-        seed_everything(cfg.train.seed)
         num_classes = tokens.corpus.num_classes
-        self.model = (model or build_model(cfg.model.name, num_classes, cfg.model.pooling, cfg.model.dropout)).to(self.device)
-        self.loss = build_loss(cfg.loss.name, cfg.loss.ce_weight, cfg.loss.dml_weight, cfg.loss.params,
-                               num_classes, self.model.hidden_size).to(self.device)
+        self.random = RandomState.capture(self.device)  # replaced by the seeded state below
+        with self.own_rng():
+            seed_everything(cfg.train.seed)
+            self.model = (model or build_model(cfg.model.name, num_classes, cfg.model.pooling,
+                                               cfg.model.dropout)).to(self.device)
+            self.loss = build_loss(cfg.loss.name, cfg.loss.ce_weight, cfg.loss.dml_weight, cfg.loss.params,
+                                   num_classes, self.model.hidden_size).to(self.device)
         self.shared_parameters = [p for p in self.model.parameters() if p.requires_grad]
+        named = list(self.model.named_parameters())  # clipped in this order, as it always was
+        self.model_parameters = ([p for n, p in named if not _exempt_from_decay(n, p)]
+                                 + [p for n, p in named if _exempt_from_decay(n, p)])
         self.optimizer = self._optimizer()
         steps = cfg.train.epochs * math.ceil(len(draw.train) / cfg.train.batch_size)
         from transformers import get_linear_schedule_with_warmup
@@ -91,12 +129,28 @@ class Trainer:
         self.rng = np.random.default_rng(cfg.train.seed)
         self.epoch = 0
 
+    @contextmanager
+    def own_rng(self) -> Iterator[None]:
+        """Run with this trainer's random state as the global one, and keep what it drew.
+
+        Dropout and the initialisation of head and proxies draw from torch's global generator;
+        swapping a per-trainer state in and out makes a trainer's run independent of whatever
+        else (another repeat in lockstep, a test) uses the generator between its epochs.
+        """
+        outer = RandomState.capture(self.device)
+        self.random.restore(self.device)
+        try:
+            yield
+        finally:
+            self.random = RandomState.capture(self.device)
+            outer.restore(self.device)
+
     def _optimizer(self) -> torch.optim.Optimizer:
         """AdamW; no decay on biases and norms; proxies in their own group with their own rate."""
         t = self.cfg.train
-        decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
-            (no_decay if p.ndim < 2 or "LayerNorm" in name or "norm" in name.lower() else decay).append(p)
+        named = list(self.model.named_parameters())
+        decay = [p for name, p in named if not _exempt_from_decay(name, p)]
+        no_decay = [p for name, p in named if _exempt_from_decay(name, p)]
         groups = [{"params": decay, "weight_decay": t.weight_decay, "lr": t.lr},
                   {"params": no_decay, "weight_decay": 0.0, "lr": t.lr}]
         proxies = list(self.loss.parameters())
@@ -105,6 +159,10 @@ class Trainer:
         return torch.optim.AdamW(groups)
 
     def train_epoch(self) -> tuple[float, dict[str, float]]:
+        with self.own_rng():
+            return self._train_epoch()
+
+    def _train_epoch(self) -> tuple[float, dict[str, float]]:
         self.epoch += 1
         self.model.train()
         token_mode = self.cfg.model.token_mode
@@ -124,9 +182,7 @@ class Trainer:
                 raise NonFiniteLossError(self.epoch, {k: float(v.detach()) for k, v in parts.items()})
             self.optimizer.zero_grad(set_to_none=True)
             self.loss.backward(loss, parts, self.shared_parameters)
-            if self.cfg.train.max_grad_norm > 0:
-                params = [p for g in self.optimizer.param_groups for p in g["params"]]
-                torch.nn.utils.clip_grad_norm_(params, self.cfg.train.max_grad_norm)
+            self.clip_gradients()
             self.optimizer.step()
             self.scheduler.step()
             total += float(loss.detach()) * len(labels)
@@ -134,6 +190,19 @@ class Trainer:
                 parts_sum[k] = parts_sum.get(k, 0.0) + float(v.detach()) * len(labels)
             n += len(labels)
         return total / n, {k: v / n for k, v in parts_sum.items()}
+
+    def clip_gradients(self) -> None:
+        """Clip the encoder and head by one norm and the loss's own parameters by another.
+
+        Proxies often get gradients far larger than the encoder's; one global norm over both would
+        shrink the encoder's update whenever a proxy loss is on, which never happens to plain CCE.
+        """
+        max_norm = self.cfg.train.max_grad_norm
+        if max_norm <= 0:
+            return
+        for params in (self.model_parameters, list(self.loss.parameters())):
+            if params:
+                torch.nn.utils.clip_grad_norm_(params, max_norm)
 
     def outputs(self, indices: np.ndarray) -> Outputs:
         return forward_all(self.model, self.tokens, indices, self.cfg.train.eval_batch_size, self.device, self.cfg.train.bf16)
