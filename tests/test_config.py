@@ -218,6 +218,35 @@ def test_untrained_inference_is_refused_in_config_files_too(tmp_path):
     assert config_error(config_file=path).startswith(f"{path}: inference.mode=head uses the classification head")
 
 
+def test_adversarial_defaults_are_off():
+    adv = build_config().adversarial
+    assert (adv.mode, adv.epsilon, adv.alpha, adv.steps, adv.weight) == ("none", 1.0, 0.5, 3, 1.0)
+    cfg = build_config(sets=["adversarial.mode=pgd", "adversarial.epsilon=0.5", "adversarial.steps=5"])
+    assert (cfg.adversarial.mode, cfg.adversarial.epsilon, cfg.adversarial.steps) == ("pgd", 0.5, 5)
+
+
+@pytest.mark.parametrize("sets, expected", [
+    (["adversarial.mode=fgm", "adversarial.epsilon=-1"],
+     "--set: adversarial.epsilon=-1.0 is out of range; valid: float in [0.0001, 100]"),
+    (["adversarial.mode=pgd", "adversarial.steps=0"], "--set: adversarial.steps=0 is out of range; valid: int in [1, 100]"),
+    (["adversarial.mode=fgsm"], "--set: adversarial.mode: unknown value 'fgsm' (did you mean 'fgm'?); valid: none, fgm, pgd"),
+    (["adversarial.mode=pgd", "adversarial.alpha=0"], "adversarial.alpha=0.0 is out of range"),
+    (["adversarial.weight=-0.5"], "adversarial.weight=-0.5 is out of range; valid: float in [0, 100]"),
+    (["adversarial.mode=fgm", "adversarial.weight=0"],
+     "adversarial.mode=fgm with adversarial.weight=0 and no DML loss adds nothing to training"),
+    (["adversarial.mode=fgm", "loss.name=supcon", "loss.ce_weight=0", "inference.mode=proxy"],
+     "adversarial.mode=fgm perturbs along the CCE gradient of the head, which loss.ce_weight=0 leaves untrained"),
+])
+def test_bad_adversarial_settings_are_one_line(sets, expected):
+    msg = config_error(sets=sets)
+    assert expected in msg and "\n" not in msg
+
+
+def test_adversarial_views_without_their_cce_term_may_feed_a_dml_loss(tmp_path):
+    cfg = build_config(write(tmp_path, "adversarial: {mode: fgm, weight: 0}\nloss: {name: supcon}\n"))
+    assert (cfg.adversarial.mode, cfg.adversarial.weight) == ("fgm", 0.0)
+
+
 # ---------------------------------------------------------------- flat and YAML round trips
 
 def test_every_field_appears_in_the_flat_form():

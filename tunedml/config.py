@@ -18,6 +18,8 @@ import yaml
 
 from .errors import ConfigError, unknown_choice
 from .hparams import Hyperparameter, load_yaml_text
+
+ADVERSARIAL_MODES = ("none", "fgm", "pgd")  # tunedml.adversarial implements them
 from .losses import LOSS_NAMES, NO_DML, get_loss_spec
 
 
@@ -83,8 +85,20 @@ class InferenceConfig:
     proxy_scale: float = _hp(16.0, float, 0.01, 1000.0, log=True, help="mixed: softmax scale of proxy scores")
 
 
+@dataclass
+class AdversarialConfig:
+    mode: str = _hp("none", str, choices=ADVERSARIAL_MODES,
+                    help="adversarial views of each batch: none, fgm (one step) or pgd (several projected steps)")
+    epsilon: float = _hp(1.0, float, 1e-4, 100.0, log=True,
+                         help="L2 norm of each example's perturbation of its word embeddings (pgd: the ball's radius)")
+    alpha: float = _hp(0.5, float, 1e-4, 100.0, log=True, help="pgd: L2 size of each step")
+    steps: int = _hp(3, int, 1, 100, help="pgd: projected gradient steps")
+    weight: float = _hp(1.0, float, 0.0, 100.0, help="weight of the adversarial views' CCE term (relative to CCE)")
+
+
 SECTIONS: dict[str, type] = {
     "data": DataConfig, "model": ModelConfig, "loss": LossConfig, "train": TrainConfig, "inference": InferenceConfig,
+    "adversarial": AdversarialConfig,
 }
 
 
@@ -123,6 +137,7 @@ class RunConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
+    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
 
     def to_flat(self) -> dict[str, Any]:
         """All keys with their values, loss hyperparameters (defaults filled) as ``loss.<name>``."""
@@ -182,6 +197,7 @@ def _check_consistency(cfg: RunConfig, source: str) -> None:
     if cfg.loss.name != NO_DML and cfg.loss.ce_weight <= 0 and cfg.loss.dml_weight <= 0:
         raise ConfigError(f"{source}: loss.ce_weight and loss.dml_weight are both 0; nothing would be trained")
     _check_inference_is_trained(cfg, source)
+    _check_adversarial(cfg, source)
     if cfg.data.protocol == "kfold" and cfg.data.fold >= cfg.data.folds:
         raise ConfigError(f"{source}: data.fold={cfg.data.fold} must be below data.folds={cfg.data.folds}")
 
@@ -204,6 +220,19 @@ def _check_inference_is_trained(cfg: RunConfig, source: str) -> None:
         raise ConfigError(f"{source}: inference.mode={mode} uses the proxies of loss.name={loss.name}, which "
                           f"loss.dml_weight={loss.dml_weight:g} leaves untrained; use inference.mode=head "
                           f"or loss.dml_weight > 0")
+
+
+def _check_adversarial(cfg: RunConfig, source: str) -> None:
+    """Adversarial views follow the gradient of the head's CCE and add terms that must count."""
+    adv = cfg.adversarial
+    if adv.mode == "none":
+        return
+    if cfg.loss.ce_weight <= 0:
+        raise ConfigError(f"{source}: adversarial.mode={adv.mode} perturbs along the CCE gradient of the head, "
+                          f"which loss.ce_weight=0 leaves untrained; use loss.ce_weight > 0 or adversarial.mode=none")
+    if adv.weight <= 0 and (cfg.loss.name == NO_DML or cfg.loss.dml_weight <= 0):
+        raise ConfigError(f"{source}: adversarial.mode={adv.mode} with adversarial.weight=0 and no DML loss adds "
+                          f"nothing to training; use adversarial.weight > 0 or adversarial.mode=none")
 
 
 def flatten(nested: dict[str, Any], source: str) -> dict[str, Any]:

@@ -166,6 +166,7 @@ def trainable(config: dict[str, Any], tokens: Any, base: dict[str, Any], repeats
             "epoch": results[0].epoch,
             "epochs": cfg.train.epochs,
             "train_loss": float(np.mean([r.train_loss for r in results])),
+            **{f"loss_{k}": float(np.mean([r.loss_parts[k] for r in results])) for k in results[0].loss_parts},
             **{f"dev_{m}": float(np.mean([r.dev[m] for r in results])) for m in METRICS},
             **({f"dev_{m}_std": float(np.std([r.dev[m] for r in results])) for m in METRICS} if repeats > 1 else {}),
             "node_id": node,

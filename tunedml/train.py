@@ -18,12 +18,13 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from .adversarial import build_adversary
 from .config import RunConfig
 from .data import Draw, TokenizedCorpus
 from .errors import ConfigError, NonFiniteLossError
 from .evaluate import Outputs, autocast_for, class_centers, forward_all, predict, scores
 from .losses import build_loss
-from .model import EncoderClassifier, build_model
+from .model import EncoderClassifier, EncoderOutput, build_model
 
 EpochCallback = Callable[["EpochResult"], None]
 
@@ -97,6 +98,15 @@ class RandomState:
             torch.cuda.set_rng_state(self.cuda, device)
 
 
+def _dml_inputs(out: EncoderOutput, labels: torch.Tensor, token_mode: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The embeddings the DML loss sees and their labels: pooled, or (token mode) every real token
+    vector carrying its sentence's label."""
+    if not token_mode:
+        return out.pooled, labels
+    keep = out.mask.bool()
+    return out.tokens[keep], labels.unsqueeze(1).expand_as(out.mask)[keep]
+
+
 def _exempt_from_decay(name: str, p: torch.Tensor) -> bool:
     """Biases and norms take no weight decay."""
     return p.ndim < 2 or "LayerNorm" in name or "norm" in name.lower()
@@ -117,6 +127,7 @@ class Trainer:
                                                cfg.model.dropout)).to(self.device)
             self.loss = build_loss(cfg.loss.name, cfg.loss.ce_weight, cfg.loss.dml_weight, cfg.loss.params,
                                    num_classes, self.model.hidden_size).to(self.device)
+        self.adversary = build_adversary(cfg.adversarial)
         self.shared_parameters = [p for p in self.model.parameters() if p.requires_grad]
         named = list(self.model.named_parameters())  # clipped in this order, as it always was
         self.model_parameters = ([p for n, p in named if not _exempt_from_decay(n, p)]
@@ -169,15 +180,19 @@ class Trainer:
         total, parts_sum, n = 0.0, {}, 0
         for batch in self.tokens.train_batches(self.draw.train, self.cfg.train.batch_size, self.rng):
             batch = {k: v.to(self.device) for k, v in batch.items()}
-            with autocast_for(self.device, self.cfg.train.bf16):
-                out = self.model(batch["input_ids"], batch["attention_mask"])
             labels = batch["labels"]
-            if token_mode:  # every real token carries its sentence's label
-                keep = out.mask.bool()
-                emb, emb_labels = out.tokens[keep], labels.unsqueeze(1).expand_as(out.mask)[keep]
-            else:
-                emb, emb_labels = out.pooled, labels
-            loss, parts = self.loss(out.logits, labels, emb, emb_labels)
+            with autocast_for(self.device, self.cfg.train.bf16):
+                if self.adversary is None:
+                    out, adv = self.model(batch["input_ids"], batch["attention_mask"]), None
+                else:
+                    out, adv = self.adversary.views(self.model, batch["input_ids"], batch["attention_mask"], labels)
+            emb, emb_labels = _dml_inputs(out, labels, token_mode)
+            if adv is None:
+                loss, parts = self.loss(out.logits, labels, emb, emb_labels)
+            else:  # the adversarial views join the DML batch with their examples' labels
+                adv_emb, adv_labels = _dml_inputs(adv, labels, token_mode)
+                loss, parts = self.loss(out.logits, labels, torch.cat([emb, adv_emb]), torch.cat([emb_labels, adv_labels]),
+                                        adv_logits=adv.logits, adv_weight=self.adversary.weight)
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(self.epoch, {k: float(v.detach()) for k, v in parts.items()})
             self.optimizer.zero_grad(set_to_none=True)
