@@ -52,6 +52,7 @@ class ModelConfig:
     pooling: str = _hp("mean", str, choices=("mean", "cls"))
     token_mode: bool = _hp(False, bool, help="apply the DML loss to every non-padding token vector")
     dropout: float = _hp(0.1, float, 0.0, 0.9)
+    reinit_layers: int = _hp(0, int, 0, 48, help="re-initialise the top N encoder layers before training (few-shot stability)")
 
 
 @dataclass
@@ -71,7 +72,9 @@ class TrainConfig:
     proxy_lr: float = _hp(1e-2, float, 1e-8, 100.0, log=True, help="learning rate of proxies / class centers")
     weight_decay: float = _hp(0.01, float, 0.0, 1.0)
     warmup_ratio: float = _hp(0.1, float, 0.0, 1.0)
-    max_grad_norm: float = _hp(1.0, float, 0.0, 1e6, help="0 turns clipping off")
+    max_grad_norm: float = _hp(1.0, float, 0.0, 1e6, help="0 turns clipping off (encoder+head and the loss's own parameters are clipped separately)")
+    layer_decay: float = _hp(1.0, float, 0.05, 1.0, help="layer-wise learning-rate decay: each encoder layer below the top gets this factor more; 1 = off")
+    restore_best: bool = _hp(False, bool, help="end with the weights of the epoch with the best dev accuracy (then macro-F1)")
     seed: int = _hp(0, int, 0, 2**31 - 1, help="seed of initialisation and batch order")
     device: str = _hp("auto", str, help="auto, cpu, cuda or cuda:N")
     bf16: bool = _hp(True, bool, help="bf16 autocast on a GPU (ignored on the CPU)")

@@ -37,6 +37,11 @@ class EpochResult:
     dev: dict[str, float]
     seconds: float
 
+    @property
+    def collapsed(self) -> bool:
+        """Every dev prediction is one class (see :func:`tunedml.evaluate.scores`)."""
+        return self.dev.get("collapsed", 0.0) > 0
+
 
 @dataclass
 class FitResult:
@@ -44,6 +49,11 @@ class FitResult:
     dev: dict[str, float] = field(default_factory=dict)
     test: dict[str, float] | None = None
     seconds: float = 0.0
+    final_epoch: int = 0  # the epoch whose weights the model ends with (train.restore_best: the best on dev)
+
+    @property
+    def collapsed(self) -> bool:
+        return self.dev.get("collapsed", 0.0) > 0
 
 
 def granted_threads(requested: int = 0) -> int:
@@ -123,8 +133,8 @@ class Trainer:
         self.random = RandomState.capture(self.device)  # replaced by the seeded state below
         with self.own_rng():
             seed_everything(cfg.train.seed)
-            self.model = (model or build_model(cfg.model.name, num_classes, cfg.model.pooling,
-                                               cfg.model.dropout)).to(self.device)
+            self.model = (model or build_model(cfg.model.name, num_classes, cfg.model.pooling, cfg.model.dropout,
+                                               cfg.model.reinit_layers)).to(self.device)
             self.loss = build_loss(cfg.loss.name, cfg.loss.ce_weight, cfg.loss.dml_weight, cfg.loss.params,
                                    num_classes, self.model.hidden_size).to(self.device)
         self.adversary = build_adversary(cfg.adversarial)
@@ -139,6 +149,7 @@ class Trainer:
         self.scheduler = get_linear_schedule_with_warmup(self.optimizer, int(cfg.train.warmup_ratio * steps), steps)
         self.rng = np.random.default_rng(cfg.train.seed)
         self.epoch = 0
+        self.best: tuple[EpochResult, dict[str, dict[str, torch.Tensor]]] | None = None  # train.restore_best
 
     @contextmanager
     def own_rng(self) -> Iterator[None]:
@@ -157,17 +168,42 @@ class Trainer:
             outer.restore(self.device)
 
     def _optimizer(self) -> torch.optim.Optimizer:
-        """AdamW; no decay on biases and norms; proxies in their own group with their own rate."""
+        """AdamW; no decay on biases and norms; proxies in their own group with their own rate;
+        with ``train.layer_decay`` < 1, lower encoder layers learn more slowly (Howard & Ruder 2018)."""
         t = self.cfg.train
-        named = list(self.model.named_parameters())
-        decay = [p for name, p in named if not _exempt_from_decay(name, p)]
-        no_decay = [p for name, p in named if _exempt_from_decay(name, p)]
-        groups = [{"params": decay, "weight_decay": t.weight_decay, "lr": t.lr},
-                  {"params": no_decay, "weight_decay": 0.0, "lr": t.lr}]
+        scales = self._layer_scales() if t.layer_decay < 1.0 else {}
+        groups: dict[tuple[float, bool], list[torch.nn.Parameter]] = {}
+        for name, p in self.model.named_parameters():
+            groups.setdefault((scales.get(name, 1.0), _exempt_from_decay(name, p)), []).append(p)
+        ordered = sorted(groups.items(), key=lambda item: (-item[0][0], item[0][1]))  # decay before no decay
+        param_groups = [{"params": params, "weight_decay": 0.0 if exempt else t.weight_decay, "lr": t.lr * scale}
+                        for (scale, exempt), params in ordered]
         proxies = list(self.loss.parameters())
         if proxies:
-            groups.append({"params": proxies, "weight_decay": 0.0, "lr": t.proxy_lr})
-        return torch.optim.AdamW(groups)
+            param_groups.append({"params": proxies, "weight_decay": 0.0, "lr": t.proxy_lr})
+        return torch.optim.AdamW(param_groups)
+
+    def _layer_scales(self) -> dict[str, float]:
+        """Learning-rate factor per parameter name: ``layer_decay ** (depth below the top)``.
+
+        The head and whatever sits above the last encoder layer learn at ``train.lr``, the top
+        layer at ``lr * decay``, ..., the embeddings at ``lr * decay ** (layers + 1)``.
+        """
+        from .model import encoder_layers
+
+        decay = self.cfg.train.layer_decay
+        stack, layers = encoder_layers(self.model.encoder)
+        prefix = f"encoder.{stack}."
+        scales = {}
+        for name, _ in self.model.named_parameters():
+            if name.startswith(prefix):
+                depth = len(layers) - int(name[len(prefix):].split(".")[0])
+            elif name.startswith("encoder.") and "embeddings" in name:
+                depth = len(layers) + 1
+            else:
+                depth = 0
+            scales[name] = decay ** depth
+        return scales
 
     def train_epoch(self) -> tuple[float, dict[str, float]]:
         with self.own_rng():
@@ -237,17 +273,43 @@ class Trainer:
             start = time.perf_counter()
             loss, parts = self.train_epoch()
             dev = self.evaluate(self.draw.dev)
-            yield EpochResult(self.epoch, loss, parts, dev, time.perf_counter() - start)
+            result = EpochResult(self.epoch, loss, parts, dev, time.perf_counter() - start)
+            if self.cfg.train.restore_best:
+                self._keep_if_best(result)
+            yield result
+
+    def _keep_if_best(self, epoch: EpochResult) -> None:
+        """Keep a copy of the weights of the best epoch so far on dev (accuracy, then macro-F1;
+        ties keep the earlier epoch)."""
+        key = (epoch.dev["accuracy"], epoch.dev["macro_f1"])
+        if self.best is None or key > (self.best[0].dev["accuracy"], self.best[0].dev["macro_f1"]):
+            state = {name: {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+                     for name, module in (("model", self.model), ("loss", self.loss))}
+            self.best = (epoch, state)
+
+    def restore_best(self) -> EpochResult:
+        """Load the weights kept by :meth:`_keep_if_best`; returns that epoch's result."""
+        epoch, state = self.best
+        self.model.load_state_dict(state["model"])
+        self.loss.load_state_dict(state["loss"])
+        return epoch
 
     def fit(self, callback: EpochCallback | None = None, evaluate_test: bool = True) -> FitResult:
-        """Train all epochs, then score dev (and test) with the final model."""
+        """Train all epochs, then score dev (and test) with the final model: the last epoch's, or
+        with ``train.restore_best`` the best epoch's on dev (each epoch's result stays as it was)."""
         start = time.perf_counter()
         result = FitResult()
         for epoch in self.epochs():
             result.history.append(epoch)
             if callback:
                 callback(epoch)
-        result.dev = result.history[-1].dev if result.history else self.evaluate(self.draw.dev)
+        if self.best is not None:
+            chosen = self.restore_best()
+            result.dev, result.final_epoch = chosen.dev, chosen.epoch
+        elif result.history:
+            result.dev, result.final_epoch = result.history[-1].dev, result.history[-1].epoch
+        else:
+            result.dev = self.evaluate(self.draw.dev)
         if evaluate_test:
             result.test = self.evaluate(self.draw.test)
         result.seconds = time.perf_counter() - start
