@@ -46,3 +46,18 @@ def tiny_roberta(tmp_path_factory) -> str:
     RobertaModel(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def nan_model(tiny_roberta, tmp_path_factory) -> str:
+    """The tiny model with NaN in a LayerNorm: every forward pass, and so the loss, is NaN."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    path = tmp_path_factory.mktemp("nan-roberta")
+    model = AutoModel.from_pretrained(tiny_roberta)
+    with torch.no_grad():
+        model.embeddings.LayerNorm.weight.fill_(float("nan"))
+    model.save_pretrained(path)
+    AutoTokenizer.from_pretrained(tiny_roberta).save_pretrained(path)
+    return str(path)

@@ -194,9 +194,11 @@ def test_plain_cce_with_zero_ce_weight_trains_nothing():
     (["loss.name=proxy_anchor", "loss.ce_weight=0", "inference.mode=mixed"],
      "inference.mode=mixed uses the classification head, which loss.ce_weight=0 leaves untrained"),
     (["loss.name=proxy_anchor", "loss.dml_weight=0", "inference.mode=proxy"],
-     "inference.mode=proxy uses the proxies of loss.name=proxy_anchor, which loss.dml_weight=0 leaves untrained"),
+     "inference.mode=proxy uses the proxies of proxy_anchor (loss.name=proxy_anchor), which loss.dml_weight=0 leaves untrained"),
     (["loss.name=soft_triple", "loss.dml_weight=0", "inference.mode=mixed"],
-     "inference.mode=mixed uses the proxies of loss.name=soft_triple, which loss.dml_weight=0 leaves untrained"),
+     "inference.mode=mixed uses the proxies of soft_triple (loss.name=soft_triple), which loss.dml_weight=0 leaves untrained"),
+    (["loss.name=supcon+proxy_nca", "loss.proxy_nca.weight=0", "inference.mode=proxy"],
+     "inference.mode=proxy uses the proxies of proxy_nca (loss.name=supcon+proxy_nca), which loss.proxy_nca.weight=0 leaves untrained"),
 ])
 def test_inference_with_an_untrained_head_or_untrained_proxies_is_refused(sets, expected):
     msg = config_error(sets=sets)
@@ -274,3 +276,65 @@ def test_to_yaml_loads_back_as_the_same_config(tmp_path):
     path = write(tmp_path, cfg.to_yaml(), "best_config.yaml")
     again = build_config(config_file=path)
     assert again.to_flat() == cfg.to_flat()
+
+
+# ---------------------------------------------------------------- loss sets and weightings
+
+def test_a_set_of_losses_takes_each_loss_hyperparameters_and_weight():
+    cfg = build_config(sets=["loss.name=proxy_anchor+supcon", "loss.proxy_anchor.margin=0.2",
+                             "loss.supcon.temperature=0.3", "loss.supcon.weight=0.5", "loss.weighting=epo"])
+    assert cfg.loss.weighting == "epo"
+    assert cfg.loss.params == {"proxy_anchor.margin": 0.2, "supcon.temperature": 0.3, "supcon.weight": 0.5}
+    flat = cfg.to_flat()
+    assert flat["loss.proxy_anchor.alpha"] == LOSSES["proxy_anchor"].defaults()["alpha"]  # defaults filled in
+    assert flat["loss.proxy_anchor.weight"] == 1.0 and flat["loss.supcon.weight"] == 0.5
+    assert from_flat(flat).to_flat() == flat
+
+
+def test_a_set_round_trips_through_nested_yaml(tmp_path):
+    cfg = build_config(sets=["loss.name=soft_triple+supcon", "loss.soft_triple.la=5", "loss.weighting=uncertainty"])
+    text = cfg.to_yaml()
+    assert "  soft_triple:\n    centers_per_class: 10\n    la: 5.0\n" in text
+    assert build_config(config_file=write(tmp_path, text)).to_flat() == cfg.to_flat()
+
+
+def test_the_long_form_is_valid_for_a_single_loss_too():
+    cfg = build_config(sets=["loss.name=supcon", "loss.supcon.temperature=0.2", "loss.supcon.weight=0.5"])
+    assert cfg.loss.params == {"temperature": 0.2, "supcon.weight": 0.5}
+    assert cfg.to_flat()["loss.temperature"] == 0.2
+    assert build_config(sets=["loss.name=supcon", "loss.temperature=0.2"]).to_flat() == \
+        build_config(sets=["loss.name=supcon", "loss.supcon.temperature=0.2"]).to_flat()
+
+
+def test_single_loss_configs_keep_their_flat_form():
+    flat = build_config(sets=["loss.name=proxy_anchor"]).to_flat()
+    assert {k for k in flat if k.startswith("loss.")} == {"loss.name", "loss.ce_weight", "loss.dml_weight",
+                                                          "loss.weighting", "loss.margin", "loss.alpha"}
+    assert flat["loss.weighting"] == "linear"
+
+
+@pytest.mark.parametrize("sets, fragment", [
+    (["loss.name=proxy_anchor+supconn"], "loss.name: unknown loss 'supconn' in 'proxy_anchor+supconn' (did you mean 'supcon'?)"),
+    (["loss.name=supcon+supcon"], "loss.name: supcon appears twice in 'supcon+supcon'"),
+    (["loss.name=none+supcon"], "none cannot join a set"),
+    (["loss.name=proxy_anchor+supcon", "loss.soft_triple.la=3"], "loss.soft_triple.la: soft_triple is not a loss of loss.name=proxy_anchor+supcon"),
+    (["loss.name=proxy_anchor+supcon", "loss.margin=0.1"], "loss.margin: loss.name=proxy_anchor+supcon names several losses; name the loss: loss.proxy_anchor.margin"),
+    (["loss.name=proxy_anchor+supcon", "loss.supcon.margin=0.1"], "loss.supcon.margin is not a hyperparameter of loss 'supcon'"),
+    (["loss.name=supcon", "loss.temperature=0.1", "loss.supcon.temperature=0.2"], "set the same hyperparameter"),
+    (["loss.weighting=epo"], "loss.weighting=epo combines several terms, but only ce has a weight > 0"),
+    (["loss.name=supcon", "loss.weighting=epo", "loss.ce_weight=0"], "only supcon has a weight > 0"),
+    (["loss.name=supcon+ntxent", "loss.weighting=uncertainty", "loss.ce_weight=0", "loss.ntxent.weight=0"], "only supcon"),
+    (["loss.weighting=pareto"], "unknown value 'pareto'; valid: linear, uncertainty, epo"),
+])
+def test_wrong_loss_combinations_are_one_line(sets, fragment):
+    with pytest.raises(ConfigError) as error:
+        build_config(sets=sets)
+    assert fragment in str(error.value) and "\n" not in str(error.value), str(error.value)
+
+
+def test_wrong_combination_exits_2_from_the_command_line(capsys):
+    from tunedml.cli import main
+
+    assert main(["train", "--set", "loss.name=proxy_anchor+proxy_anchor"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "proxy_anchor appears twice" in err[0]

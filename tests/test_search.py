@@ -21,8 +21,8 @@ import pytest
 from tunedml.cli import main, print_search_result
 from tunedml.config import from_flat
 from tunedml.errors import ConfigError
-from tunedml.search import (SearchOptions, _max_epochs, _scheduler, describe, experiment_path, init_ray,
-                            run_search)
+from tunedml.search import (SearchOptions, SearchResult, TrialSummary, _best, _max_epochs, _scheduler,
+                            check_per_option, describe, experiment_path, init_ray, parse_per_option, run_search)
 from tunedml.space import load_space
 from tunedml.train import prepare_tokens
 
@@ -145,6 +145,8 @@ def test_two_trial_search_on_two_datasets_prints_best_configs(local_ray, tmp_pat
         best = s["best_config"]
         assert best["data.dataset"] == s["dataset"] and best["model.name"] == tiny_roberta and best["data.k"] == 2
         assert best["loss.name"] in ("none", "proxy_anchor") and best["train.epochs"] == 2
+        # the start spreads over the options: each loss got one of the two trials
+        assert {k: v["trials"] for k, v in s["per_option"]["loss.name"].items()} == {"none": 1, "proxy_anchor": 1}
         from_flat(best)  # a complete, valid run config: `tunedml train --config` takes it
         folder = Path(s["path"])
         assert folder.parent == tmp_path / "results" and folder.name.startswith(f"{s['dataset']}-two-")
@@ -224,21 +226,6 @@ def local_ray():
             ray.shutdown()
 
 
-@pytest.fixture(scope="module")
-def nan_model(tiny_roberta, tmp_path_factory) -> str:
-    """The tiny model with NaN in a LayerNorm: every forward pass, and so the loss, is NaN."""
-    import torch
-    from transformers import AutoModel, AutoTokenizer
-
-    path = tmp_path_factory.mktemp("nan-roberta")
-    model = AutoModel.from_pretrained(tiny_roberta)
-    with torch.no_grad():
-        model.embeddings.LayerNorm.weight.fill_(float("nan"))
-    model.save_pretrained(path)
-    AutoTokenizer.from_pretrained(tiny_roberta).save_pretrained(path)
-    return str(path)
-
-
 def test_failing_trial_is_recorded_with_its_reason_and_the_others_finish(local_ray, tmp_path, tiny_roberta, nan_model,
                                                                         data_dir, capsys):
     from ray.tune import ExperimentAnalysis
@@ -306,3 +293,52 @@ def test_trial_line_shows_the_loss_first_and_hides_fixed_keys():
     config = {"train.lr": 1e-5, "loss.margin": 0.25, "loss.margin|proxy_anchor": 0.25, "loss.name": "proxy_anchor",
               "train.epochs": 15}
     assert describe(config, {"train.epochs"}) == "loss.name=proxy_anchor margin=0.25 train.lr=1e-05"
+
+
+# ----------------------------------------------------------------- summary: per option, ties, per-option start
+
+def trial(tid: str, loss: str, score: float | None, status: str = "FINISHED", spread: float | None = None) -> TrialSummary:
+    return TrialSummary(tid, status, {"loss.name": loss, "train.lr": 1e-4}, score, 3, None, spread)
+
+
+def test_ties_on_the_mean_dev_score_go_to_the_lower_spread():
+    trials = [trial("a", "supcon", 0.75, spread=0.08), trial("b", "none", 0.75, spread=0.02),
+              trial("c", "supcon", 0.75, spread=0.05), trial("d", "none", 0.70, spread=0.0)]
+    assert _best(trials).trial_id == "b"
+    assert _best([trial("a", "none", 0.7), trial("b", "none", 0.8, status="KILLED")]).trial_id == "a"  # finished first
+    assert _best([trial("a", "none", None, status="FAILED")]) is None
+
+
+def test_per_option_counts_trials_and_best_scores_of_every_option():
+    result = SearchResult("sst2", "dml", "/tmp/x", "dev_accuracy", choices={"loss.name": ["none", "supcon", "proxy_anchor"]})
+    result.trials = [trial("a", "supcon", 0.7), trial("b", "supcon", 0.8, status="KILLED"), trial("c", "none", 0.6),
+                     trial("d", "supcon", None, status="FAILED")]
+    assert result.per_option("loss.name") == {
+        "none": {"trials": 1, "finished": 1, "best": 0.6},
+        "supcon": {"trials": 3, "finished": 1, "best": 0.7},
+        "proxy_anchor": {"trials": 0, "finished": 0, "best": None},
+    }
+    assert result.to_dict()["per_option"] == {"loss.name": result.per_option("loss.name")}
+    lines = result.option_lines()
+    assert lines[0].split() == ["loss.name", "trials", "finished", "best", "dev_accuracy"]
+    assert lines[2].split() == ["supcon", "3", "1", "0.7000"] and lines[3].split() == ["proxy_anchor", "0", "0", "-"]
+
+
+@pytest.mark.parametrize("text, expected", [("1", ("loss.name", 1)), ("0", ("loss.name", 0)),
+                                            ("model.pooling=2", ("model.pooling", 2))])
+def test_start_per_option_flag(text, expected):
+    assert parse_per_option(text) == expected
+
+
+@pytest.mark.parametrize("text", ["-1", "two", "loss.name=x"])
+def test_start_per_option_flag_rejects_bad_values(text):
+    with pytest.raises(ConfigError, match="--start-per-option .*expected N or KEY=N"):
+        parse_per_option(text)
+
+
+def test_start_per_option_for_a_key_that_is_no_choice_is_a_user_error():
+    space = load_space(Path(__file__).resolve().parents[1] / "search_spaces" / "dml.yaml")
+    check_per_option(space, SearchOptions(per_option_key="model.pooling", per_option_start=1))
+    check_per_option(load_space(Path(__file__).resolve().parents[1] / "search_spaces" / "cce.yaml"), SearchOptions())
+    with pytest.raises(ConfigError, match="no top-level choice or categorical over train.lr; valid: .*loss.name"):
+        check_per_option(space, SearchOptions(per_option_key="train.lr", per_option_start=1))

@@ -13,7 +13,8 @@ from tunedml.errors import ConfigError
 from tunedml.space import BRANCH_SEP, config_keys, load_space
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED = sorted((REPO / "search_spaces").glob("*.yaml"))
+SHIPPED = sorted(p for p in (REPO / "search_spaces").glob("*.yaml") if not p.name.startswith("_"))  # _*: parts
+COMMON = {"train.lr", "train.epochs", "train.batch_size", "train.warmup_ratio", "train.weight_decay", "model.pooling"}
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -38,7 +39,7 @@ def sample(space, n: int, seed: int = 0) -> list[dict]:
 # ----------------------------------------------------------------- the shipped spaces
 
 def test_every_issue_space_is_shipped():
-    assert {p.stem for p in SHIPPED} >= {"cce", "proxy_anchor", "soft_triple", "proxy_nca", "supcon", "dml"}
+    assert {p.stem for p in SHIPPED} >= {"cce", "proxy_anchor", "soft_triple", "proxy_nca", "supcon", "dml", "ensemble", "moo"}
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
@@ -63,6 +64,122 @@ def test_dml_space_has_a_conditional_block_per_loss():
                     "proxy_nca": {"softmax_scale"}, "supcon": {"temperature"}}[config["loss.name"]]
         assert params == expected, config
         assert config["train.epochs"] == 15  # fixed values come with every trial
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_shipped_spaces_share_one_definition_of_everything_but_the_loss(path):
+    common = load_space(REPO / "search_spaces" / "_common.yaml")
+    space = load_space(path)
+    assert space.text.startswith("#") and "include: _common.yaml" in space.text
+    assert [Path(p).name for p, _ in space.sources] == [path.name, "_common.yaml"]
+    top = set(space.root.fixed) | {d.key for d in space.root.dists}
+    assert COMMON <= top and not any(COMMON & sub.keys() for _, opts in space.root.branches.values() for sub in opts.values())
+    for key in COMMON:  # the very same distribution or value in every space
+        assert space.root.fixed.get(key) == common.root.fixed.get(key)
+        assert [d for d in space.root.dists if d.key == key] == [d for d in common.root.dists if d.key == key]
+    assert space.fixed_value("train.epochs") == 15  # fixed: ASHA's rungs compare equal schedules
+
+
+def test_the_cce_space_is_the_dml_space_without_the_loss():
+    cce = load_space(REPO / "search_spaces" / "cce.yaml")
+    dml = load_space(REPO / "search_spaces" / "dml.yaml")
+    assert cce.fixed_value("loss.name") == "none" and cce.root.keys() == COMMON | {"loss.name"}
+    none_branch = dml.root.branches["loss.name"][1]["none"]
+    assert not none_branch.searched() and dml.root.keys() - {k for s in dml.root.branches["loss.name"][1].values()
+                                                            for k in s.keys()} == COMMON | {"loss.name"}
+
+
+def test_include_is_resolved_next_to_the_including_file(tmp_path):
+    (tmp_path / "parts").mkdir()
+    write(tmp_path / "parts", "train.lr: {loguniform: [1.0e-5, 1.0e-4]}\ninclude: more.yaml\n", "base.yaml")
+    write(tmp_path / "parts", "train.epochs: 3\n", "more.yaml")
+    path = write(tmp_path, "include: parts/base.yaml\nloss.name: supcon\n")
+    space = load_space(path)
+    assert space.fixed_value("train.epochs") == 3 and space.fixed_value("loss.name") == "supcon"
+    assert "train.lr" in space.optuna_distributions()
+    assert len(space.sources) == 3
+    before = space.sha256
+    write(tmp_path / "parts", "train.epochs: 4\n", "more.yaml")
+    assert load_space(path).sha256 != before  # an edited include is another space
+
+
+@pytest.mark.parametrize("files, fragment", [
+    ({"space.yaml": "include: nope.yaml\ntrain.epochs: 2\n"}, "space.yaml: include: nope.yaml not found"),
+    ({"space.yaml": "include: a.yaml\n", "a.yaml": "include: space.yaml\n"}, "a.yaml: include: space.yaml includes itself"),
+    ({"space.yaml": "include: space.yaml\n"}, "space.yaml: include: space.yaml includes itself"),
+    ({"space.yaml": "include: a.yaml\ntrain.lr: 0.001\n", "a.yaml": "train.lr: {loguniform: [1.0e-5, 1.0e-4]}\n"},
+     "space.yaml: train.lr is defined here and in a.yaml (included)"),
+    ({"space.yaml": "include: [a.yaml, b.yaml]\n", "a.yaml": "train.epochs: 2\n", "b.yaml": "train.epochs: 3\n"},
+     "space.yaml: train.epochs is defined twice, in a.yaml and in b.yaml"),
+    ({"space.yaml": "include: {a: 1}\n"}, "space.yaml: include takes a file name or a list of file names"),
+    ({"space.yaml": "include: a.yaml\n", "a.yaml": "train.lrr: 2\n"}, "unknown key 'train.lrr'"),
+])
+def test_bad_includes_are_one_line_naming_the_file_and_key(tmp_path, files, fragment):
+    for name, text in files.items():
+        write(tmp_path, text, name)
+    with pytest.raises(ConfigError) as error:
+        load_space(tmp_path / "space.yaml").check_against({})
+    assert fragment in str(error.value) and "\n" not in str(error.value), str(error.value)
+
+
+# ----------------------------------------------------------------- the start of a search spreads over the options
+
+def test_per_option_points_cycle_through_every_loss():
+    space = load_space(REPO / "search_spaces" / "dml.yaml")
+    points = space.per_option_points("loss.name", 2)
+    losses = ["none", "proxy_anchor", "soft_triple", "proxy_nca", "supcon"]
+    assert points == [{"loss.name": name} for name in losses * 2]
+    assert space.per_option_points("model.pooling", 1) == [{"model.pooling": "mean"}, {"model.pooling": "cls"}]
+    assert space.per_option_points("train.lr", 1) == []  # not a choice: nothing to spread
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
+    for point in points:
+        study.enqueue_trial(point)  # what OptunaSearch does with points_to_evaluate
+    drawn = [config_keys(space.define_by_run(t))["loss.name"] for t in (study.ask() for _ in range(10))]
+    assert drawn == losses * 2
+
+
+# ----------------------------------------------------------------- no parameter that does nothing
+
+@pytest.mark.parametrize("text, key, branch", [
+    ("loss.name: {choice: {none: {}, supcon: {}}}\ntrain.proxy_lr: {loguniform: [1.0e-4, 1.0e-1]}\n",
+     "train.proxy_lr", "loss.name=none"),
+    ("loss.name: {choice: {proxy_anchor: {}, supcon: {train.proxy_lr: {loguniform: [1.0e-4, 1.0e-1]}}}}\n",
+     "train.proxy_lr", "loss.name=supcon"),
+    ("loss.name: {choice: {none: {}, supcon: {}}}\ninference.mode: {categorical: [head, proxy]}\n",
+     "inference.mode", "loss.name=none"),
+    ("loss.name: {categorical: [none, supcon]}\nloss.dml_weight: {uniform: [0.1, 1.0]}\n",
+     "loss.dml_weight", "at the top level"),
+    ("loss.name: none\ninference.mix_weight: {uniform: [0.1, 0.9]}\n", "inference.mix_weight", "at the top level"),
+    ("loss.name: proxy_anchor\ninference.mode: {categorical: [head, mixed]}\ninference.proxy_scale: {loguniform: [1.0, 64.0]}\n",
+     "inference.proxy_scale", "inference.mode=head"),
+])
+def test_a_key_searched_where_it_does_nothing_is_refused(tmp_path, text, key, branch):
+    path = write(tmp_path, text, "bad.yaml")
+    with pytest.raises(ConfigError) as error:
+        load_space(path).check_against({})
+    message = str(error.value)
+    assert message.startswith(f"{path}: {key} is searched") and branch in message and "does nothing" in message, message
+    assert "\n" not in message
+
+
+def test_keys_searched_only_where_they_change_the_run_are_accepted(tmp_path):
+    path = write(tmp_path, """
+loss.name:
+  choice:
+    none: {}
+    proxy_anchor:
+      train.proxy_lr: {loguniform: [1.0e-4, 1.0e-1]}
+      inference.mode:
+        choice:
+          head: {}
+          mixed: {inference.mix_weight: {uniform: [0.1, 0.9]}}
+""")
+    load_space(path).check_against({})
+    # the command line fixes the loss: proxy_lr is then searched only where it matters
+    load_space(write(tmp_path, "train.proxy_lr: {loguniform: [1.0e-4, 1.0e-1]}\n", "p.yaml"),
+               {"loss.name": "soft_triple"}).check_against({"loss.name": "soft_triple"})
+    with pytest.raises(ConfigError, match="train.proxy_lr is searched at the top level, where it does nothing"):
+        load_space(write(tmp_path, "train.proxy_lr: {loguniform: [1.0e-4, 1.0e-1]}\n", "p.yaml")).check_against({})
 
 
 def test_a_command_line_value_replaces_a_fixed_one_and_clashes_with_a_searched_one(tmp_path):
@@ -113,6 +230,8 @@ model.dropout: {uniform: [0.0, 0.3]}
 model.token_mode: {categorical: [false, true]}
 inference.mix_weight: {uniform: [0.2, 0.8]}
 train.max_grad_norm: {categorical: [0.0, 1.0]}
+loss.name: proxy_anchor
+inference.mode: mixed
 """)
     space = load_space(path)
     space.check_against({})
@@ -152,6 +271,29 @@ def test_points_map_config_keys_to_optuna_parameters():
         space.optuna_params({"loss.name": "arcface"})
 
 
+# ----------------------------------------------------------------- loss sets and weightings
+
+def test_the_ensemble_space_offers_sets_with_their_own_hyperparameters_and_weightings():
+    space = load_space(REPO / "search_spaces" / "ensemble.yaml")
+    space.check_against({})
+    configs = sample(space, 40)
+    assert {c["loss.name"] for c in configs} == {"proxy_anchor+supcon", "soft_triple+supcon", "proxy_anchor+soft_triple+supcon"}
+    assert {c["loss.weighting"] for c in configs} == {"linear", "uncertainty", "epo"}
+    for c in configs:
+        names = c["loss.name"].split("+")
+        weights = {k for k in c if k.endswith(".weight")}
+        assert weights == (set() if c["loss.weighting"] == "uncertainty" else {f"loss.{n}.weight" for n in names})
+        assert all(k.split(".")[1] in names for k in c if k.count(".") == 2)
+        from_flat(c)
+
+
+def test_the_moo_space_compares_linear_and_epo_over_the_same_rays():
+    space = load_space(REPO / "search_spaces" / "moo.yaml")
+    d = space.optuna_distributions()
+    assert d["loss.weighting"].choices == ("linear", "epo") and "loss.dml_weight" in d
+    assert space.fixed_value("loss.name") == "supcon" and space.fixed_value("loss.ce_weight") == 1.0
+
+
 # ----------------------------------------------------------------- invalid spaces: one error, file and key
 
 INVALID = {
@@ -180,6 +322,16 @@ INVALID = {
     "bad fixed value": ("train.batch_size: [8, 16]\n", "train.batch_size", "is not a int"),
     "rule across keys at a range's low end": ("loss.name: none\nloss.ce_weight: {uniform: [0.0, 1.0]}\n",
                                               "loss.ce_weight", "must be > 0 when loss.name is 'none'"),
+    "a loss not in the set": ("loss.name: {choice: {proxy_anchor+supcon: {loss.soft_triple.la: {uniform: [5.0, 10.0]}}}}\n",
+                              "loss.soft_triple.la", "soft_triple is not a loss of loss.name=proxy_anchor+supcon"),
+    "short key in a set": ("loss.name: proxy_anchor+supcon\nloss.margin: {uniform: [0.0, 0.5]}\n",
+                           "loss.margin", "names several losses; name the loss: loss.proxy_anchor.margin"),
+    "the same loss twice": ("loss.name: {choice: {supcon+supcon: {}}}\n", "loss.name", "supcon appears twice"),
+    "unknown loss in a set": ("loss.name: {categorical: [proxy_anchor+supcn]}\n", "loss.name", "unknown loss 'supcn'"),
+    "epo with one term": ("loss.name: {choice: {none: {}, supcon: {}}}\nloss.weighting: epo\n", "loss.weighting=epo",
+                          "combines several terms"),
+    "learned weights searched": ("loss.name: supcon\nloss.weighting: uncertainty\nloss.dml_weight: {uniform: [0.1, 1.0]}\n",
+                                 "loss.dml_weight", "where it does nothing (loss.name=supcon, loss.weighting=uncertainty)"),
     "rule across keys at a range's high end": ("data.protocol: kfold\ndata.folds: 3\ndata.fold: {int: [0, 4]}\n",
                                                "data.fold", "data.fold=4 must be below data.folds=3"),
 }

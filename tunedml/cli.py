@@ -13,6 +13,7 @@ import sys
 import warnings
 from typing import Any, Callable
 
+from .checks import port
 from .errors import DataError, TunedMLError
 
 Command = Callable[[argparse.Namespace], int]
@@ -58,9 +59,9 @@ def config_from_args(args: argparse.Namespace, dataset: str | None = None):
         extra["model.name"] = args.model
     cfg = build_config(getattr(args, "config", None), getattr(args, "set", []), extra)
     check_dataset_name(cfg.data.dataset)
-    from .model import resolve_model
+    from .checks import check_model
 
-    resolve_model(cfg.model.name)
+    check_model(cfg.model.name)  # its config and tokenizer load, before any data or training
     return cfg
 
 
@@ -148,7 +149,18 @@ def cmd_losses(args: argparse.Namespace) -> int:
         for name, h in r["hyperparameters"].items():
             print(f"    loss.{name:<18} default {h['default']!s:<6} {h['valid']}")
     print("All losses: loss.ce_weight, loss.dml_weight (total = ce_weight*CCE + dml_weight*DML).")
+    print_weightings()
     return 0
+
+
+def print_weightings() -> None:
+    from .losses import WEIGHTINGS
+
+    print("Several DML losses: loss.name=proxy_anchor+supcon, each with loss.<loss>.<hyperparameter> and "
+          "loss.<loss>.weight (default 1).")
+    print("How CCE and the DML terms combine:")
+    for name, summary in WEIGHTINGS.items():
+        print(f"    loss.weighting={name:<12} {summary}")
 
 
 # ----------------------------------------------------------------- search
@@ -162,13 +174,14 @@ def search_datasets(value: str | None) -> list[str]:
 
 
 def search_options(args: argparse.Namespace):
-    from .search import SearchOptions
+    from .search import SearchOptions, parse_per_option
 
     options = SearchOptions(
         trials=args.trials, concurrency=args.concurrency, cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial, scheduler=args.scheduler, metric=args.metric, repeats=args.repeats,
         time_budget_s=args.time_budget, storage=args.storage, name=args.name, resume=args.resume,
         address=args.address, max_failures=args.max_failures, seed=args.seed, verbose=args.verbose)
+    options.per_option_key, options.per_option_start = parse_per_option(args.start_per_option)
     options.validate()
     return options
 
@@ -194,9 +207,11 @@ def cmd_search(args: argparse.Namespace) -> int:
     datasets = search_datasets(args.dataset)
     prepared = [(ds, *prepare_search(args, ds)) for ds in datasets]  # all validated before any work
     quiet_libraries(args.verbose)
+    from .checks import check_search
     from .tracking import SearchTracker, check_tracking, resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
+    check_search(prepared, options, uri)  # places, names, models, draws, resources: before MLflow and Ray
     check_tracking(uri)  # an unreachable or unwritable store stops here, before Ray starts
     from .search import run_search
     from .train import prepare_tokens
@@ -205,8 +220,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     for dataset, base, space, driver_cfg in prepared:
         print(f"search {dataset} over {space.path}: {options.trials} trials, objective dev_{options.metric}",
               file=sys.stderr, flush=True)
+        tokens = prepare_tokens(driver_cfg)  # before the parent run opens: nothing recorded for a failure here
         tracker = SearchTracker.open(uri, driver_cfg, base, space, options)
-        tokens = prepare_tokens(driver_cfg)
         with tracker:
             result = run_search(tokens, base, space, tracker.options, callbacks=[tracker.callback()], state=tracker.state)
             tracker.finish(result)
@@ -231,6 +246,8 @@ def print_search_result(result) -> None:
     if result.best is None:
         print("  no trial produced a score")
         return
+    for line in result.option_lines():
+        print(line)
     print(f"  best {result.objective} {result.best.score:.4f} (trial {result.best.trial_id})")
     searched = yaml.safe_dump(result.best.config, sort_keys=True).strip()
     print("  best configuration:\n    " + searched.replace("\n", "\n    "))
@@ -255,6 +272,9 @@ def add_search_parser(sub) -> None:
     p.add_argument("--max-failures", type=int, default=None, metavar="N",
                    help="restart a failed trial (e.g. lost with its node) up to N times; default 1 with --address, else 0")
     p.add_argument("--seed", type=int, default=0, help="TPE sampler seed")
+    p.add_argument("--start-per-option", default="1", metavar="[KEY=]N",
+                   help="start with N trials of every option of loss.name (or of KEY, a top-level choice) "
+                        "before TPE proposes; 0 turns it off (default 1)")
     add_tracking_option(p)
     add_output_options(p)
 
@@ -269,9 +289,12 @@ def add_tracking_option(p: argparse.ArgumentParser) -> None:
 @command("best")
 def cmd_best(args: argparse.Namespace) -> int:
     quiet_libraries(verbose=False)
+    from .checks import check_tracking_store
     from .tracking import find_best, resolve_tracking_uri
 
-    best = find_best(resolve_tracking_uri(args.tracking_uri), args.dataset, space=args.space, metric=args.metric)
+    uri = resolve_tracking_uri(args.tracking_uri)
+    check_tracking_store(uri, must_exist=True)  # reading creates no database
+    best = find_best(uri, args.dataset, space=args.space, metric=args.metric)
     if args.json:
         emit_json(best.to_dict())
         return 0
@@ -283,9 +306,11 @@ def cmd_best(args: argparse.Namespace) -> int:
 
 @command("ui")
 def cmd_ui(args: argparse.Namespace) -> int:
+    from .checks import check_tracking_store
     from .tracking import check_tracking, resolve_tracking_uri, serve_ui
 
     uri = resolve_tracking_uri(args.tracking_uri)
+    check_tracking_store(uri)
     check_tracking(uri)
     return serve_ui(uri, args.port)
 
@@ -299,7 +324,7 @@ def add_tracking_parsers(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the record (run, score, flat config) as JSON")
 
     p = sub.add_parser("ui", help="the MLflow UI on the tracking store, at http://127.0.0.1:PORT")
-    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--port", type=port, default=5000, help="1..65535 (default 5000)")
     add_tracking_option(p)
 
 
@@ -336,8 +361,12 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
     selection.tracking_uri = resolve_tracking_uri(args.tracking_uri)
     uri = selection.tracking_uri
+    from .checks import check_retrain, check_retrain_start
+
+    check_retrain_start(options, uri, args.save_model)  # places, address, resources: before MLflow
     check_tracking(uri)
     best, baseline = select(selection)
+    check_retrain(best, baseline, options)  # models and draws of both: before any training
     from .progress import Progress
     from .report import comparison_lines, draw_line
     from .retrain import retrain, save_top_model
@@ -377,6 +406,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .tracking import check_tracking, final_comparisons, log_report, resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
+    from .checks import check_output_folder, check_tracking_store
+
+    check_tracking_store(uri, must_exist=True)  # nothing recorded: nothing to report, no database created
+    check_output_folder(args.out, "--out")
     check_tracking(uri)
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()] if args.datasets else None
     comparisons = final_comparisons(uri, datasets)
@@ -427,8 +460,15 @@ def add_final_parsers(sub) -> None:
 
 # ----------------------------------------------------------------- parser
 
+class Parser(argparse.ArgumentParser):
+    """argparse with the project's form of errors: one line on stderr, exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tunedml", description=__doc__.splitlines()[0])
+    parser = Parser(prog="tunedml", description=__doc__.splitlines()[0])
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"tunedml {__version__}")
@@ -449,16 +489,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from . import interrupt
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    interrupt.sigterm_as_ctrl_c()  # a scheduler's or `timeout`'s SIGTERM stops a command as Ctrl-C does
     try:
         return COMMANDS[args.command](args)
     except TunedMLError as e:
         print(f"tunedml {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:  # a search says how to resume
-        print(f"tunedml {args.command}: interrupted{f': {e}' if str(e) else ''}", file=sys.stderr)
-        return 130
+        print(f"tunedml {args.command}: {interrupt.describe()}{f': {e}' if str(e) else ''}", file=sys.stderr)
+        return interrupt.exit_code()
 
 
 if __name__ == "__main__":

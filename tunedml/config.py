@@ -2,7 +2,8 @@
 
 Keys are flat and dotted (``data.k``, ``train.lr``, ``loss.margin``). Loss hyperparameters live
 under ``loss.`` beside the fixed loss fields and are checked against the chosen loss in the
-registry. Every value is validated here, once, before any data or model is loaded.
+registry: ``loss.<loss>.<param>`` always (``loss.proxy_anchor.margin``), the short
+``loss.<param>`` where ``loss.name`` names one loss. Every value is validated here, once, before any data or model is loaded.
 """
 
 from __future__ import annotations
@@ -17,17 +18,29 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError, unknown_choice
-from .hparams import Hyperparameter, load_yaml_text
+from .hparams import Applies, Hyperparameter, load_yaml_text
+from .losses import LOSSES, NO_DML, WEIGHT, WEIGHTINGS, LossName, learns_parameters, loss_set, split_params
 
 ADVERSARIAL_MODES = ("none", "fgm", "pgd")  # tunedml.adversarial implements them
-from .losses import LOSS_NAMES, NO_DML, get_loss_spec
 
 
 def _hp(default: Any, kind: type, low: float | None = None, high: float | None = None, *,
-        choices: tuple | None = None, log: bool = False, optional: bool = False, help: str = "") -> Any:
+        choices: tuple | None = None, log: bool = False, optional: bool = False, help: str = "",
+        applies: Applies | None = None) -> Any:
     """A dataclass field whose metadata carries its Hyperparameter (name filled in later)."""
-    hp = Hyperparameter("", kind, default, low, high, choices, log, optional, help)
+    hp = Hyperparameter("", kind, default, low, high, choices, log, optional, help, applies)
     return field(default=default, metadata={"hp": hp})
+
+
+# Where a key changes the run (a space may search it only there; see hparams.Applies)
+WITH_DML = Applies(("loss.name",), lambda name: name != NO_DML, "only with a DML loss (loss.name other than none)")
+WEIGHTED = Applies(("loss.name", "loss.weighting"), lambda name, weighting: name != NO_DML and weighting != "uncertainty",
+                   "only with a DML loss and loss.weighting linear or epo (uncertainty learns the weights; "
+                   "plain CCE's weight only rescales what AdamW normalises)")
+WITH_LOSS_PARAMETERS = Applies(("loss.name", "loss.weighting"), learns_parameters,
+                               "only where the loss learns parameters of its own (proxies, or loss.weighting=uncertainty)")
+WITH_MIXED = Applies(("loss.name", "inference.mode"), lambda name, mode: name != NO_DML and mode == "mixed",
+                     "only with inference.mode=mixed and a DML loss")
 
 
 @dataclass
@@ -57,10 +70,13 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    name: str = _hp(NO_DML, str, choices=LOSS_NAMES)
-    ce_weight: float = _hp(1.0, float, 0.0, 100.0)
-    dml_weight: float = _hp(1.0, float, 0.0, 100.0)
-    params: dict[str, Any] = field(default_factory=dict)  # the DML loss's hyperparameters
+    name: str = field(default=NO_DML, metadata={"hp": LossName("", str, NO_DML, help="a DML loss, none, or DML losses joined by +")})
+    ce_weight: float = _hp(1.0, float, 0.0, 100.0, applies=WEIGHTED)
+    dml_weight: float = _hp(1.0, float, 0.0, 100.0, applies=WEIGHTED, help="scales every DML loss's term")
+    weighting: str = _hp("linear", str, choices=tuple(WEIGHTINGS), help="how the terms combine: " + ", ".join(WEIGHTINGS))
+    # the DML losses' hyperparameters: ``margin`` for a single loss, ``proxy_anchor.margin`` in a set,
+    # and ``<loss>.weight`` (see losses.split_params)
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -69,7 +85,8 @@ class TrainConfig:
     batch_size: int = _hp(16, int, 1, 65_536)
     eval_batch_size: int = _hp(64, int, 1, 65_536)
     lr: float = _hp(1e-4, float, 1e-8, 1.0, log=True, help="few-shot runs take few steps: higher than full-data fine-tuning")
-    proxy_lr: float = _hp(1e-2, float, 1e-8, 100.0, log=True, help="learning rate of proxies / class centers")
+    proxy_lr: float = _hp(1e-2, float, 1e-8, 100.0, log=True, help="learning rate of proxies and uncertainty weights",
+                          applies=WITH_LOSS_PARAMETERS)
     weight_decay: float = _hp(0.01, float, 0.0, 1.0)
     warmup_ratio: float = _hp(0.1, float, 0.0, 1.0)
     max_grad_norm: float = _hp(1.0, float, 0.0, 1e6, help="0 turns clipping off (encoder+head and the loss's own parameters are clipped separately)")
@@ -83,9 +100,11 @@ class TrainConfig:
 
 @dataclass
 class InferenceConfig:
-    mode: str = _hp("head", str, choices=("head", "proxy", "mixed"))
-    mix_weight: float = _hp(0.5, float, 0.0, 1.0, help="mixed: weight of the head's probabilities")
-    proxy_scale: float = _hp(16.0, float, 0.01, 1000.0, log=True, help="mixed: softmax scale of proxy scores")
+    mode: str = _hp("head", str, choices=("head", "proxy", "mixed"), applies=WITH_DML)
+    mix_weight: float = _hp(0.5, float, 0.0, 1.0, help="mixed: weight of the head's probabilities",
+                             applies=WITH_MIXED)
+    proxy_scale: float = _hp(16.0, float, 0.01, 1000.0, log=True, help="mixed: softmax scale of proxy scores",
+                              applies=WITH_MIXED)
 
 
 @dataclass
@@ -124,13 +143,56 @@ def hyperparameter_for(key: str, loss_name: str | None = None, source: str = "co
         return FIELDS[key]
     section, _, name = key.partition(".")
     if section == "loss" and loss_name is not None:
-        spec = get_loss_spec(loss_name)
-        if spec and name in spec.params_by_name:
-            return dataclasses.replace(spec.params_by_name[name], name=key)
-        valid = [f"loss.{p}" for p in (spec.params_by_name if spec else ())]
-        raise ConfigError(f"{source}: {key} is not a hyperparameter of loss {loss_name!r}; "
-                          f"valid: {', '.join(valid) or 'none (plain CCE has no loss hyperparameters)'}")
+        return _loss_hyperparameter(key, name, loss_name, source)
     raise ConfigError(f"{source}: " + unknown_choice("key", key, list(FIELDS) + ["loss.<hyperparameter>"]))
+
+
+def _loss_hyperparameter(key: str, name: str, loss_name: str, source: str) -> Hyperparameter:
+    """``loss.<loss>.<param>`` (always), ``loss.<loss>.weight``, or the short ``loss.<param>`` where
+    ``loss_name`` names one loss."""
+    names = loss_set(loss_name)
+    owner, dot, param = name.partition(".")
+    if dot:
+        if owner not in names:
+            raise ConfigError(f"{source}: {key}: {owner} is not a loss of loss.name={loss_name}; valid: "
+                              + (", ".join(f"loss.{n}.<hyperparameter>" for n in names) or "none (plain CCE)"))
+        spec = LOSSES[owner]
+        hp = WEIGHT if param == WEIGHT.name else spec.params_by_name.get(param)
+        if hp is None:
+            valid = [f"loss.{owner}.{p}" for p in (*spec.params_by_name, WEIGHT.name)]
+            raise ConfigError(f"{source}: {key} is not a hyperparameter of loss {owner!r}; valid: {', '.join(valid)}")
+        return dataclasses.replace(hp, name=key)
+    if len(names) > 1:
+        having = [f"loss.{n}.{name}" for n in names if name in LOSSES[n].params_by_name]
+        raise ConfigError(f"{source}: {key}: loss.name={loss_name} names several losses; name the loss: "
+                          f"{', '.join(having) or ', '.join(f'loss.{n}.<hyperparameter>' for n in names)}")
+    spec = LOSSES[names[0]] if names else None
+    if spec and name in spec.params_by_name:
+        return dataclasses.replace(spec.params_by_name[name], name=key)
+    valid = [f"loss.{p}" for p in (spec.params_by_name if spec else ())]
+    raise ConfigError(f"{source}: {key} is not a hyperparameter of loss {loss_name!r}; "
+                      f"valid: {', '.join(valid) or 'none (plain CCE has no loss hyperparameters)'}")
+
+
+def _params_key(name: str, names: tuple[str, ...]) -> str:
+    """Where ``loss.<name>`` lives in LossConfig.params: a single loss's hyperparameters by their
+    short name, a set's (and every weight) qualified by the loss."""
+    owner, dot, param = name.partition(".")
+    return param if dot and len(names) == 1 and param != WEIGHT.name else name
+
+
+def _loss_params_flat(loss: "LossConfig") -> dict[str, Any]:
+    """The loss's hyperparameters, defaults filled, as flat ``loss.`` keys."""
+    names = loss_set(loss.name)
+    if len(names) == 1:
+        params = {**LOSSES[names[0]].defaults(), **loss.params}
+    else:
+        params = {}
+        for n in names:
+            params.update({f"{n}.{p}": v for p, v in LOSSES[n].defaults().items()})
+            params[f"{n}.{WEIGHT.name}"] = WEIGHT.default
+        params.update(loss.params)
+    return {f"loss.{k}": v for k, v in params.items()}
 
 
 @dataclass
@@ -145,16 +207,19 @@ class RunConfig:
     def to_flat(self) -> dict[str, Any]:
         """All keys with their values, loss hyperparameters (defaults filled) as ``loss.<name>``."""
         flat = {key: getattr(getattr(self, key.split(".")[0]), key.split(".")[1]) for key in FIELDS}
-        spec = get_loss_spec(self.loss.name)
-        params = {**(spec.defaults() if spec else {}), **self.loss.params}
-        flat.update({f"loss.{k}": v for k, v in params.items()})
+        flat.update(_loss_params_flat(self.loss))
         return flat
 
     def to_nested(self) -> dict[str, Any]:
+        """Sections of keys; ``loss.<loss>.<param>`` nests once more under its loss."""
         nested: dict[str, dict[str, Any]] = {}
         for key, value in self.to_flat().items():
             section, name = key.split(".", 1)
-            nested.setdefault(section, {})[name] = value
+            owner, dot, param = name.partition(".")
+            if dot:
+                nested.setdefault(section, {}).setdefault(owner, {})[param] = value
+            else:
+                nested.setdefault(section, {})[name] = value
         return nested
 
     def to_yaml(self) -> str:
@@ -177,20 +242,40 @@ class RunConfig:
 def from_flat(flat: dict[str, Any], source: str = "config") -> RunConfig:
     """Build and validate a config from flat keys; missing keys take their defaults."""
     loss_name = FIELDS["loss.name"].parse(flat.get("loss.name", NO_DML), "loss.name", source)
+    names = loss_set(loss_name)
     sections: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
     params: dict[str, Any] = {}
+    spelled: dict[str, str] = {}
     for key, value in flat.items():
         hp = hyperparameter_for(key, loss_name, source)
         value = hp.parse(value, key, source)
         section, name = key.split(".", 1)
         if key in FIELDS:
             sections[section][name] = value
-        else:
-            params[name] = value
+            continue
+        where = _params_key(name, names)
+        if where in spelled and spelled[where] != key:
+            raise ConfigError(f"{source}: {spelled[where]} and {key} set the same hyperparameter; keep one")
+        params[where], spelled[where] = value, key
     cfg = RunConfig(**{name: SECTIONS[name](**values) for name, values in sections.items()})
     cfg.loss.params = params
+    _check_loss(cfg, source)
     _check_consistency(cfg, source)
     return cfg
+
+
+def _check_loss(cfg: RunConfig, source: str) -> None:
+    """Loss combinations: a learned or Pareto weighting needs two terms or more."""
+    loss = cfg.loss
+    if loss.weighting == "linear":
+        return
+    weights = {k.split(".")[0]: v for k, v in loss.params.items() if k.endswith(f".{WEIGHT.name}")}
+    terms = (["ce"] if loss.ce_weight > 0 else []) + \
+        [n for n in loss_set(loss.name) if loss.dml_weight * weights.get(n, WEIGHT.default) > 0]
+    if len(terms) < 2:
+        raise ConfigError(f"{source}: loss.weighting={loss.weighting} combines several terms, but only "
+                          f"{', '.join(terms) or 'none'} has a weight > 0 (loss.name={loss.name}); "
+                          "add a DML loss or use loss.weighting=linear")
 
 
 def _check_consistency(cfg: RunConfig, source: str) -> None:
@@ -218,11 +303,16 @@ def _check_inference_is_trained(cfg: RunConfig, source: str) -> None:
         raise ConfigError(f"{source}: inference.mode={mode} uses the classification head, which "
                           f"loss.ce_weight={loss.ce_weight:g} leaves untrained; use inference.mode=proxy "
                           f"or loss.ce_weight > 0")
-    spec = get_loss_spec(loss.name)
-    if mode in ("proxy", "mixed") and spec is not None and spec.has_proxies and loss.dml_weight <= 0:
-        raise ConfigError(f"{source}: inference.mode={mode} uses the proxies of loss.name={loss.name}, which "
-                          f"loss.dml_weight={loss.dml_weight:g} leaves untrained; use inference.mode=head "
-                          f"or loss.dml_weight > 0")
+    if mode not in ("proxy", "mixed"):
+        return
+    names = loss_set(loss.name)
+    _, weights = split_params(names, loss.params)
+    with_proxies = [n for n in names if LOSSES[n].has_proxies]
+    if with_proxies and loss.dml_weight * weights.get(with_proxies[0], WEIGHT.default) <= 0:
+        used = with_proxies[0]  # the loss whose proxies inference uses (CombinedLoss.dml)
+        weight = f"loss.dml_weight={loss.dml_weight:g}" if loss.dml_weight <= 0 else f"loss.{used}.weight=0"
+        raise ConfigError(f"{source}: inference.mode={mode} uses the proxies of {used} (loss.name={loss.name}), "
+                          f"which {weight} leaves untrained; use inference.mode=head or a weight > 0")
 
 
 def _check_adversarial(cfg: RunConfig, source: str) -> None:
@@ -246,7 +336,10 @@ def flatten(nested: dict[str, Any], source: str) -> dict[str, Any]:
             if key not in SECTIONS:
                 raise ConfigError(f"{source}: " + unknown_choice("section", key, SECTIONS))
             for sub, v in value.items():
-                flat[f"{key}.{sub}"] = v
+                if key == "loss" and isinstance(v, dict):  # loss: {proxy_anchor: {margin: 0.2}}
+                    flat.update({f"loss.{sub}.{p}": pv for p, pv in v.items()})
+                else:
+                    flat[f"{key}.{sub}"] = v
         else:
             flat[str(key)] = value
     return flat

@@ -7,9 +7,10 @@ is written down once.
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Iterable
 
 import yaml
 
@@ -34,6 +35,26 @@ def _scalar(text: str) -> Any:
 
 
 @dataclass(frozen=True)
+class Applies:
+    """Where a key changes the run: ``test`` over the values of the keys it depends on.
+
+    A search space may search a key only where every value its ``keys`` can take passes ``test``
+    (no parameter that does nothing: TPE would model noise, and trial counts would mislead).
+    """
+
+    keys: tuple[str, ...]
+    test: Callable[..., bool]  # called with one value per key, in order
+    text: str  # "only with ...": the second half of the error message
+
+    def failure(self, values: dict[str, Iterable[Any]]) -> dict[str, Any] | None:
+        """The first combination of ``values`` (key -> possible values) where the key does nothing."""
+        for combo in itertools.product(*(list(values[k]) for k in self.keys)):
+            if not self.test(*combo):
+                return dict(zip(self.keys, combo))
+        return None
+
+
+@dataclass(frozen=True)
 class Hyperparameter:
     name: str
     kind: type  # int, float, bool or str
@@ -44,6 +65,7 @@ class Hyperparameter:
     log: bool = False  # a search over it usually wants a log scale
     optional: bool = False  # None is allowed
     help: str = ""
+    applies: Applies | None = None  # None: the key matters in every run
 
     def describe(self) -> str:
         """Short human text of what is valid, for `tunedml losses` and error messages."""

@@ -1,4 +1,4 @@
-"""The loss registry and the combined objective ``ce_weight * CCE + dml_weight * DML``.
+"""The loss registry and the combined objective: CCE plus one or more DML losses, weighted.
 
 Every metric-learning loss comes from pytorch-metric-learning; this module only records, per loss,
 the hyperparameters worth searching with their valid ranges and where its learnable proxies live.
@@ -10,13 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from pytorch_metric_learning import losses as pml_losses
 from pytorch_metric_learning import miners as pml_miners
 from torch import nn
 from torch.nn import functional as F
 
-from .errors import ConfigError, unknown_choice
+from .errors import ConfigError, did_you_mean, unknown_choice
+from .hparams import Applies
 from .hparams import Hyperparameter as H
 
 NO_DML = "none"  # loss.name for plain cross-entropy
@@ -141,6 +143,19 @@ LOSSES: dict[str, LossSpec] = {
 }
 
 LOSS_NAMES: tuple[str, ...] = (NO_DML, *LOSSES)
+SET_SEP = "+"  # loss.name=proxy_anchor+supcon: several DML losses on one encoder
+WEIGHT = H("weight", float, 1.0, 0.0, 100.0,
+           help="this DML loss's weight, relative: its term is dml_weight * weight * loss",
+           applies=Applies(("loss.weighting",), lambda weighting: weighting != "uncertainty",
+                           "only where the weights are not learned (loss.weighting linear or epo)"))
+
+WEIGHTINGS: dict[str, str] = {
+    "linear": "fixed weighted sum: ce_weight*CCE + sum over losses of dml_weight*weight*loss (the default)",
+    "uncertainty": "learned weights (Kendall et al. 2018): sum_i exp(-s_i)*L_i + s_i, the s_i trained at "
+                   "train.proxy_lr; the configured weights only switch terms on (> 0) or off (0)",
+    "epo": "Exact Pareto Optimal descent (Mahapatra & Rajan 2020): the configured weights are the preference "
+           "ray; one backward per term on the shared parameters",
+}
 
 
 def get_loss_spec(name: str) -> LossSpec | None:
@@ -152,44 +167,174 @@ def get_loss_spec(name: str) -> LossSpec | None:
     return LOSSES[name]
 
 
-class CombinedLoss(nn.Module):
-    """``ce_weight * CCE(logits) + dml_weight * DML(embeddings)``; returns the total and its parts.
+def loss_set(name: str) -> tuple[str, ...]:
+    """The DML losses ``loss.name`` names, in its order: () for plain CCE; ConfigError (without a
+    source prefix) for an unknown loss, a loss named twice or ``none`` inside a set."""
+    if name == NO_DML:
+        return ()
+    names = tuple(n.strip() for n in str(name).split(SET_SEP))
+    if len(names) == 1 and names[0] not in LOSSES:
+        raise ConfigError(unknown_choice("loss", name, LOSS_NAMES))
+    for n in names:
+        if n == NO_DML:
+            raise ConfigError(f"{name!r}: none cannot join a set of losses (CCE is always there: loss.ce_weight)")
+        if n not in LOSSES:
+            raise ConfigError(f"unknown loss {n!r} in {name!r}{did_you_mean(n, LOSSES)}; valid: {', '.join(LOSSES)}")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ConfigError(f"{', '.join(repeated)} appears twice in {name!r}; name each loss once")
+    return names
 
-    ``adv_logits`` (adversarial views of the batch, see :mod:`tunedml.adversarial`) add
-    ``adv_weight * CCE(adv_logits)`` to the CCE term, reported as the part ``adv_ce``.
+
+class LossName(H):
+    """``loss.name``: a registered loss, ``none``, or several DML losses joined by ``+``."""
+
+    def describe(self) -> str:
+        return f"one of {', '.join(LOSS_NAMES)}, or DML losses joined by {SET_SEP} (e.g. proxy_anchor{SET_SEP}supcon)"
+
+    def check(self, value: Any, key: str, source: str = "config") -> None:
+        try:
+            loss_set(value)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {key}: {e}") from None
+
+
+def learns_parameters(name: str, weighting: str = "linear") -> bool:
+    """Whether the loss learns parameters of its own (proxies, uncertainty weights), trained at
+    train.proxy_lr: only then does that rate change the run."""
+    try:
+        names = loss_set(name)
+    except ConfigError:
+        return False
+    return weighting == "uncertainty" or any(LOSSES[n].has_proxies for n in names)
+
+
+def split_params(names: tuple[str, ...], params: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
+    """``LossConfig.params`` (``margin`` for a single loss, ``proxy_anchor.margin`` in a set, and
+    ``<loss>.weight``) as per-loss hyperparameters and per-loss weights."""
+    per_loss: dict[str, dict[str, Any]] = {n: {} for n in names}
+    weights = {n: 1.0 for n in names}
+    for key, value in params.items():
+        owner, dot, param = key.partition(".")
+        if not dot:
+            owner, param = names[0], key
+        if param == WEIGHT.name:
+            weights[owner] = value
+        else:
+            per_loss[owner][param] = value
+    return per_loss, weights
+
+
+class CombinedLoss(nn.Module):
+    """CCE plus one or more DML losses, combined by ``weighting`` (see :data:`WEIGHTINGS`).
+
+    Returns the total and its parts: ``ce``, optional ``adv_ce`` (adversarial views' CCE, see
+    :mod:`tunedml.adversarial`, added as ``adv_weight * adv_ce`` to the CCE term), ``dml`` for a
+    single DML loss or ``dml_<loss>`` for each loss of a set, and ``weight_<term>`` for the weights
+    in effect where they are not the configured ones (uncertainty, epo). A term whose weight is 0 is
+    left out. ``dml`` (the attribute) is the loss that proxy and mixed inference use: the first one
+    with proxies, else the first.
     """
 
-    def __init__(self, ce_weight: float, dml_weight: float, dml: DMLLoss | None):
+    def __init__(self, ce_weight: float, dml_weight: float, dml: DMLLoss | dict[str, DMLLoss] | None,
+                 weights: dict[str, float] | None = None, weighting: str = "linear"):
         super().__init__()
-        self.ce_weight, self.dml_weight, self.dml = ce_weight, dml_weight, dml
+        if weighting not in WEIGHTINGS:
+            raise ConfigError("loss.weighting: " + unknown_choice("weighting", weighting, WEIGHTINGS))
+        losses = dml if isinstance(dml, dict) else ({dml.spec.name: dml} if dml is not None else {})
+        self.ce_weight, self.dml_weight, self.weighting = ce_weight, dml_weight, weighting
+        self.terms = nn.ModuleDict(losses)
+        self.term_weights = {n: dml_weight * (weights or {}).get(n, 1.0) for n in losses}
+        self.labels = {n: "dml" if len(losses) == 1 else f"dml_{n}" for n in losses}
+        active = (["ce"] if ce_weight > 0 else []) + [self.labels[n] for n, w in self.term_weights.items() if w > 0]
+        self.active = active  # the terms combined, in order
+        if weighting != "linear" and len(active) < 2:
+            raise ConfigError(f"loss.weighting={weighting} combines several terms, but only "
+                              f"{', '.join(active) or 'none'} has a weight > 0; add a DML loss or use linear")
+        # uncertainty: s_i = log(sigma_i^2), one per term, learned with the loss's parameters
+        self.log_vars = nn.Parameter(torch.zeros(len(active))) if weighting == "uncertainty" else None
+        self._last_terms: list[torch.Tensor] = []
+
+    @property
+    def dml(self) -> DMLLoss | None:
+        """The DML loss inference uses: the first with proxies, else the first (None for plain CCE)."""
+        losses = list(self.terms.values())
+        return next((d for d in losses if d.spec.has_proxies), losses[0] if losses else None)
+
+    def preference(self) -> list[float]:
+        """The configured weight of each active term: the linear weights, EPO's preference ray."""
+        by_label = {"ce": self.ce_weight, **{self.labels[n]: w for n, w in self.term_weights.items()}}
+        return [by_label[label] for label in self.active]
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor, embeddings: torch.Tensor,
                 embedding_labels: torch.Tensor, adv_logits: torch.Tensor | None = None,
                 adv_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         parts: dict[str, torch.Tensor] = {}
+        terms: list[torch.Tensor] = []  # each active term, unweighted
         total = logits.new_zeros(())
         if self.ce_weight > 0:
             parts["ce"] = F.cross_entropy(logits.float(), labels)
             total = total + self.ce_weight * parts["ce"]
+            term = parts["ce"]
             if adv_logits is not None and adv_weight > 0:
                 parts["adv_ce"] = F.cross_entropy(adv_logits.float(), labels)
                 total = total + self.ce_weight * adv_weight * parts["adv_ce"]
-        if self.dml is not None and self.dml_weight > 0:
-            parts["dml"] = self.dml(embeddings.float(), embedding_labels)
-            total = total + self.dml_weight * parts["dml"]
+                term = term + adv_weight * parts["adv_ce"]
+            terms.append(term)
+        for name, loss in self.terms.items():
+            weight = self.term_weights[name]
+            if weight > 0:
+                label = self.labels[name]
+                parts[label] = loss(embeddings.float(), embedding_labels)
+                total = total + weight * parts[label]
+                terms.append(parts[label])
+        if self.weighting == "uncertainty":
+            precision = torch.exp(-self.log_vars)
+            total = (precision * torch.stack(terms)).sum() + self.log_vars.sum()
+            parts.update({f"weight_{label}": precision[i].detach() for i, label in enumerate(self.active)})
+        self._last_terms = terms if self.weighting == "epo" else []
         return total, parts
 
     def backward(self, total: torch.Tensor, parts: dict[str, torch.Tensor],
                  shared: list[torch.nn.Parameter]) -> None:
-        """Back-propagate one step's loss. ``shared`` are the encoder's and head's parameters:
-        weightings that need each term's gradient on them (EPO) use it; a fixed sum does not."""
-        total.backward()
+        """Back-propagate one step's loss. ``shared`` are the encoder's and head's parameters.
+
+        linear and uncertainty: ``total.backward()``. epo: one backward per term, EPO's weights
+        from the terms' gradients on ``shared``, then every parameter's gradient is that of
+        ``sum_j alpha_j term_j``; ``parts`` gets ``weight_<term>`` (alpha).
+        """
+        if self.weighting != "epo":
+            total.backward()
+            return
+        from .epo import epo_weights
+
+        terms, self._last_terms = self._last_terms, []
+        own = [p for p in self.parameters() if p.requires_grad]
+        params = [*shared, *own]
+        grads = [torch.autograd.grad(term, params, retain_graph=i < len(terms) - 1, allow_unused=True)
+                 for i, term in enumerate(terms)]
+        gram = torch.zeros(len(terms), len(terms), dtype=torch.float64)
+        for k in range(len(shared)):
+            present = [(i, g[k].double()) for i, g in enumerate(grads) if g[k] is not None]
+            for i, gi in present:
+                for j, gj in present:
+                    gram[i, j] += (gi * gj).sum()
+        losses = [float(t.detach()) for t in terms]
+        alpha = epo_weights(np.array(losses), gram.numpy(), np.array(self.preference()))
+        for k, p in enumerate(params):
+            combined = [float(alpha[i]) * g[k] for i, g in enumerate(grads) if g[k] is not None]
+            if combined:
+                grad = torch.stack(combined).sum(0)
+                p.grad = grad if p.grad is None else p.grad + grad
+        parts.update({f"weight_{label}": torch.tensor(float(alpha[i])) for i, label in enumerate(self.active)})
 
 
 def build_loss(name: str, ce_weight: float, dml_weight: float, params: dict[str, Any],
-               num_classes: int, embedding_size: int) -> CombinedLoss:
-    spec = get_loss_spec(name)
-    dml = spec.build(num_classes, embedding_size, params) if spec else None
-    if dml is None and ce_weight <= 0:
+               num_classes: int, embedding_size: int, weighting: str = "linear") -> CombinedLoss:
+    """The configured objective; ``params`` as in ``LossConfig.params`` (see :func:`split_params`)."""
+    names = loss_set(name)
+    per_loss, weights = split_params(names, params)
+    dml = {n: LOSSES[n].build(num_classes, embedding_size, per_loss[n]) for n in names}
+    if not dml and ce_weight <= 0:
         raise ConfigError("loss.ce_weight must be > 0 when loss.name is 'none' (nothing would be trained)")
-    return CombinedLoss(ce_weight, dml_weight, dml)
+    return CombinedLoss(ce_weight, dml_weight, dml or None, weights, weighting)

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from .config import FIELDS, RunConfig, flatten, from_flat, load_yaml
+from .config import FIELDS, RunConfig, flatten, from_flat
 from .errors import ConfigError, NonFiniteLossError
 from .losses import NO_DML
 
@@ -227,7 +227,9 @@ def cce_defaults(overrides: dict[str, Any]) -> Candidate:
 
 def read_yaml_config(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(fixed keys, searched keys) of a YAML file: a run config has no searched keys, a space may."""
-    flat = flatten(load_yaml(path), path)
+    from .space import read_space_yaml
+
+    flat = flatten(read_space_yaml(path), path)  # a space's `include:` files merged in
     fixed = {k: v for k, v in flat.items() if not isinstance(v, dict)}
     searched = {k: v for k, v in flat.items() if isinstance(v, dict)}
     return fixed, searched
@@ -649,7 +651,7 @@ def load_model(path: str | Path) -> SavedModel:
     weights = torch.load(folder / "head.pt", map_location="cpu", weights_only=True)
     model.head.load_state_dict(weights["head"])
     loss = build_loss(cfg.loss.name, cfg.loss.ce_weight, cfg.loss.dml_weight, cfg.loss.params, len(labels),
-                      model.hidden_size)
+                      model.hidden_size, weighting=cfg.loss.weighting)
     loss.load_state_dict(weights["loss"])
     model.eval()
     return SavedModel(cfg, model, loss, weights["centers"], load_tokenizer(cfg.model.name), labels)

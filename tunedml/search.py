@@ -17,6 +17,7 @@ from typing import Any
 
 from ray import tune
 
+from .checks import check_name
 from .config import FIELDS, RunConfig, from_flat
 from .errors import ConfigError, unknown_choice
 from .progress import Progress, fmt_duration
@@ -47,6 +48,10 @@ class SearchOptions:
     seed: int = 0
     verbose: bool = False
     points: list[dict[str, Any]] = field(default_factory=list)  # configs (flat keys) to try first, in order
+    # The first trials cycle through every option of this top-level choice, per_option_start times
+    # each, before TPE proposes (after `points`): every loss gets tried. 0 turns it off.
+    per_option_key: str = "loss.name"
+    per_option_start: int = 1
 
     def validate(self) -> None:
         checks = [
@@ -57,6 +62,7 @@ class SearchOptions:
             (self.repeats >= 1, f"--repeats must be >= 1, got {self.repeats}"),
             (self.time_budget_s is None or self.time_budget_s > 0, f"--time-budget must be > 0, got {self.time_budget_s}"),
             (self.max_failures is None or self.max_failures >= 0, f"--max-failures must be >= 0, got {self.max_failures}"),
+            (self.per_option_start >= 0, f"--start-per-option must be >= 0, got {self.per_option_start}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -65,6 +71,7 @@ class SearchOptions:
             raise ConfigError("--scheduler: " + unknown_choice("scheduler", self.scheduler, SCHEDULERS))
         if self.metric not in METRICS:
             raise ConfigError("--metric: " + unknown_choice("metric", self.metric, METRICS))
+        check_name(self.name, "--name")  # a search's folder is <storage>/<name>: nothing escapes it
 
     @property
     def objective(self) -> str:
@@ -81,6 +88,27 @@ class SearchOptions:
         if self.max_failures is not None:
             return self.max_failures
         return 1 if self.address else 0
+
+
+def parse_per_option(text: str) -> tuple[str, int]:
+    """``--start-per-option``: ``N`` (trials per option of loss.name) or ``KEY=N``; 0 turns it off."""
+    key, _, count = text.rpartition("=")
+    key = key.strip() or "loss.name"
+    try:
+        n = int(count)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise ConfigError(f"--start-per-option {text!r}: expected N or KEY=N with N >= 0, e.g. 2 or loss.name=2")
+    return key, n
+
+
+def check_per_option(space: SearchSpace, options: SearchOptions) -> None:
+    """A per-option start asked for a key other than the default needs a top-level choice over it."""
+    if options.per_option_start and options.per_option_key != "loss.name" and not space.root.options_of(options.per_option_key):
+        raise ConfigError(f"--start-per-option {options.per_option_key}={options.per_option_start}: {space.path} has no "
+                          f"top-level choice or categorical over {options.per_option_key}; valid: "
+                          f"{', '.join(k for k in space.root.keys() if space.root.options_of(k)) or 'none'}")
 
 
 class SearchInterrupted(KeyboardInterrupt):
@@ -102,6 +130,15 @@ class TrialSummary:
     score: float | None
     epochs: int
     error: str | None = None
+    spread: float | None = None  # std of the dev score over --repeats draws (None with one draw)
+
+
+def _best(trials: list[TrialSummary]) -> TrialSummary | None:
+    """The highest score among finished trials (else among any scored one); ties go to the lower
+    spread over the repeats, a configuration that is good on every draw rather than on one."""
+    scored = [t for t in trials if t.score is not None and t.status == "FINISHED"] or \
+             [t for t in trials if t.score is not None]
+    return max(scored, key=lambda t: (t.score, -(t.spread or 0.0)), default=None)
 
 
 @dataclass
@@ -114,10 +151,36 @@ class SearchResult:
     best: TrialSummary | None = None
     best_config: dict[str, Any] | None = None  # the full flat run config of the best trial
     seconds: float = 0.0
+    choices: dict[str, list[Any]] = field(default_factory=dict)  # top-level choice key -> its options
 
     @property
     def failures(self) -> list[TrialSummary]:
         return [t for t in self.trials if t.status == "FAILED"]
+
+    def per_option(self, key: str = "loss.name") -> dict[str, dict[str, Any]]:
+        """``{option: {"trials": n, "finished": n, "best": score or None}}`` for a choice key: how
+        much of the search each option (each loss) got, and its best score (as the search's best)."""
+        options = list(self.choices.get(key, []))
+        options += [t.config[key] for t in self.trials if key in t.config and t.config[key] not in options]
+        out = {}
+        for option in options:
+            trials = [t for t in self.trials if t.config.get(key) == option]
+            best = _best(trials)
+            out[str(option)] = {"trials": len(trials), "finished": sum(t.status == "FINISHED" for t in trials),
+                                "best": best.score if best else None}
+        return out
+
+    def option_lines(self) -> list[str]:
+        """The per-option table of every searched choice, for the printed summary."""
+        lines = []
+        for key in self.choices:
+            rows = self.per_option(key)
+            width = max(len(key), *(len(o) for o in rows))
+            lines.append(f"  {key:<{width}}  trials  finished  best {self.objective}")
+            for option, r in rows.items():
+                best = "-" if r["best"] is None else f"{r['best']:.4f}"
+                lines.append(f"  {option:<{width}}  {r['trials']:>6}  {r['finished']:>8}  {best}")
+        return lines
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -130,6 +193,7 @@ class SearchResult:
             "stopped_early": sum(t.status == "KILLED" for t in self.trials),
             "unfinished": sum(t.status == "UNFINISHED" for t in self.trials),  # --time-budget ran out first
             "failed": [{"trial": t.trial_id, "error": t.error} for t in self.failures],
+            "per_option": {key: self.per_option(key) for key in self.choices},
             "seconds": round(self.seconds, 1),
         }
 
@@ -166,7 +230,8 @@ def trainable(config: dict[str, Any], tokens: Any, base: dict[str, Any], repeats
             "epoch": results[0].epoch,
             "epochs": cfg.train.epochs,
             "train_loss": float(np.mean([r.train_loss for r in results])),
-            **{f"loss_{k}": float(np.mean([r.loss_parts[k] for r in results])) for k in results[0].loss_parts},
+            # each term and the weights in effect (learned or EPO's): loss_ce, loss_dml_supcon, loss_weight_ce...
+            **{f"loss_{k}": float(np.mean([r.loss_parts.get(k, np.nan) for r in results])) for k in results[0].loss_parts},
             **{f"dev_{m}": float(np.mean([r.dev[m] for r in results])) for m in METRICS},
             **({f"dev_{m}_std": float(np.std([r.dev[m] for r in results])) for m in METRICS} if repeats > 1 else {}),
             "dev_collapsed": float(np.mean([r.collapsed for r in results])),  # the share of repeats that collapsed
@@ -203,9 +268,11 @@ def _searcher(space: SearchSpace, options: SearchOptions):
     sampler = optuna.samplers.TPESampler(seed=options.seed, multivariate=True, group=True,
                                          n_startup_trials=min(10, max(2, options.trials // 3)))
     optuna.logging.set_verbosity(optuna.logging.DEBUG if options.verbose else optuna.logging.WARNING)
-    points = [space.optuna_params(p) for p in options.points] or None
+    points = [space.optuna_params(p) for p in options.points]
+    if options.per_option_start:
+        points += space.per_option_points(options.per_option_key, options.per_option_start)
     search = OptunaSearch(space=space.define_by_run, metric=options.objective, mode="max", sampler=sampler,
-                          points_to_evaluate=points)
+                          points_to_evaluate=points or None)  # enqueued in the Optuna study, in order
     return ConcurrencyLimiter(search, max_concurrent=options.concurrency)
 
 
@@ -223,6 +290,9 @@ def init_ray(address: str | None, verbose: bool) -> None:
         ray.init(**kwargs)
     else:  # "local": without it Ray joins whatever cluster `ray start` last left on this machine
         ray.init(address="local", include_dashboard=False, **kwargs)
+    from .interrupt import sigterm_as_ctrl_c
+
+    sigterm_as_ctrl_c()  # ray.init replaced it with a handler that exits: a search would end FAILED
     if not verbose:  # failed trials are summarised by tunedml; Ray's tracebacks stay in the results folder
         import logging
 
@@ -352,6 +422,7 @@ def run_search(tokens: Any, base: dict[str, Any], space: SearchSpace, options: S
     import ray
 
     options.validate()
+    check_per_option(space, options)
     init_ray(options.address, options.verbose)
     storage, name = experiment_path(base.get("data.dataset", "dataset"), space, options)
     path = f"{storage.rstrip('/')}/{name}"
@@ -457,11 +528,12 @@ def _summarise(trials: list[Any], base: dict[str, Any], space: SearchSpace, path
         else:
             status = trial_status(trial)
         score = last.get(objective) if status in ("FINISHED", "KILLED") else None
+        spread = last.get(f"{objective}_std") if score is not None else None
         result.trials.append(TrialSummary(trial.trial_id, status, config_keys(trial.config or {}), score,
-                                          int(last.get("epoch") or 0), error))
-    scored = [t for t in result.trials if t.score is not None and t.status == "FINISHED"] or \
-             [t for t in result.trials if t.score is not None]
-    if scored:
-        result.best = max(scored, key=lambda t: t.score)
+                                          int(last.get("epoch") or 0), error, spread))
+    result.choices = {key: space.root.options_of(key) for key in space.root.branches}
+    result.choices.update({d.key: d.choices for d in space.root.dists if d.key == "loss.name"})
+    result.best = _best(result.trials)
+    if result.best is not None:
         result.best_config = from_flat({**base, **result.best.config}, source="best trial").to_flat()
     return result

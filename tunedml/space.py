@@ -15,6 +15,14 @@ Distributions: ``uniform``, ``loguniform``, ``int`` (``[low, high]``, or ``{low:
 step: 2}`` / ``{low: 2, high: 64, log: true}``), ``categorical`` (a list) and ``choice`` (a
 mapping of option to sub-space). The space becomes an Optuna define-by-run function; parameters
 inside a choice are named ``key|option`` for Optuna so that TPE models each branch on its own.
+
+``include: _common.yaml`` (or a list of files), at the top level, adds the keys of other space
+files, resolved relative to the including file: the shipped spaces share one definition of
+everything that is not the loss. A key defined twice (here and in an include, or in two includes)
+is an error, so an include cannot be silently overridden.
+
+A key may be searched only where it changes the run (its Hyperparameter's ``applies`` rule):
+``train.proxy_lr`` only under losses that learn proxies, ``inference.mode`` not under plain CCE.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from .errors import ConfigError, unknown_choice
 from .hparams import Hyperparameter
 from .losses import LOSS_NAMES
 
+INCLUDE = "include"
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "categorical", "choice")
 RANGE_OPTIONS = {"uniform": ("log",), "loguniform": (), "int": ("step", "log")}  # beside low and high
 BRANCH_SEP = "|"
@@ -120,6 +129,27 @@ class Space:
                 out.update(options[point[key]].params(point, path))
         return out
 
+    def paths(self) -> list[tuple[str, dict[str, list[Any]], dict[str, Any]]]:
+        """Every combination of branch options: (label such as ``loss.name=supcon``, the values each
+        key can take there, the searched keys there with their raw values). For the applies rules."""
+        values: dict[str, list[Any]] = {k: [v] for k, v in self.fixed.items()}
+        for d in self.dists:
+            values[d.key] = list(d.choices) if d.kind == "categorical" else [d.low, d.high]
+        searched: dict[str, Any] = {d.key: d for d in self.dists}
+        out = [("", values, searched)]
+        for key, (_, options) in self.branches.items():
+            out = [(", ".join(filter(None, (label, f"{key}={option}", sub_label))),
+                    {**vals, key: [option], **sub_vals}, {**found, key: options, **sub_found})
+                   for label, vals, found in out for option, space in options.items()
+                   for sub_label, sub_vals, sub_found in space.paths()]
+        return out
+
+    def options_of(self, key: str) -> list[Any]:
+        """The options of a top-level ``choice`` or ``categorical`` over ``key``; [] if it is not one."""
+        if key in self.branches:
+            return list(self.branches[key][1])
+        return next((list(d.choices) for d in self.dists if d.key == key and d.kind == "categorical"), [])
+
     def keys(self) -> set[str]:
         keys = set(self.fixed) | {d.key for d in self.dists} | set(self.branches)
         for _, options in self.branches.values():
@@ -136,8 +166,9 @@ class SearchSpace:
     """A parsed, validated space file."""
 
     path: str
-    text: str
+    text: str  # the file's own text
     root: Space
+    sources: list[tuple[str, str]] = field(default_factory=list)  # (path, text) of every file read, includes too
 
     @property
     def name(self) -> str:
@@ -145,7 +176,9 @@ class SearchSpace:
 
     @property
     def sha256(self) -> str:
-        return hashlib.sha256(self.text.encode()).hexdigest()
+        """Of the file and everything it includes: an edited common part is another space."""
+        texts = [text for _, text in self.sources] or [self.text]
+        return hashlib.sha256("\0".join(texts).encode()).hexdigest()
 
     def define_by_run(self, trial: Any) -> dict[str, Any]:
         return self.root.sample(trial)
@@ -167,6 +200,16 @@ class SearchSpace:
             raise ConfigError(f"{self.path}: point sets {', '.join(extra)}, which this space does not search")
         return self.root.params(point, self.path)
 
+    def per_option_points(self, key: str, per_option: int) -> list[dict[str, Any]]:
+        """Optuna parameters that start a search with ``per_option`` trials of every option of the
+        top-level choice (or categorical) over ``key``, cycling through the options.
+
+        TPE alone may settle on one option after its random start and leave others untried; these
+        points, enqueued before TPE's own suggestions, give every option its trials first.
+        """
+        options = self.root.options_of(key)
+        return [self.root.params({key: option}, self.path) for _ in range(per_option) for option in options]
+
     def check_against(self, base: dict[str, Any]) -> None:
         """Every branch of the space, on top of ``base`` (the user's fixed keys), is a valid config.
 
@@ -184,6 +227,24 @@ class SearchSpace:
             self.root.fixed[key] = base[key]
         for example in self.root.examples(0) + self.root.examples(-1):
             from_flat({**base, **example}, source=self.path)
+        self._check_applies(base)
+
+    def _check_applies(self, base: dict[str, Any]) -> None:
+        """No parameter that does nothing: each searched key's ``applies`` rule holds in every branch
+        combination where it is searched, for every value the keys it depends on can take there."""
+        for label, values, searched in self.root.paths():
+            for key in searched:
+                names = values.get("loss.name", [base.get("loss.name", FIELDS["loss.name"].default)])
+                rule = hyperparameter_for(key, str(names[0]), self.path).applies
+                if rule is None:
+                    continue
+                context = {k: values.get(k, [base.get(k, FIELDS[k].default)]) for k in rule.keys}
+                bad = rule.failure(context)
+                if bad is not None:
+                    where = f"in branch {label}" if label else "at the top level"
+                    shown = ", ".join(f"{k}={v}" for k, v in bad.items())
+                    raise ConfigError(f"{self.path}: {key} is searched {where}, where it does nothing ({shown}); "
+                                      f"it applies {rule.text}: search it only in the branches where it does")
 
 
 def config_keys(params: dict[str, Any]) -> dict[str, Any]:
@@ -196,13 +257,54 @@ def load_space(path: str | Path, base: dict[str, Any] | None = None) -> SearchSp
     path = str(path)
     if not Path(path).is_file():
         raise ConfigError(f"{path}: search space file not found")
-    text = Path(path).read_text()
-    raw = load_yaml(path)
+    sources: list[tuple[str, str]] = []
+    raw = read_space_yaml(path, sources)
     if not raw:
         raise ConfigError(f"{path}: the search space is empty")
     base = base or {}
     loss_names = _loss_context(raw, base)
-    return SearchSpace(path, text, _parse(raw, path, loss_names, prefix=""))
+    return SearchSpace(path, sources[0][1], _parse(raw, path, loss_names, prefix=""), sources)
+
+
+def read_space_yaml(path: str | Path, sources: list[tuple[str, str]] | None = None) -> dict[str, Any]:
+    """A space (or run config) file's mapping with its ``include`` files merged in.
+
+    ``sources`` collects (path, text) of each file read, the given one first.
+    """
+    keys, _ = _read_including(Path(path), (), sources if sources is not None else [])
+    return keys
+
+
+def _read_including(path: Path, including: tuple[Path, ...], sources: list[tuple[str, str]]) -> tuple[dict[str, Any], dict[str, str]]:
+    """(keys, key -> the file that defines it) of ``path`` and, recursively, its includes;
+    ``including`` is the chain of files that led here (for cycles and messages)."""
+    parent = including[-1] if including else None
+    if parent is not None and path.resolve() in {p.resolve() for p in including}:
+        cycle = " -> ".join(p.name for p in (*including, path))
+        raise ConfigError(f"{parent}: {INCLUDE}: {path.name} includes itself ({cycle})")
+    if not path.is_file():
+        raise ConfigError(f"{parent}: {INCLUDE}: {path.name} not found (looked for {path})" if parent
+                          else f"{path}: file not found")
+    raw = dict(load_yaml(path))
+    sources.append((str(path), path.read_text()))
+    includes = raw.pop(INCLUDE, [])
+    includes = [includes] if isinstance(includes, str) else includes
+    if not isinstance(includes, list) or not all(isinstance(i, str) and i for i in includes):
+        raise ConfigError(f"{path}: {INCLUDE} takes a file name or a list of file names, got {includes!r}")
+    keys: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for name in includes:
+        sub, sub_origin = _read_including(path.parent / name, (*including, path), sources)
+        for key, value in sub.items():
+            if key in keys:
+                raise ConfigError(f"{path}: {key} is defined twice, in {origin[key]} and in {sub_origin[key]}; "
+                                  "define it once")
+            keys[key], origin[key] = value, sub_origin[key]
+    own = {str(k): v for k, v in raw.items()}
+    for key in own:
+        if key in keys:
+            raise ConfigError(f"{path}: {key} is defined here and in {origin[key]} (included); define it once")
+    return {**own, **keys}, {**{k: path.name for k in own}, **origin}
 
 
 def _loss_context(raw: dict[str, Any], base: dict[str, Any]) -> tuple[str, ...]:

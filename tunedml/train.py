@@ -136,7 +136,7 @@ class Trainer:
             self.model = (model or build_model(cfg.model.name, num_classes, cfg.model.pooling, cfg.model.dropout,
                                                cfg.model.reinit_layers)).to(self.device)
             self.loss = build_loss(cfg.loss.name, cfg.loss.ce_weight, cfg.loss.dml_weight, cfg.loss.params,
-                                   num_classes, self.model.hidden_size).to(self.device)
+                                   num_classes, self.model.hidden_size, weighting=cfg.loss.weighting).to(self.device)
         self.adversary = build_adversary(cfg.adversarial)
         self.shared_parameters = [p for p in self.model.parameters() if p.requires_grad]
         named = list(self.model.named_parameters())  # clipped in this order, as it always was

@@ -1,0 +1,377 @@
+"""Bad input, kind by kind (issue 11): one line on stderr, exit code 2, in seconds, nothing written.
+
+Most cases run `tunedml` in this process (`main([...])`, imports paid once); a few run it as a
+subprocess, as a user would, where only a fresh process shows the behaviour (argparse's output, an
+unreachable model hub, SIGTERM). "Nothing written" means: the working directory (where the default
+results folder and database would go) and the named places stay as they were, no MLflow database
+is created, and Ray was never started.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tunedml.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+SPACES = REPO / "search_spaces"
+CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+pytestmark = pytest.mark.timeout(300)  # a check that hangs fails the test instead of the suite
+
+
+def has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.device_count() > 0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tunedml(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`tunedml` as a subprocess; a hang past ``timeout`` fails the test."""
+    full = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", **(env or {})}
+    full = {k: v for k, v in full.items() if v is not None}
+    return subprocess.run([sys.executable, "-m", "tunedml.cli", *args], capture_output=True, text=True, env=full,
+                          cwd=cwd, timeout=timeout)
+
+
+@pytest.fixture
+def work(tmp_path, monkeypatch) -> Path:
+    """An empty working directory: the default results folder and mlflow.db would land here."""
+    folder = tmp_path / "work"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    return folder
+
+
+@pytest.fixture
+def refused(work, capsys):
+    """Run `tunedml ARGS` in this process; assert it refused with one line naming every fragment,
+    and that nothing was written."""
+    def run(*args: str, fragments: tuple[str, ...] = (), unchanged: tuple[Path, ...] = ()) -> str:
+        before = {p: sorted(p.rglob("*")) if p.is_dir() else p.exists() for p in (work, *unchanged)}
+        code = main(list(args))
+        out, err = capsys.readouterr()
+        assert code == 2, err
+        assert out == "" and err.count("\n") == 1 and err.startswith(f"tunedml {args[0]}: error: "), err
+        assert "Traceback" not in err
+        for fragment in fragments:
+            assert fragment in err, (fragment, err)
+        after = {p: sorted(p.rglob("*")) if p.is_dir() else p.exists() for p in (work, *unchanged)}
+        assert after == before, "something was written"
+        assert not ray_started(), "Ray was started"
+        return err.strip()
+    return run
+
+
+def ray_started() -> bool:
+    ray = sys.modules.get("ray")
+    return bool(ray and ray.is_initialized())
+
+
+@pytest.fixture
+def search(work, data_dir, tiny_roberta):
+    """The arguments of a small search that would run, with a database in the working directory."""
+    def args(*extra: str, dataset: str = "sst2", space: str = str(SPACES / "cce.yaml")) -> list[str]:
+        return ["search", "--dataset", dataset, "--data-dir", data_dir, "--model", tiny_roberta, "--space", space,
+                "--trials", "2", "--set", "data.k=4", "--tracking-uri", str(work / "mlflow.db"), *extra]
+    return args
+
+
+@pytest.fixture
+def run_config(tmp_path, data_dir) -> str:
+    path = tmp_path / "best.yaml"
+    path.write_text(f"data:\n  dataset: sst2\n  data_dir: {data_dir}\n  k: 4\ntrain:\n  epochs: 1\n")
+    return str(path)
+
+
+# ----------------------------------------------------------------- 1. requests that can never be granted
+
+def test_search_asking_more_cpus_than_the_machine_has(refused, search):
+    msg = refused(*search("--cpus-per-trial", str(CPUS * 50)))
+    assert f"--cpus-per-trial {CPUS * 50} can never be granted: this machine has {CPUS} CPUs" in msg
+
+
+@pytest.mark.skipif("has_gpu()")
+def test_search_asking_a_gpu_on_a_machine_without_one(refused, search):
+    refused(*search("--gpus-per-trial", "1"), fragments=("--gpus-per-trial 1 can never be granted", "0 GPUs"))
+    refused(*search("--gpus-per-trial", "0.25"), fragments=("--gpus-per-trial 0.25 can never be granted",))
+
+
+def test_search_asking_more_at_once_than_fits(refused, search):
+    at_once = CPUS * 2
+    refused(*search("--trials", str(at_once), "--concurrency", str(at_once)),
+            fragments=(f"--concurrency {at_once} needs {at_once} CPUs", f"this machine has {CPUS} CPUs"))
+    refused(*search("--concurrency", "3"), fragments=("--concurrency 3 is more than --trials 2",))
+
+
+def test_gpu_requests_ray_cannot_place(refused, search):
+    refused(*search("--gpus-per-trial", "1.5"), fragments=("more than one GPU must be a whole number",))
+    refused(*search("--cpus-per-trial", "0.00001"), fragments=("steps of 0.0001",))
+
+
+@pytest.mark.skipif("has_gpu()")
+def test_cuda_device_without_a_gpu_request(refused, search):
+    refused(*search("--set", "train.device=cuda"), fragments=("train.device=cuda with --gpus-per-trial 0",))
+
+
+# ----------------------------------------------------------------- 2. unwritable or unreachable places
+
+@pytest.mark.parametrize("command", ["search", "ui", "retrain"])
+def test_tracking_store_that_cannot_be_created(refused, search, run_config, command):
+    uri = "sqlite:////proc/tunedml-x.db"
+    args = {"search": search()[:-2], "ui": ["ui"], "retrain": ["retrain", "--config", run_config]}[command]
+    refused(*args, "--tracking-uri", uri, fragments=(f"cannot use MLflow tracking URI {uri}: cannot write in /proc",))
+
+
+@pytest.mark.parametrize("command", ["best", "report"])
+def test_reading_commands_create_no_database(refused, work, command):
+    db = work / "nothing.db"
+    args = ["best", "--dataset", "sst2"] if command == "best" else ["report", "--out", str(work / "out")]
+    refused(*args, "--tracking-uri", str(db), fragments=(f"nothing recorded at sqlite:///{db}", "does not exist"))
+    refused(*args, "--tracking-uri", "sqlite:////proc/tunedml-x.db", fragments=("/proc/tunedml-x.db does not exist",))
+
+
+def test_tracking_store_that_is_a_folder_or_not_a_database(refused, search, work, tmp_path):
+    refused(*search()[:-2], "--tracking-uri", f"sqlite:///{tmp_path}", fragments=(f"{tmp_path} is a folder",))
+    text = tmp_path / "notes.db"
+    text.write_text("not a database")
+    refused(*search()[:-2], "--tracking-uri", str(text), fragments=(f"{text} is not an SQLite database",))
+    assert text.read_text() == "not a database"
+
+
+def test_database_server_that_does_not_answer(refused, search):
+    uri = f"postgresql://user@127.0.0.1:{free_port()}/mlflow"
+    refused(*search()[:-2], "--tracking-uri", uri, fragments=(f"cannot reach MLflow at {uri}", "refused"))
+
+
+def test_storage_that_cannot_be_written(refused, search, tmp_path):
+    refused(*search("--storage", "/proc/tunedml-results"), fragments=("--storage /proc/tunedml-results: cannot create",))
+    file = tmp_path / "results.txt"
+    file.write_text("")
+    refused(*search("--storage", str(file)), fragments=(f"--storage {file}: is an existing file",))
+    refused(*search("--storage", str(file / "sub")), fragments=(f"{file} is a file",))
+    refused(*search("--storage", "ftp://host/results"), fragments=("unknown scheme 'ftp'", "s3://"))
+
+
+def test_report_out_and_save_model_that_cannot_be_written(refused, work, tmp_path, run_config):
+    db = work / "mlflow.db"
+    file = tmp_path / "taken"
+    file.write_text("")
+    refused("retrain", "--config", run_config, "--save-model", str(file), "--tracking-uri", str(db),
+            fragments=(f"--save-model {file}: is an existing file",))
+    refused("retrain", "--config", run_config, "--save-model", "/proc/tunedml-model", "--tracking-uri", str(db),
+            fragments=("--save-model /proc/tunedml-model: cannot create",))
+    import sqlite3
+
+    sqlite3.connect(db).close()  # an empty database: report reads it
+    refused("report", "--out", str(file), "--tracking-uri", str(db), fragments=(f"--out {file}: is an existing file",))
+    refused("report", "--out", "/proc/tunedml-report", "--tracking-uri", str(db), fragments=("cannot create",))
+
+
+# ----------------------------------------------------------------- 3. nothing recorded before the inputs are checked
+
+def test_one_class_dataset_stops_before_mlflow_and_ray(refused, search, tmp_path):
+    data = tmp_path / "one.csv"
+    data.write_text("text,label\n" + "".join(f"text {i},yes\n" for i in range(40)))
+    refused(*search(dataset=str(data)), fragments=("only one class ('yes')",))
+
+
+def test_resume_of_a_search_that_does_not_exist(refused, search, work):
+    refused(*search("--resume", "--name", "nothere", "--storage", str(work / "results")),
+            fragments=("--resume --name nothere: no search to resume",))
+    refused(*search("--resume", "--storage", str(work / "results")), fragments=("--resume: no search sst2-cce-*",))
+
+
+@pytest.mark.parametrize("address, fragment", [
+    ("http://127.0.0.1:8265", "unknown scheme 'http'"),
+    ("ray//host", "not an address"),
+    ("ray://127.0.0.1:{port}", "no Ray cluster answers"),
+    ("127.0.0.1:{port}", "no Ray cluster answers"),
+])
+def test_address_that_cannot_be_a_ray_cluster(refused, search, address, fragment):
+    address = address.format(port=free_port())
+    refused(*search("--address", address), fragments=(f"--address {address}", fragment))
+
+
+# ----------------------------------------------------------------- 4. names that escape
+
+@pytest.mark.parametrize("name", ["../../x", "a/b", "..", ".", "", "with space", "-rf", "x" * 201, "/abs"])
+def test_search_name_is_one_plain_folder_name(refused, search, name):
+    refused(*search(f"--name={name}"), fragments=(f"--name {name!r}: not a valid name",))
+
+
+def test_names_that_would_collide(refused, search, work):
+    (work / "results" / "taken").mkdir(parents=True)
+    refused(*search("--name", "taken", "--storage", str(work / "results")),
+            fragments=("--name taken: a search of that name is already in", "--resume --name taken"))
+    refused(*search("--name", "both", dataset="sst2,trec"), fragments=("--name names one search; with 2 datasets",))
+    refused(*search(dataset="sst2,sst2"), fragments=("--dataset lists sst2 twice",))
+
+
+# ----------------------------------------------------------------- 5. draws checked for every dataset, first
+
+def test_every_dataset_is_checked_before_the_first_search(refused, search):
+    args = search(dataset="sst2,trec")
+    args[args.index("data.k=4")] = "data.k=50"
+    refused(*args, fragments=("trec: class 'ABBR'", "k=50 needs 100", "lower data.k"))
+
+
+def test_impossible_draw_of_a_single_dataset_is_exit_2(refused, search):
+    args = search()
+    args[args.index("data.k=4")] = "data.k=5000"
+    refused(*args, fragments=("sst2: class", "k=5000 needs 10000"))
+
+
+def test_draw_at_the_largest_value_the_space_searches(refused, search, tmp_path):
+    space = tmp_path / "wide_k.yaml"
+    space.write_text("loss.name: none\ntrain.epochs: 1\ndata.k: {categorical: [2, 60, 4]}\n")
+    args = search(dataset="trec", space=str(space))
+    i = args.index("--set")
+    del args[i:i + 2]
+    refused(*args, fragments=("trec: class 'ABBR'", "k=60", f"{space} searches data.k=60"))
+
+
+# ----------------------------------------------------------------- 6. a model that cannot be loaded
+
+def test_folder_without_a_model(refused, search, tmp_path, tiny_roberta, data_dir):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    refused(*search("--model", str(empty)), fragments=(f"{empty} has no config.json", "--model minilm"))
+    no_weights = tmp_path / "no-weights"
+    no_weights.mkdir()
+    (no_weights / "config.json").write_text(Path(tiny_roberta, "config.json").read_text())
+    refused("train", "--dataset", "sst2", "--data-dir", data_dir, "--model", str(no_weights),
+            fragments=(f"{no_weights} has no weights",))
+    file = tmp_path / "model.bin"
+    file.write_text("")
+    refused("train", "--dataset", "sst2", "--data-dir", data_dir, "--model", str(file), fragments=("is a file, not a model folder",))
+
+
+def test_hub_id_offline(refused, search, run_config, work, capsys):
+    refused(*search("--model", "roberta-base"), fragments=("model.name 'roberta-base'", "HF_HUB_OFFLINE", "--model minilm"))
+    # retrain knows its models once it has read its configurations (the tracking store is opened for that)
+    code = main(["retrain", "--config", run_config, "--model", "roberta-base", "--tracking-uri", str(work / "m.db")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "model.name 'roberta-base'" in err and "Hugging Face cache" in err
+    assert not ray_started()
+
+
+def test_hub_id_without_network(work, data_dir):
+    """No network: the hub endpoint refuses; one line in seconds instead of a minute of retries.
+    (A subprocess: the hub's endpoint is read when huggingface_hub is imported.)"""
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    args = ["--dataset", "sst2", "--data-dir", data_dir, "--model", "no-such-org/no-such-model"]
+    run = tunedml("train", *args, cwd=work, timeout=60, env={"HF_HUB_OFFLINE": None, "HF_ENDPOINT": endpoint})
+    assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
+    assert f"{endpoint} cannot be reached (Connection refused)" in run.stderr and "--model minilm" in run.stderr
+    assert list(work.iterdir()) == []
+
+
+# ----------------------------------------------------------------- 7. options accepted, then ignored
+
+@pytest.mark.skipif("has_gpu()")
+def test_retrain_gpu_request_without_a_gpu(refused, run_config, work):
+    refused("retrain", "--config", run_config, "--gpus-per-draw", "1", "--tracking-uri", str(work / "m.db"),
+            fragments=("--gpus-per-draw 1 can never be granted: this machine has", "0 GPUs"))
+
+
+def test_retrain_cpu_and_parallel_requests_beyond_the_machine(refused, run_config, work):
+    db = str(work / "m.db")
+    refused("retrain", "--config", run_config, "--cpus-per-draw", str(CPUS * 50), "--tracking-uri", db,
+            fragments=(f"--cpus-per-draw {CPUS * 50} can never be granted",))
+    refused("retrain", "--config", run_config, "--parallel", str(CPUS + 1), "--seeds", str(CPUS + 1),
+            "--tracking-uri", db, fragments=(f"--parallel {CPUS + 1} needs {CPUS + 1} CPUs",))
+    refused("retrain", "--config", run_config, "--parallel", "2", "--address", "auto", "--tracking-uri", db,
+            fragments=("--parallel has no effect on a cluster",))
+
+
+def test_retrain_parallel_beyond_the_draws(work, run_config, capsys):
+    """Known only once the configuration is read (the tracking store is opened for that)."""
+    code = main(["retrain", "--config", run_config, "--seeds", "1", "--parallel", "3", "--cpus-per-draw", "0.1",
+                 "--tracking-uri", str(work / "m.db")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "--parallel 3 is more than the 2 draws to train" in err
+    assert not ray_started()
+
+
+def test_retrain_impossible_draw(work, run_config, capsys):
+    code = main(["retrain", "--config", run_config, "--set", "data.k=5000", "--tracking-uri", str(work / "m.db")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "k=5000 needs 10000" in err and "(the best configuration)" in err
+
+
+# ----------------------------------------------------------------- 8. port numbers
+
+@pytest.mark.parametrize("value", ["99999", "-1", "0", "http", "5000.5"])
+def test_ui_port_out_of_range(work, capsys, value):
+    with pytest.raises(SystemExit) as exit_:
+        main(["ui", "--port", value])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1, err
+    assert err.startswith("tunedml ui: error: argument --port: ") and "valid: an integer in 1..65535" in err
+
+
+def test_argparse_errors_are_one_line_from_the_shell(work):
+    run = tunedml("ui", "--port", "99999", cwd=work, timeout=60)
+    assert run.returncode == 2 and run.stdout == ""
+    assert run.stderr == ("tunedml ui: error: argument --port: 99999 is not a port number; valid: an integer in "
+                          "1..65535 (see tunedml ui --help)\n")
+    run = tunedml("search", "--dataset", "sst2", cwd=work, timeout=60)  # --space is required
+    assert run.returncode == 2 and run.stderr.count("\n") == 1 and "--space" in run.stderr
+
+
+# ----------------------------------------------------------------- SIGTERM: recorded KILLED like Ctrl-C
+
+@pytest.mark.slow
+def test_sigterm_ends_a_search_killed_not_failed(work, tmp_path, data_dir, tiny_roberta):
+    from mlflow import MlflowClient
+
+    db = work / "mlflow.db"
+    space = tmp_path / "long.yaml"
+    space.write_text("loss.name: none\ntrain.lr: {loguniform: [1.0e-4, 1.0e-3]}\ntrain.epochs: 200\n")
+    args = ["search", "--dataset", "sst2", "--data-dir", data_dir, "--model", tiny_roberta, "--space",
+            str(space), "--trials", "2", "--set", "data.k=2",
+            "--scheduler", "none", "--name", "term", "--storage", str(work / "results"), "--tracking-uri", str(db)]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "tunedml.cli", *args], cwd=work, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 240
+        client = MlflowClient(f"sqlite:///{db}")
+        while time.monotonic() < deadline and proc.poll() is None:  # a trial's child run: trials are running
+            time.sleep(1)
+            if db.exists():
+                exp = client.get_experiment_by_name("tunedml/sst2")
+                if exp and any("mlflow.parentRunId" in r.data.tags for r in client.search_runs([exp.experiment_id])):
+                    break
+        assert proc.poll() is None, proc.communicate()[1]
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, stderr
+    assert "tunedml search: terminated (SIGTERM)" in stderr and "--resume --name term" in stderr
+    (parent,) = client.search_runs([exp.experiment_id], "tags.`tunedml.role` = 'search'")
+    assert parent.info.status == "KILLED" and "tunedml.interrupted" in parent.data.tags
+    assert all(r.info.status != "RUNNING" for r in client.search_runs([exp.experiment_id]))
+
+    # resumed with options that the saved search would ignore: refused before anything is recorded
+    run = tunedml(*args, "--resume", "--trials", "5", "--seed", "3", cwd=work, timeout=120)
+    assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
+    assert "--resume continues term with the options it started with; leave out --trials 5 (it has 2), --seed 3" \
+        in run.stderr
+    assert client.get_run(parent.info.run_id).info.status == "KILLED"
