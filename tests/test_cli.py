@@ -64,7 +64,7 @@ def test_train_json_prints_one_object_with_dev_and_test(tiny_roberta, data_dir):
     result = json.loads(line)
     assert (result["dataset"], result["model"], result["loss"]) == ("trec", tiny_roberta, "proxy_anchor")
     for split in ("dev", "test"):
-        assert set(result[split]) == {"accuracy", "macro_f1"}
+        assert set(result[split]) == {"accuracy", "macro_f1", "collapsed"}
         assert all(0 <= v <= 1 for v in result[split].values())
     progress = progress_lines(run)
     assert len(progress) == 2 and progress[0].startswith("epoch 1/2  loss")

@@ -185,7 +185,68 @@ def test_kfold_fold_must_be_below_folds():
 def test_plain_cce_with_zero_ce_weight_trains_nothing():
     assert "loss.ce_weight must be > 0" in config_error(sets=["loss.ce_weight=0"])
     assert "both 0" in config_error(sets=["loss.name=supcon", "loss.ce_weight=0", "loss.dml_weight=0"])
-    assert build_config(sets=["loss.name=supcon", "loss.ce_weight=0"]).loss.ce_weight == 0.0
+    assert build_config(sets=["loss.name=supcon", "loss.ce_weight=0", "inference.mode=proxy"]).loss.ce_weight == 0.0
+
+
+@pytest.mark.parametrize("sets, expected", [
+    (["loss.name=supcon", "loss.ce_weight=0"],
+     "--set: inference.mode=head uses the classification head, which loss.ce_weight=0 leaves untrained"),
+    (["loss.name=proxy_anchor", "loss.ce_weight=0", "inference.mode=mixed"],
+     "inference.mode=mixed uses the classification head, which loss.ce_weight=0 leaves untrained"),
+    (["loss.name=proxy_anchor", "loss.dml_weight=0", "inference.mode=proxy"],
+     "inference.mode=proxy uses the proxies of proxy_anchor (loss.name=proxy_anchor), which loss.dml_weight=0 leaves untrained"),
+    (["loss.name=soft_triple", "loss.dml_weight=0", "inference.mode=mixed"],
+     "inference.mode=mixed uses the proxies of soft_triple (loss.name=soft_triple), which loss.dml_weight=0 leaves untrained"),
+    (["loss.name=supcon+proxy_nca", "loss.proxy_nca.weight=0", "inference.mode=proxy"],
+     "inference.mode=proxy uses the proxies of proxy_nca (loss.name=supcon+proxy_nca), which loss.proxy_nca.weight=0 leaves untrained"),
+])
+def test_inference_with_an_untrained_head_or_untrained_proxies_is_refused(sets, expected):
+    msg = config_error(sets=sets)
+    assert expected in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("sets", [
+    ["loss.name=supcon", "loss.dml_weight=0", "inference.mode=proxy"],  # class centers need no proxies
+    ["loss.name=none", "inference.mode=proxy"],
+    ["loss.name=proxy_anchor", "loss.dml_weight=0"],  # head inference; the proxies are unused
+    ["loss.name=proxy_anchor", "loss.ce_weight=0", "inference.mode=proxy"],
+])
+def test_inference_by_class_centers_or_trained_parts_is_allowed(sets):
+    build_config(sets=sets)
+
+
+def test_untrained_inference_is_refused_in_config_files_too(tmp_path):
+    path = write(tmp_path, "loss: {name: proxy_nca, ce_weight: 0}\n")
+    assert config_error(config_file=path).startswith(f"{path}: inference.mode=head uses the classification head")
+
+
+def test_adversarial_defaults_are_off():
+    adv = build_config().adversarial
+    assert (adv.mode, adv.epsilon, adv.alpha, adv.steps, adv.weight) == ("none", 1.0, 0.5, 3, 1.0)
+    cfg = build_config(sets=["adversarial.mode=pgd", "adversarial.epsilon=0.5", "adversarial.steps=5"])
+    assert (cfg.adversarial.mode, cfg.adversarial.epsilon, cfg.adversarial.steps) == ("pgd", 0.5, 5)
+
+
+@pytest.mark.parametrize("sets, expected", [
+    (["adversarial.mode=fgm", "adversarial.epsilon=-1"],
+     "--set: adversarial.epsilon=-1.0 is out of range; valid: float in [0.0001, 100]"),
+    (["adversarial.mode=pgd", "adversarial.steps=0"], "--set: adversarial.steps=0 is out of range; valid: int in [1, 100]"),
+    (["adversarial.mode=fgsm"], "--set: adversarial.mode: unknown value 'fgsm' (did you mean 'fgm'?); valid: none, fgm, pgd"),
+    (["adversarial.mode=pgd", "adversarial.alpha=0"], "adversarial.alpha=0.0 is out of range"),
+    (["adversarial.weight=-0.5"], "adversarial.weight=-0.5 is out of range; valid: float in [0, 100]"),
+    (["adversarial.mode=fgm", "adversarial.weight=0"],
+     "adversarial.mode=fgm with adversarial.weight=0 and no DML loss adds nothing to training"),
+    (["adversarial.mode=fgm", "loss.name=supcon", "loss.ce_weight=0", "inference.mode=proxy"],
+     "adversarial.mode=fgm perturbs along the CCE gradient of the head, which loss.ce_weight=0 leaves untrained"),
+])
+def test_bad_adversarial_settings_are_one_line(sets, expected):
+    msg = config_error(sets=sets)
+    assert expected in msg and "\n" not in msg
+
+
+def test_adversarial_views_without_their_cce_term_may_feed_a_dml_loss(tmp_path):
+    cfg = build_config(write(tmp_path, "adversarial: {mode: fgm, weight: 0}\nloss: {name: supcon}\n"))
+    assert (cfg.adversarial.mode, cfg.adversarial.weight) == ("fgm", 0.0)
 
 
 # ---------------------------------------------------------------- flat and YAML round trips

@@ -123,10 +123,22 @@ def test_scores_accuracy_and_macro_f1_by_hand():
 
 def test_scores_of_perfect_and_constant_predictions():
     labels = np.array([0, 1, 0, 1])
-    assert scores(labels, labels, 2) == {"accuracy": 1.0, "macro_f1": 1.0}
+    assert scores(labels, labels, 2) == {"accuracy": 1.0, "macro_f1": 1.0, "collapsed": 0.0}
     # always 0: class 0 F1 = 2*2/(4+2) = 2/3, class 1 F1 = 0
     s = scores(np.zeros(4, dtype=int), labels, 2)
     assert s["accuracy"] == 0.5 and s["macro_f1"] == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize("predictions, labels, collapsed", [
+    ([1, 1, 1, 1, 1, 1], [0, 1, 0, 1, 2, 1], 1.0),  # one class predicted, three present
+    ([0, 0, 0, 0], [0, 1, 1, 1], 1.0),  # even when the one class is the minority
+    ([0, 1, 1, 1], [0, 1, 1, 1], 0.0),
+    ([0, 2, 2, 2], [1, 1, 1, 1], 0.0),  # two classes predicted: wrong, not collapsed
+    ([1, 1, 1], [1, 1, 1], 0.0),  # a one-class split cannot show a collapse
+])
+def test_collapsed_flags_predictions_that_fell_to_one_class(predictions, labels, collapsed):
+    s = scores(np.array(predictions), np.array(labels), 3)
+    assert s["collapsed"] == collapsed
 
 
 # ---------------------------------------------------------------- forward_all

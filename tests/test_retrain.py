@@ -212,7 +212,7 @@ def test_both_configurations_train_on_the_same_draws(compared, tokens):
     for role in ("best", "baseline"):
         result = compared.result(role)
         assert [d.index for d in result.draws] == [0, 1]
-        assert all(d.ok and 0 <= d.test["accuracy"] <= 1 and set(d.test) == {"accuracy", "macro_f1"}
+        assert all(d.ok and 0 <= d.test["accuracy"] <= 1 and set(d.test) == {"accuracy", "macro_f1", "collapsed"}
                    for d in result.draws)
     for b, c in zip(compared.best.draws, compared.baseline.draws):
         assert (b.data_seed, b.train_seed) == (c.data_seed, c.train_seed) == (FRESH_OFFSET + b.index,) * 2

@@ -10,6 +10,7 @@ import torch
 from tunedml.config import build_config
 from tunedml.data import Draw, load_corpus, tokenize
 from tunedml.errors import ConfigError, NonFiniteLossError
+from tunedml.evaluate import class_centers
 from tunedml.model import load_tokenizer
 from tunedml.train import FitResult, Trainer, draw_for, pick_device, run_training
 
@@ -35,7 +36,7 @@ def fit(cfg, tokens, **kwargs) -> FitResult:
 
 
 def in_unit_interval(metrics: dict[str, float]) -> bool:
-    return set(metrics) == {"accuracy", "macro_f1"} and all(0.0 <= v <= 1.0 for v in metrics.values())
+    return set(metrics) == {"accuracy", "macro_f1", "collapsed"} and all(0.0 <= v <= 1.0 for v in metrics.values())
 
 
 # ---------------------------------------------------------------- a run
@@ -49,7 +50,7 @@ def test_fit_records_one_result_per_epoch(tiny_roberta, data_dir, tokens):
     for e in result.history:
         assert math.isfinite(e.train_loss) and set(e.loss_parts) == {"ce", "dml"}
         assert in_unit_interval(e.dev) and e.seconds > 0
-    assert result.dev == result.history[-1].dev
+    assert result.dev == result.history[-1].dev and result.final_epoch == 3
     assert in_unit_interval(result.test)
 
 
@@ -91,6 +92,99 @@ def test_run_training_reads_draws_and_trains(tiny_roberta, data_dir):
     cfg = config(tiny_roberta, data_dir, "train.epochs=1", "data.dataset=trec", "data.k=4", "data.max_length=32")
     result = run_training(cfg, evaluate_test=False)
     assert len(result.history) == 1 and in_unit_interval(result.dev)
+
+
+def history(result: FitResult) -> list[tuple]:
+    return [(e.epoch, e.train_loss, e.loss_parts, e.dev) for e in result.history]
+
+
+def test_trainers_in_lockstep_give_what_each_gives_alone(tiny_roberta, data_dir, tokens):
+    # search.py's --repeats steps one trainer per repeat epoch by epoch; dropout and the proxies'
+    # initialisation draw from torch's generator, which each trainer must keep to itself
+    configs = [config(tiny_roberta, data_dir, "loss.name=proxy_anchor", "model.dropout=0.3",
+                      f"data.seed={r}", f"train.seed={r}") for r in range(2)]
+    alone = [fit(c, tokens) for c in configs]
+    trainers = [Trainer(c, tokens, small_draw(c, tokens)) for c in configs]
+    steps = list(zip(*(t.epochs() for t in trainers)))  # as search.trainable steps them
+    for r, trainer in enumerate(trainers):
+        assert history(FitResult(history=[step[r] for step in steps])) == history(alone[r])
+        assert trainer.evaluate(trainer.draw.test) == alone[r].test
+
+
+def test_a_trainer_leaves_the_global_random_state_alone(tiny_roberta, data_dir, tokens):
+    cfg = config(tiny_roberta, data_dir, "train.epochs=1", "loss.name=proxy_anchor")
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    Trainer(cfg, tokens, small_draw(cfg, tokens)).fit(evaluate_test=False)
+    assert torch.equal(torch.rand(3), expected)
+
+
+# ---------------------------------------------------------------- stability: collapse, best epoch, layers
+
+def test_a_run_predicting_one_class_is_flagged_collapsed(tiny_roberta, data_dir, tokens):
+    cfg = config(tiny_roberta, data_dir, "train.epochs=1")
+    trainer = Trainer(cfg, tokens, small_draw(cfg, tokens))
+    with torch.no_grad():  # a head that always says class 1
+        trainer.model.head.weight.zero_()
+        trainer.model.head.bias.copy_(torch.tensor([0.0, 5.0]))
+    dev = trainer.evaluate(trainer.draw.dev)
+    assert dev["collapsed"] == 1.0 and dev["accuracy"] == 0.5
+    centers = class_centers(trainer.outputs(trainer.draw.dev), 2)
+    with torch.no_grad():  # a head that picks the nearest dev class center predicts both classes
+        trainer.model.head.weight.copy_(centers)
+        trainer.model.head.bias.copy_(-0.5 * (centers ** 2).sum(1))
+    assert trainer.evaluate(trainer.draw.dev)["collapsed"] == 0.0
+
+
+def test_restore_best_ends_with_the_best_dev_epoch(tiny_roberta, data_dir, tokens):
+    sets = ["train.epochs=6", "train.lr=3e-3", "train.warmup_ratio=0", "data.seed=3"]
+    last = fit(config(tiny_roberta, data_dir, *sets), tokens)
+    best = fit(config(tiny_roberta, data_dir, *sets, "train.restore_best=true"), tokens)
+    assert history(best) == history(last)  # the per-epoch stream (the search's scheduler sees it) is unchanged
+    key = [(e.dev["accuracy"], e.dev["macro_f1"]) for e in best.history]
+    chosen = key.index(max(key)) + 1  # the first of the best
+    assert key[chosen - 1] > key[-1], "pick settings whose last epoch is worse than the best, or this proves nothing"
+    assert best.final_epoch == chosen and best.dev == best.history[chosen - 1].dev
+    assert best.dev["accuracy"] > last.dev["accuracy"] and best.test != last.test
+
+
+def test_restored_weights_score_the_best_epochs_dev_again(tiny_roberta, data_dir, tokens):
+    cfg = config(tiny_roberta, data_dir, "train.epochs=6", "train.lr=3e-3", "train.warmup_ratio=0", "data.seed=3",
+                 "train.restore_best=true")
+    trainer = Trainer(cfg, tokens, small_draw(cfg, tokens))
+    result = trainer.fit(evaluate_test=False)
+    assert trainer.evaluate(trainer.draw.dev) == result.dev == result.history[result.final_epoch - 1].dev
+
+
+def test_reinit_layers_redraws_only_the_top_layers(tiny_roberta, data_dir, tokens):
+    from tunedml.model import build_model
+
+    torch.manual_seed(0)
+    pretrained = build_model(tiny_roberta, 2)
+    cfg = config(tiny_roberta, data_dir, "model.reinit_layers=1")
+    model = Trainer(cfg, tokens, small_draw(cfg, tokens)).model
+    before, after = pretrained.encoder.encoder.layer, model.encoder.encoder.layer
+    assert torch.equal(before[0].attention.self.query.weight, after[0].attention.self.query.weight)
+    assert not torch.equal(before[1].attention.self.query.weight, after[1].attention.self.query.weight)
+    assert torch.equal(after[1].output.LayerNorm.weight, torch.ones(32)) and float(after[1].output.dense.bias.detach().abs().max()) == 0
+    with pytest.raises(ConfigError, match=r"model.reinit_layers=3 but the encoder has 2 layers \(encoder.layer\)"):
+        Trainer(config(tiny_roberta, data_dir, "model.reinit_layers=3"), tokens, small_draw(cfg, tokens))
+
+
+def test_layer_decay_gives_lower_layers_lower_rates(tiny_roberta, data_dir, tokens):
+    cfg = config(tiny_roberta, data_dir, "train.layer_decay=0.5", "train.lr=1e-3")
+    trainer = Trainer(cfg, tokens, small_draw(cfg, tokens))
+    rate = {id(p): g["initial_lr"] for g in trainer.optimizer.param_groups for p in g["params"]}
+    model = trainer.model
+    assert rate[id(model.head.weight)] == 1e-3
+    assert rate[id(model.encoder.encoder.layer[1].output.dense.weight)] == 5e-4
+    assert rate[id(model.encoder.encoder.layer[0].output.dense.weight)] == 2.5e-4
+    assert rate[id(model.encoder.embeddings.word_embeddings.weight)] == 1.25e-4
+    assert set(rate) == {id(p) for p in model.parameters()}
+    decay = {id(p): g["weight_decay"] for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert decay[id(model.encoder.encoder.layer[0].output.LayerNorm.weight)] == 0.0
+    assert decay[id(model.encoder.encoder.layer[0].output.dense.weight)] == cfg.train.weight_decay
 
 
 # ---------------------------------------------------------------- failures
@@ -136,6 +230,24 @@ def test_proxies_have_their_own_learning_rate_and_no_decay(tiny_roberta, data_di
     assert sorted(g["weight_decay"] for g in model_groups) == [0.0, 0.1]  # biases and norms: no decay
     optimized = {id(p) for g in model_groups for p in g["params"]}
     assert optimized == {id(p) for p in trainer.model.parameters()}
+
+
+def test_huge_proxy_gradients_do_not_shrink_the_encoder_update(tiny_roberta, data_dir, tokens):
+    cfg = config(tiny_roberta, data_dir, "loss.name=proxy_anchor", "train.max_grad_norm=1.0")
+    trainer = Trainer(cfg, tokens, small_draw(cfg, tokens))
+    generator = torch.Generator().manual_seed(0)
+    for p in trainer.model.parameters():
+        p.grad = torch.randn(p.shape, generator=generator)
+    alone = [torch.nn.Parameter(p.detach().clone()) for p in trainer.model_parameters]
+    for copy, p in zip(alone, trainer.model_parameters):
+        copy.grad = p.grad.clone()
+    torch.nn.utils.clip_grad_norm_(alone, 1.0)  # what clipping gives without any proxies
+    proxies = trainer.loss.dml.proxies()
+    proxies.grad = torch.full_like(proxies, 1e6)
+    trainer.clip_gradients()
+    for p, copy in zip(trainer.model_parameters, alone):
+        assert torch.equal(p.grad, copy.grad)
+    assert float(proxies.grad.norm()) == pytest.approx(1.0, rel=1e-4)  # clipped on their own
 
 
 def test_plain_cce_has_no_proxy_group(tiny_roberta, data_dir, tokens):

@@ -19,7 +19,9 @@ import yaml
 
 from .errors import ConfigError, unknown_choice
 from .hparams import Applies, Hyperparameter, load_yaml_text
-from .losses import LOSSES, NO_DML, WEIGHT, WEIGHTINGS, LossName, learns_parameters, loss_set
+from .losses import LOSSES, NO_DML, WEIGHT, WEIGHTINGS, LossName, learns_parameters, loss_set, split_params
+
+ADVERSARIAL_MODES = ("none", "fgm", "pgd")  # tunedml.adversarial implements them
 
 
 def _hp(default: Any, kind: type, low: float | None = None, high: float | None = None, *,
@@ -63,6 +65,7 @@ class ModelConfig:
     pooling: str = _hp("mean", str, choices=("mean", "cls"))
     token_mode: bool = _hp(False, bool, help="apply the DML loss to every non-padding token vector")
     dropout: float = _hp(0.1, float, 0.0, 0.9)
+    reinit_layers: int = _hp(0, int, 0, 48, help="re-initialise the top N encoder layers before training (few-shot stability)")
 
 
 @dataclass
@@ -86,7 +89,9 @@ class TrainConfig:
                           applies=WITH_LOSS_PARAMETERS)
     weight_decay: float = _hp(0.01, float, 0.0, 1.0)
     warmup_ratio: float = _hp(0.1, float, 0.0, 1.0)
-    max_grad_norm: float = _hp(1.0, float, 0.0, 1e6, help="0 turns clipping off")
+    max_grad_norm: float = _hp(1.0, float, 0.0, 1e6, help="0 turns clipping off (encoder+head and the loss's own parameters are clipped separately)")
+    layer_decay: float = _hp(1.0, float, 0.05, 1.0, help="layer-wise learning-rate decay: each encoder layer below the top gets this factor more; 1 = off")
+    restore_best: bool = _hp(False, bool, help="end with the weights of the epoch with the best dev accuracy (then macro-F1)")
     seed: int = _hp(0, int, 0, 2**31 - 1, help="seed of initialisation and batch order")
     device: str = _hp("auto", str, help="auto, cpu, cuda or cuda:N")
     bf16: bool = _hp(True, bool, help="bf16 autocast on a GPU (ignored on the CPU)")
@@ -102,8 +107,20 @@ class InferenceConfig:
                               applies=WITH_MIXED)
 
 
+@dataclass
+class AdversarialConfig:
+    mode: str = _hp("none", str, choices=ADVERSARIAL_MODES,
+                    help="adversarial views of each batch: none, fgm (one step) or pgd (several projected steps)")
+    epsilon: float = _hp(1.0, float, 1e-4, 100.0, log=True,
+                         help="L2 norm of each example's perturbation of its word embeddings (pgd: the ball's radius)")
+    alpha: float = _hp(0.5, float, 1e-4, 100.0, log=True, help="pgd: L2 size of each step")
+    steps: int = _hp(3, int, 1, 100, help="pgd: projected gradient steps")
+    weight: float = _hp(1.0, float, 0.0, 100.0, help="weight of the adversarial views' CCE term (relative to CCE)")
+
+
 SECTIONS: dict[str, type] = {
     "data": DataConfig, "model": ModelConfig, "loss": LossConfig, "train": TrainConfig, "inference": InferenceConfig,
+    "adversarial": AdversarialConfig,
 }
 
 
@@ -185,6 +202,7 @@ class RunConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
+    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
 
     def to_flat(self) -> dict[str, Any]:
         """All keys with their values, loss hyperparameters (defaults filled) as ``loss.<name>``."""
@@ -241,8 +259,8 @@ def from_flat(flat: dict[str, Any], source: str = "config") -> RunConfig:
         params[where], spelled[where] = value, key
     cfg = RunConfig(**{name: SECTIONS[name](**values) for name, values in sections.items()})
     cfg.loss.params = params
-    _check_consistency(cfg, source)
     _check_loss(cfg, source)
+    _check_consistency(cfg, source)
     return cfg
 
 
@@ -266,8 +284,48 @@ def _check_consistency(cfg: RunConfig, source: str) -> None:
         raise ConfigError(f"{source}: loss.ce_weight must be > 0 when loss.name is 'none'")
     if cfg.loss.name != NO_DML and cfg.loss.ce_weight <= 0 and cfg.loss.dml_weight <= 0:
         raise ConfigError(f"{source}: loss.ce_weight and loss.dml_weight are both 0; nothing would be trained")
+    _check_inference_is_trained(cfg, source)
+    _check_adversarial(cfg, source)
     if cfg.data.protocol == "kfold" and cfg.data.fold >= cfg.data.folds:
         raise ConfigError(f"{source}: data.fold={cfg.data.fold} must be below data.folds={cfg.data.folds}")
+
+
+def _check_inference_is_trained(cfg: RunConfig, source: str) -> None:
+    """Inference must use only what the loss trains.
+
+    The head is trained only by CCE (``head`` and ``mixed`` need ``loss.ce_weight > 0``); learned
+    proxies only by the DML loss (``proxy`` and ``mixed`` with a proxy loss need ``loss.dml_weight
+    > 0``). Losses without proxies (and plain CCE) classify by class centers of the training
+    embeddings, which need no training of their own, so ``proxy`` inference is fine with them.
+    """
+    mode, loss = cfg.inference.mode, cfg.loss
+    if mode in ("head", "mixed") and loss.ce_weight <= 0:
+        raise ConfigError(f"{source}: inference.mode={mode} uses the classification head, which "
+                          f"loss.ce_weight={loss.ce_weight:g} leaves untrained; use inference.mode=proxy "
+                          f"or loss.ce_weight > 0")
+    if mode not in ("proxy", "mixed"):
+        return
+    names = loss_set(loss.name)
+    _, weights = split_params(names, loss.params)
+    with_proxies = [n for n in names if LOSSES[n].has_proxies]
+    if with_proxies and loss.dml_weight * weights.get(with_proxies[0], WEIGHT.default) <= 0:
+        used = with_proxies[0]  # the loss whose proxies inference uses (CombinedLoss.dml)
+        weight = f"loss.dml_weight={loss.dml_weight:g}" if loss.dml_weight <= 0 else f"loss.{used}.weight=0"
+        raise ConfigError(f"{source}: inference.mode={mode} uses the proxies of {used} (loss.name={loss.name}), "
+                          f"which {weight} leaves untrained; use inference.mode=head or a weight > 0")
+
+
+def _check_adversarial(cfg: RunConfig, source: str) -> None:
+    """Adversarial views follow the gradient of the head's CCE and add terms that must count."""
+    adv = cfg.adversarial
+    if adv.mode == "none":
+        return
+    if cfg.loss.ce_weight <= 0:
+        raise ConfigError(f"{source}: adversarial.mode={adv.mode} perturbs along the CCE gradient of the head, "
+                          f"which loss.ce_weight=0 leaves untrained; use loss.ce_weight > 0 or adversarial.mode=none")
+    if adv.weight <= 0 and (cfg.loss.name == NO_DML or cfg.loss.dml_weight <= 0):
+        raise ConfigError(f"{source}: adversarial.mode={adv.mode} with adversarial.weight=0 and no DML loss adds "
+                          f"nothing to training; use adversarial.weight > 0 or adversarial.mode=none")
 
 
 def flatten(nested: dict[str, Any], source: str) -> dict[str, Any]:

@@ -75,7 +75,9 @@ def predict(mode: str, outputs: Outputs, loss: CombinedLoss, centers: torch.Tens
 
 
 def scores(predictions: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, float]:
-    """Accuracy and macro-F1 (classes absent from both predictions and labels count as F1 = 0)."""
+    """Accuracy, macro-F1 (classes absent from both predictions and labels count as F1 = 0) and
+    ``collapsed``: 1.0 when every prediction is one class while the labels have several, the
+    signature of a few-shot run that fell apart (accuracy alone hides it on a skewed split)."""
     accuracy = float((predictions == labels).mean()) if len(labels) else float("nan")
     f1s = []
     for c in range(num_classes):
@@ -83,4 +85,5 @@ def scores(predictions: np.ndarray, labels: np.ndarray, num_classes: int) -> dic
         fp = np.sum((predictions == c) & (labels != c))
         fn = np.sum((predictions != c) & (labels == c))
         f1s.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
-    return {"accuracy": accuracy, "macro_f1": float(np.mean(f1s))}
+    collapsed = len(np.unique(predictions)) == 1 and len(np.unique(labels)) > 1
+    return {"accuracy": accuracy, "macro_f1": float(np.mean(f1s)), "collapsed": float(collapsed)}

@@ -73,11 +73,51 @@ class EncoderClassifier(nn.Module):
         return EncoderOutput(self.head(self.dropout(pooled)), pooled, hidden, attention_mask)
 
 
-def build_model(name: str, num_classes: int, pooling: str = "mean", dropout: float = 0.1) -> EncoderClassifier:
+def encoder_layers(encoder: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The encoder's stack of transformer layers and its name (``encoder.layer`` in BERT and RoBERTa).
+
+    Found as the longest ``nn.ModuleList``, so other encoders (DistilBERT's ``transformer.layer``,
+    ...) work without a table of architectures.
+    """
+    stacks = [(name, m) for name, m in encoder.named_modules() if isinstance(m, nn.ModuleList) and len(m)]
+    if not stacks:
+        raise ConfigError(f"model: found no stack of layers in {type(encoder).__name__}; "
+                          "model.reinit_layers and train.layer_decay need one")
+    return max(stacks, key=lambda item: len(item[1]))
+
+
+def reinit_top_layers(encoder: nn.Module, n: int) -> None:
+    """Re-initialise the top ``n`` layers as a fresh model would be (Zhang et al. 2021).
+
+    Pre-trained top layers are specialised to the pre-training task; few-shot fine-tuning from
+    fresh ones is often more stable. Linear weights ~ N(0, initializer_range), biases 0, norms 1
+    and 0. Draws from torch's global generator (inside a Trainer: the trainer's own state).
+    """
+    if n <= 0:
+        return
+    name, layers = encoder_layers(encoder)
+    if n > len(layers):
+        raise ConfigError(f"model.reinit_layers={n} but the encoder has {len(layers)} layers ({name})")
+    std = float(getattr(encoder.config, "initializer_range", 0.02) or 0.02)
+    for layer in list(layers)[-n:]:
+        for module in layer.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+
+def build_model(name: str, num_classes: int, pooling: str = "mean", dropout: float = 0.1,
+                reinit_layers: int = 0) -> EncoderClassifier:
     from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # "some weights were not used" is expected for a bare encoder
     hf_logging.disable_progress_bar()
     encoder = AutoModel.from_pretrained(resolve_model(name))
-    return EncoderClassifier(encoder, num_classes, pooling, dropout)
+    model = EncoderClassifier(encoder, num_classes, pooling, dropout)
+    reinit_top_layers(encoder, reinit_layers)
+    return model

@@ -244,6 +244,7 @@ def trainable(config: dict[str, Any], tokens: Any, base: dict[str, Any], repeats
             **{f"loss_{k}": float(np.mean([r.loss_parts.get(k, np.nan) for r in results])) for k in results[0].loss_parts},
             **{f"dev_{m}": float(np.mean([r.dev[m] for r in results])) for m in METRICS},
             **({f"dev_{m}_std": float(np.std([r.dev[m] for r in results])) for m in METRICS} if repeats > 1 else {}),
+            "dev_collapsed": float(np.mean([r.collapsed for r in results])),  # the share of repeats that collapsed
             "node_id": node,
             "threads": torch.get_num_threads(),  # what the trial really computes with
         })
