@@ -110,3 +110,14 @@ def test_missing_data_dir_is_one_line_and_exit_code_2(tmp_path):
     run = tunedml("train", "--data-dir", str(tmp_path / "nowhere"))
     assert run.returncode == 2 and run.stderr.count("\n") == 1
     assert "nowhere" in run.stderr and "Traceback" not in run.stderr and not progress_lines(run)
+
+
+def test_keys_lists_every_config_key_with_its_range_and_help():
+    from tunedml.config import FIELDS
+
+    run = tunedml("keys", "--json")
+    assert run.returncode == 0, run.stderr
+    rows = {r["key"]: r for r in json.loads(run.stdout)}
+    assert set(rows) == set(FIELDS)
+    assert rows["data.k"]["valid"] == "int in [1, 100000]" and rows["data.k"]["default"] == 16
+    assert rows["train.lr"]["help"] and rows["adversarial.mode"]["valid"].startswith("one of none")

@@ -149,7 +149,8 @@ def cmd_losses(args: argparse.Namespace) -> int:
 
     rows = [{"name": NO_DML, "proxies": False, "summary": "plain cross-entropy (the CCE baseline)", "hyperparameters": {}}]
     rows += [{"name": s.name, "proxies": s.has_proxies, "summary": s.summary,
-              "hyperparameters": {h.name: {"default": h.default, "valid": h.describe()} for h in s.hyperparameters}}
+              "hyperparameters": {h.name: {"default": h.default, "valid": h.describe(), "help": h.help}
+                                  for h in s.hyperparameters}}
              for s in LOSSES.values()]
     if args.json:
         emit_json(rows)
@@ -157,9 +158,25 @@ def cmd_losses(args: argparse.Namespace) -> int:
     for r in rows:
         print(f"{r['name']:<19} {'proxies ' if r['proxies'] else ''}{r['summary']}")
         for name, h in r["hyperparameters"].items():
-            print(f"    loss.{name:<18} default {h['default']!s:<6} {h['valid']}")
+            print(f"    loss.{name:<18} default {h['default']!s:<6} {h['valid']}" + (f"  ({h['help']})" if h["help"] else ""))
     print("All losses: loss.ce_weight, loss.dml_weight (total = ce_weight*CCE + dml_weight*DML).")
     print_weightings()
+    return 0
+
+
+@command("keys")
+def cmd_keys(args: argparse.Namespace) -> int:
+    """Every key of `tunedml train --set` (and of configs and spaces) with its default, valid values
+    and what it does; the loss hyperparameters are listed by `tunedml losses`."""
+    from .config import FIELDS
+
+    rows = [{"key": k, "default": h.default, "valid": h.describe(), "help": h.help} for k, h in FIELDS.items()]
+    if args.json:
+        emit_json(rows)
+        return 0
+    for r in rows:
+        print(f"{r['key']:<26} default {r['default']!s:<8} {r['valid']}" + (f"  ({r['help']})" if r["help"] else ""))
+    print("Loss hyperparameters (loss.<name>, loss.<loss>.<name>): tunedml losses")
     return 0
 
 
@@ -551,7 +568,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(p)
     add_output_options(p)
 
-    for name, text in (("datasets", "list the registered datasets"), ("losses", "list losses with hyperparameters and ranges")):
+    for name, text in (("datasets", "list the registered datasets"), ("losses", "list losses with hyperparameters and ranges"),
+                       ("keys", "list every config key with its default, valid values and what it does")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--json", action="store_true")
 

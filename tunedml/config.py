@@ -25,10 +25,10 @@ ADVERSARIAL_MODES = ("none", "fgm", "pgd")  # tunedml.adversarial implements the
 
 
 def _hp(default: Any, kind: type, low: float | None = None, high: float | None = None, *,
-        choices: tuple | None = None, log: bool = False, optional: bool = False, help: str = "",
+        choices: tuple | None = None, optional: bool = False, help: str = "",
         applies: Applies | None = None) -> Any:
     """A dataclass field whose metadata carries its Hyperparameter (name filled in later)."""
-    hp = Hyperparameter("", kind, default, low, high, choices, log, optional, help, applies)
+    hp = Hyperparameter("", kind, default, low, high, choices, optional, help, applies)
     return field(default=default, metadata={"hp": hp})
 
 
@@ -49,7 +49,7 @@ class DataConfig:
     data_dir: str | None = _hp(None, str, optional=True, help="folder with <task>/<split>.jsonl; default $TUNEDML_DATA_DIR, else the copy inside the package")
     protocol: str = _hp("kshot", str, choices=("kshot", "kfold"))
     k: int = _hp(16, int, 1, 100_000, help="kshot: examples per class in train (and in dev)")
-    sample_size: int = _hp(64, int, 2, 1_000_000, help="kfold: training examples drawn from the training folds")
+    sample_size: int = _hp(64, int, 2, 1_000_000, help="kfold: training (and as many dev) examples drawn from the draw part, apart from every test fold")
     folds: int = _hp(5, int, 2, 50, help="kfold: number of folds")
     fold: int = _hp(0, int, 0, 49, help="kfold: the held-out fold")
     seed: int = _hp(0, int, 0, 2**31 - 1, help="seed of the few-shot draw")
@@ -84,8 +84,8 @@ class TrainConfig:
     epochs: int = _hp(20, int, 1, 10_000)
     batch_size: int = _hp(16, int, 1, 65_536)
     eval_batch_size: int = _hp(64, int, 1, 65_536)
-    lr: float = _hp(1e-4, float, 1e-8, 1.0, log=True, help="few-shot runs take few steps: higher than full-data fine-tuning")
-    proxy_lr: float = _hp(1e-2, float, 1e-8, 100.0, log=True, help="learning rate of proxies and uncertainty weights",
+    lr: float = _hp(1e-4, float, 1e-8, 1.0, help="few-shot runs take few steps: higher than full-data fine-tuning")
+    proxy_lr: float = _hp(1e-2, float, 1e-8, 100.0, help="learning rate of proxies and uncertainty weights",
                           applies=WITH_LOSS_PARAMETERS)
     weight_decay: float = _hp(0.01, float, 0.0, 1.0)
     warmup_ratio: float = _hp(0.1, float, 0.0, 1.0)
@@ -103,7 +103,7 @@ class InferenceConfig:
     mode: str = _hp("head", str, choices=("head", "proxy", "mixed"), applies=WITH_DML)
     mix_weight: float = _hp(0.5, float, 0.0, 1.0, help="mixed: weight of the head's probabilities",
                              applies=WITH_MIXED)
-    proxy_scale: float = _hp(16.0, float, 0.01, 1000.0, log=True, help="mixed: softmax scale of proxy scores",
+    proxy_scale: float = _hp(16.0, float, 0.01, 1000.0, help="mixed: softmax scale of proxy scores",
                               applies=WITH_MIXED)
 
 
@@ -111,9 +111,9 @@ class InferenceConfig:
 class AdversarialConfig:
     mode: str = _hp("none", str, choices=ADVERSARIAL_MODES,
                     help="adversarial views of each batch: none, fgm (one step) or pgd (several projected steps)")
-    epsilon: float = _hp(1.0, float, 1e-4, 100.0, log=True,
+    epsilon: float = _hp(1.0, float, 1e-4, 100.0,
                          help="L2 norm of each example's perturbation of its word embeddings (pgd: the ball's radius)")
-    alpha: float = _hp(0.5, float, 1e-4, 100.0, log=True, help="pgd: L2 size of each step")
+    alpha: float = _hp(0.5, float, 1e-4, 100.0, help="pgd: L2 size of each step")
     steps: int = _hp(3, int, 1, 100, help="pgd: projected gradient steps")
     weight: float = _hp(1.0, float, 0.0, 100.0, help="weight of the adversarial views' CCE term (relative to CCE)")
 

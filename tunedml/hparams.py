@@ -62,9 +62,8 @@ class Hyperparameter:
     low: float | None = None
     high: float | None = None
     choices: tuple[Any, ...] | None = None
-    log: bool = False  # a search over it usually wants a log scale
     optional: bool = False  # None is allowed
-    help: str = ""
+    help: str = ""  # what the key does: `tunedml keys` and `tunedml losses` print it
     applies: Applies | None = None  # None: the key matters in every run
 
     def describe(self) -> str:
@@ -74,8 +73,9 @@ class Hyperparameter:
         if self.kind is bool:
             return "true or false"
         if self.low is not None or self.high is not None:
-            lo = "-inf" if self.low is None else f"{self.low:g}"
-            hi = "inf" if self.high is None else f"{self.high:g}"
+            fmt = (lambda v: str(int(v))) if self.kind is int else (lambda v: f"{v:g}")
+            lo = "-inf" if self.low is None else fmt(self.low)
+            hi = "inf" if self.high is None else fmt(self.high)
             return f"{self.kind.__name__} in [{lo}, {hi}]"
         return self.kind.__name__
 
