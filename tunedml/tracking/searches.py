@@ -13,6 +13,7 @@ from ..config import flatten, from_flat, load_yaml
 from ..errors import TrackingError
 from ..losses import NO_DML
 from ..metrics import check_metric
+from ..space import read_space_yaml
 from .store import FINAL_ROLE, ROLE_TAG, SEARCH_ROLE, TRIAL_ROLE, call, client, experiment_name, reason
 
 BEST_CONFIG = "best_config.yaml"
@@ -166,6 +167,9 @@ def _searches_only_cce(mlflow: Any, uri: str, run: Any) -> bool:
         files = call(uri, lambda: mlflow.list_artifacts(run.info.run_id, "space"))
         if not files:
             return False  # no space recorded: cannot tell, so not a baseline
-        local = call(uri, lambda: mlflow.download_artifacts(run.info.run_id, files[0].path, tmp))
-        value = flatten(load_yaml(local), files[0].path).get("loss.name", NO_DML)
+        local = Path(call(uri, lambda: mlflow.download_artifacts(run.info.run_id, "space", tmp)))
+        main = local / Path(run.data.tags.get("tunedml.space_file", files[0].path)).name  # the space, beside its includes
+        if not main.is_file():
+            main = local / Path(files[0].path).name
+        value = flatten(read_space_yaml(main), main.name).get("loss.name", NO_DML)
     return value == NO_DML
