@@ -52,7 +52,9 @@ def test_losses_json():
     by_name = {r["name"]: r for r in rows}
     assert by_name["none"]["hyperparameters"] == {}
     assert by_name["soft_triple"]["proxies"] is True and by_name["supcon"]["proxies"] is False
-    assert by_name["soft_triple"]["hyperparameters"]["centers_per_class"] == {"default": 10, "valid": "int in [1, 50]"}
+    assert by_name["soft_triple"]["hyperparameters"]["centers_per_class"] == {"default": 10, "valid": "int in [1, 50]",
+                                                                              "help": ""}
+    assert by_name["arcface"]["hyperparameters"]["margin"]["help"] == "degrees"
 
 
 def test_train_json_prints_one_object_with_dev_and_test(tiny_roberta, data_dir):

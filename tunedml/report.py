@@ -19,6 +19,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import ConfigError, unknown_choice
+from .losses import NO_DML
 from .metrics import METRICS, check_metric
 from .progress import fmt_duration
 from .results import Candidate, Comparison, ConfigResult, DrawResult, Interval, Snapshot
@@ -210,7 +211,8 @@ def comparison_lines(c: Comparison) -> list[str]:
     mode = c.best.candidate.config.get("inference.mode", "head")
     lines = [f"{c.dataset} ({c.protocol}), {draws} draws, test scores in % (best inference: {mode})",
              f"  {'':<36}" + "".join(f"{METRIC_NAMES[m] + ' (mean ± std, worst)':>32}" for m in METRICS) + f"{'collapsed':>11}"]
-    for label, r in (("CCE baseline", c.baseline), ("best", c.best)):
+    baseline = "CCE baseline" if c.baseline.candidate.loss == NO_DML else "baseline"  # --baseline may name any config
+    for label, r in ((baseline, c.baseline), ("best", c.best)):
         s = r.summary()
         cells = "".join(f"{_spread(s[m]):>32}" for m in METRICS)
         lines.append(f"  {_side_label(label, r):<36}{cells}{r.collapsed:>11}")
@@ -352,7 +354,7 @@ def _panel(ax, comparison: Comparison, role: str, snap: Snapshot, projection: st
     result = comparison.result(role)
     draw = next((d for d in result.draws if d.index == comparison.best_draw and d.ok), None)
     score = f", test acc {100 * draw.test['accuracy']:.1f}%" if draw else ""
-    title = "CCE baseline" if role == "baseline" else "best"
+    title = "best" if role == "best" else "CCE baseline" if result.candidate.loss == NO_DML else "baseline"
     ax.set_title(f"{title}: {result.candidate.loss} ({snap.prototype_kind}){score}", fontsize=9)
     ax.set_xticks([])
     ax.set_yticks([])

@@ -171,5 +171,8 @@ def _searches_only_cce(mlflow: Any, uri: str, run: Any) -> bool:
         main = local / Path(run.data.tags.get("tunedml.space_file", files[0].path)).name  # the space, beside its includes
         if not main.is_file():
             main = local / Path(files[0].path).name
-        value = flatten(read_space_yaml(main), main.name).get("loss.name", NO_DML)
+        own = flatten(load_yaml(main), main.name)
+        if "loss.name" not in own and "include" in own:  # the loss may be named in an included file
+            own = flatten(read_space_yaml(main), main.name)
+        value = own.get("loss.name", NO_DML)
     return value == NO_DML
