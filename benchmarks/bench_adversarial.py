@@ -17,7 +17,6 @@ import os
 import platform
 import statistics
 import time
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -27,8 +26,6 @@ import torch  # noqa: E402
 from tunedml.config import build_config  # noqa: E402
 from tunedml.train import Trainer, draw_for, prepare_tokens  # noqa: E402
 
-DEFAULT_DATA_DIR = os.environ.get("TUNEDML_DATA_DIR") or str(
-    Path(__file__).resolve().parents[2] / "shared" / "data" / "senteval")
 
 
 def timed(fn) -> tuple[float, float]:
@@ -62,8 +59,8 @@ def print_table(times: dict[str, list[tuple[float, float]]], labels: dict[str, s
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
-                        help="SentEval folder (default: $TUNEDML_DATA_DIR or ../shared/data/senteval)")
+    parser.add_argument("--data-dir", default=None,
+                        help="SentEval folder (default: $TUNEDML_DATA_DIR, else the copy inside the package)")
     parser.add_argument("--dataset", default="sst2")
     parser.add_argument("--model", default="minilm")
     parser.add_argument("--k", type=int, default=16, help="examples per class in the training draw")
@@ -74,7 +71,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda (bf16 autocast there) or auto")
     args = parser.parse_args()
 
-    common = [f"data.data_dir={args.data_dir}", f"data.dataset={args.dataset}", f"data.k={args.k}",
+    data_dir = [f"data.data_dir={os.path.abspath(args.data_dir)}"] if args.data_dir else []
+    common = [*data_dir, f"data.dataset={args.dataset}", f"data.k={args.k}",
               f"model.name={args.model}", f"train.batch_size={args.batch_size}", f"train.epochs={args.repeats + 1}",
               f"train.threads={args.threads}", f"train.device={args.device}", "loss.name=supcon"]
     modes = {"none": [], "fgm": ["adversarial.mode=fgm"],
