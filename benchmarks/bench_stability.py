@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -75,6 +77,29 @@ def accuracy_row(report: Path) -> dict:
         return next(r for r in csv.DictReader(f) if r["metric"] == "accuracy")
 
 
+DRAW_LINE = re.compile(r"^draw\s+\d+/\d+\s+(baseline|best)\s.*?draw (\d+) \(.*test acc ([0-9.]+)")
+
+
+def draws(dataset: str, recipe: str, out: Path) -> dict[str, list[float]]:
+    """Each side's test accuracy per draw, in draw order, from retrain's progress lines."""
+    found: dict[str, dict[int, float]] = {"baseline": {}, "best": {}}
+    for line in (out / recipe / dataset / "log.txt").read_text().splitlines():
+        if m := DRAW_LINE.match(line):
+            found[m[1]][int(m[2])] = 100 * float(m[3])
+    return {side: [v for _, v in sorted(d.items())] for side, d in found.items()}
+
+
+def selection_dev(dataset: str, recipe: str, out: Path) -> dict[str, float]:
+    """Each side's dev score at selection: what its search saw of the configuration it chose."""
+    db = f"sqlite:///{out / recipe / dataset / 'mlflow.db'}"
+    found = {}
+    for side, space in (("baseline", "cce"), ("best", "dml")):
+        done = subprocess.run([sys.executable, "-m", "tunedml.cli", "best", "--dataset", dataset, "--space", space,
+                               "--tracking-uri", db, "--json"], capture_output=True, text=True, check=True)
+        found[side] = 100 * float(json.loads(done.stdout)["score"])
+    return found
+
+
 def pct(value: str) -> str:
     return f"{float(value):.1f}"  # the report's CSV has scores in percent
 
@@ -107,21 +132,23 @@ def main() -> None:
     print(f"Stability at k={args.k}: {args.cce_trials} CCE + {args.dml_trials} DML trials (TPE seed {args.seed}), "
           f"then both best configurations retrained on the same {args.draws} fresh draws. before = one draw per "
           f"trial (--repeats 1); after = mean of 3 draws per trial (--repeats 3, ties by lower spread; {after}).\n")
-    print("| task | recipe | side | loss | test acc mean | std | worst draw | collapsed | Δ (pp) [95% t] | wall time |")
-    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|")
+    print("| task | recipe | side | loss | dev at selection | test accuracy per draw | mean | std | worst | collapsed | Δ (pp) [95% t] | wall time |")
+    print("|---|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|")
     with open(out / "stability.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["dataset", "recipe", "side", "loss", "mean", "std", "worst", "collapsed", "diff_pp",
+        w.writerow(["dataset", "recipe", "side", "loss", "dev_at_selection", "draws", "mean", "std", "worst", "collapsed", "diff_pp",
                     "diff_low", "diff_high", "seconds"])
         for dataset, recipe, row, seconds in rows:
             diff = f"{float(row['diff_pp']):+.1f} [{float(row['diff_low']):+.1f}, {float(row['diff_high']):+.1f}]" \
                 if row.get("diff_low") not in (None, "") else f"{float(row['diff_pp']):+.1f}"
+            per_draw, dev = draws(dataset, recipe, out), selection_dev(dataset, recipe, out)
             for side, loss in (("baseline", "none"), ("best", row["best_loss"])):
                 print(f"| {dataset} | {recipe} | {'CCE' if side == 'baseline' else 'DML'} | {loss} | "
-                      f"{pct(row[side + '_mean'])} | {pct(row[side + '_std'])} | {pct(row[side + '_worst'])} | "
+                      f"{dev[side]:.1f} | {' '.join(f'{v:.1f}' for v in per_draw[side])} | {pct(row[side + '_mean'])} | {pct(row[side + '_std'])} | {pct(row[side + '_worst'])} | "
                       f"{row[side + '_collapsed']} / {args.draws} | {diff if side == 'best' else ''} | "
                       f"{seconds / 60:.0f} min |")
-                w.writerow([dataset, recipe, side, loss, row[side + "_mean"], row[side + "_std"], row[side + "_worst"],
+                w.writerow([dataset, recipe, side, loss, f"{dev[side]:.2f}", " ".join(f"{v:.2f}" for v in per_draw[side]),
+                            row[side + "_mean"], row[side + "_std"], row[side + "_worst"],
                             row[side + "_collapsed"], row["diff_pp"], row.get("diff_low", ""),
                             row.get("diff_high", ""), f"{seconds:.0f}"])
 

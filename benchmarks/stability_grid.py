@@ -1,0 +1,66 @@
+"""Which training settings fail at few-shot sizes: a small grid trained on draws nobody else uses.
+
+Each ``--point`` (comma-separated KEY=VALUE overrides on top of ``--set``) is trained on ``--draws``
+few-shot draws at seed offsets 2000, 2001, ... (a search uses offsets 0, 1, ..., ``retrain`` 1000,
+1001, ..., so nothing here overlaps them) with the core ``Trainer``, no Ray, one thread. Per point:
+optimizer steps, the final epoch's dev accuracy (mean, worst), test accuracy (mean, worst) and the
+runs whose test predictions fell to one class. Choose on the dev columns; the test columns say how
+far dev can be trusted at this size.
+
+    python benchmarks/stability_grid.py --dataset mpqa --set data.k=16 --set train.epochs=15 \\
+        --point train.lr=1e-5,train.batch_size=32 --point train.lr=1e-4,train.batch_size=32
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import sys
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+OFFSET = 2000  # draws of this grid: past the search's repeats (0, 1, ...) and retrain's (1000, ...)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="mpqa")
+    parser.add_argument("--set", action="append", default=[], help="KEY=VALUE for every point (e.g. data.k=16)")
+    parser.add_argument("--point", action="append", required=True, help="KEY=VALUE[,KEY=VALUE...] of one point")
+    parser.add_argument("--draws", type=int, default=5)
+    args = parser.parse_args()
+
+    from tunedml.config import build_config, parse_set_args
+    from tunedml.retrain.draws import fresh_config
+    from tunedml.train import Trainer, draw_for, prepare_tokens
+
+    base = build_config(None, [f"data.dataset={args.dataset}", "train.threads=1", *args.set])
+    tokens = prepare_tokens(base)
+    print(f"{args.dataset}, {' '.join(args.set) or 'defaults'}; {args.draws} draws (seed offsets {OFFSET}+), "
+          "accuracy in %.\n")
+    print("| point | steps | dev mean | dev worst | test mean | test worst | collapsed |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for point in args.point:
+        cfg0 = base.with_overrides(parse_set_args(point.split(",")))
+        dev, test, collapsed = [], [], 0
+        for i in range(args.draws):
+            cfg = fresh_config(cfg0, OFFSET + i)
+            trainer = Trainer(cfg, tokens, draw_for(cfg, tokens))
+            last = None
+            for last in trainer.epochs():
+                pass
+            scores = trainer.evaluate(trainer.draw.test)
+            dev.append(100 * last.dev["accuracy"])
+            test.append(100 * scores["accuracy"])
+            collapsed += int(scores["collapsed"])
+            print(f"  {point} draw {i}: dev {dev[-1]:.1f} test {test[-1]:.1f}", file=sys.stderr, flush=True)
+        steps = cfg0.train.epochs * math.ceil(len(trainer.draw.train) / cfg0.train.batch_size)
+        print(f"| {point} | {steps} | {statistics.mean(dev):.1f} | {min(dev):.1f} | {statistics.mean(test):.1f} | "
+              f"{min(test):.1f} | {collapsed} / {args.draws} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
