@@ -3,8 +3,9 @@
 Each ``--point`` (comma-separated KEY=VALUE overrides on top of ``--set``) is trained on ``--draws``
 few-shot draws at seed offsets 2000, 2001, ... (a search uses offsets 0, 1, ..., ``retrain`` 1000,
 1001, ..., so nothing here overlaps them) with the core ``Trainer``, no Ray, one thread. Per point:
-optimizer steps, the final epoch's dev accuracy (mean, worst), test accuracy (mean, worst) and the
-runs whose test predictions fell to one class. Choose on the dev columns; the test columns say how
+optimizer steps, the final model's dev accuracy (mean, worst; the last epoch's, or the best
+epoch's with ``train.restore_best``), test accuracy (mean, worst) and the runs whose test
+predictions fell to one class. Choose on the dev columns; the test columns say how
 far dev can be trusted at this size.
 
     python benchmarks/stability_grid.py --dataset mpqa --set data.k=16 --set train.epochs=15 \\
@@ -35,32 +36,32 @@ def main() -> None:
 
     from tunedml.config import build_config, parse_set_args
     from tunedml.retrain.draws import fresh_config
-    from tunedml.train import Trainer, draw_for, prepare_tokens
+    from tunedml.train import draw_for, prepare_tokens, run_training
 
     base = build_config(None, [f"data.dataset={args.dataset}", "train.threads=1", *args.set])
+    points = {p: base.with_overrides(parse_set_args(p.split(","))) for p in args.point}  # every point checked first
     tokens = prepare_tokens(base)
     print(f"{args.dataset}, {' '.join(args.set) or 'defaults'}; {args.draws} draws (seed offsets {OFFSET}+), "
           "accuracy in %.\n")
     print("| point | steps | dev mean | dev worst | test mean | test worst | collapsed |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    for point in args.point:
-        cfg0 = base.with_overrides(parse_set_args(point.split(",")))
+    for point, cfg0 in points.items():
         dev, test, collapsed = [], [], 0
         for i in range(args.draws):
-            cfg = fresh_config(cfg0, OFFSET + i)
-            trainer = Trainer(cfg, tokens, draw_for(cfg, tokens))
-            last = None
-            for last in trainer.epochs():
-                pass
-            scores = trainer.evaluate(trainer.draw.test)
-            dev.append(100 * last.dev["accuracy"])
-            test.append(100 * scores["accuracy"])
-            collapsed += int(scores["collapsed"])
+            fit = run_training(fresh_config(cfg0, OFFSET + i), tokens)
+            dev.append(100 * fit.dev["accuracy"])
+            test.append(100 * fit.test["accuracy"])
+            collapsed += int(fit.test["collapsed"])
             print(f"  {point} draw {i}: dev {dev[-1]:.1f} test {test[-1]:.1f}", file=sys.stderr, flush=True)
-        steps = cfg0.train.epochs * math.ceil(len(trainer.draw.train) / cfg0.train.batch_size)
+        steps = cfg0.train.epochs * math.ceil(len(draw_for(cfg0, tokens).train) / cfg0.train.batch_size)
         print(f"| {point} | {steps} | {statistics.mean(dev):.1f} | {min(dev):.1f} | {statistics.mean(test):.1f} | "
               f"{min(test):.1f} | {collapsed} / {args.draws} |", flush=True)
 
-
 if __name__ == "__main__":
-    main()
+    from tunedml.errors import TunedMLError
+
+    try:
+        main()
+    except TunedMLError as e:  # a bad --set or --point: one line and exit code 2, as the CLI does
+        print(f"stability_grid: error: {e}", file=sys.stderr)
+        sys.exit(2)
