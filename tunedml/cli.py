@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import warnings
@@ -106,15 +107,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     quiet_libraries(args.verbose)
     from .progress import Progress
-    from .train import run_training
+    from .train import Trainer, draw_for, prepare_tokens
 
-    progress = Progress(cfg.train.epochs, "epoch")
+    tokens = prepare_tokens(cfg)
+    trainer = Trainer(cfg, tokens, draw_for(cfg, tokens))
+    progress = Progress(math.ceil(trainer.total_steps / trainer.eval_every), "eval")
 
-    def on_epoch(e) -> None:
+    def on_eval(e) -> None:
         parts = ", ".join(f"{k} {v:.3f}" for k, v in e.loss_parts.items())
-        progress.step(f"loss {e.train_loss:.4f} ({parts})  dev {fmt_scores(e.dev)}  {e.seconds:.1f}s")
+        progress.step(f"step {e.step}/{trainer.total_steps} (epoch {e.epoch:.1f})  loss {e.train_loss:.4f} ({parts})  "
+                      f"dev {fmt_scores(e.dev)}  {e.seconds:.1f}s")
 
-    result = run_training(cfg, callback=on_epoch)
+    result = trainer.fit(on_eval)
     summary = {"dataset": cfg.data.dataset, "model": cfg.model.name, "loss": cfg.loss.name,
                "inference": cfg.inference.mode, "dev": result.dev, "test": result.test,
                "seconds": round(result.seconds, 2)}

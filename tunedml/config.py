@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,8 @@ from .hparams import Applies, Hyperparameter, load_yaml_text
 from .losses import LOSSES, NO_DML, WEIGHT, WEIGHTINGS, LossName, learns_parameters, loss_set, split_params
 
 ADVERSARIAL_MODES = ("none", "fgm", "pgd")  # tunedml.adversarial implements them
+DEFAULT_STEPS = 100  # train.steps when neither train.steps nor train.epochs is given (docs/budget.md)
+RUN_LENGTH = ("train.steps", "train.epochs")  # two spellings of one setting: a config gives one of them
 
 
 def _hp(default: Any, kind: type, low: float | None = None, high: float | None = None, *,
@@ -66,6 +69,8 @@ class ModelConfig:
     token_mode: bool = _hp(False, bool, help="apply the DML loss to every non-padding token vector")
     dropout: float = _hp(0.1, float, 0.0, 0.9)
     reinit_layers: int = _hp(0, int, 0, 48, help="re-initialise the top N encoder layers before training (few-shot stability)")
+    freeze_embeddings: bool = _hp(False, bool, help="keep the encoder's word-embedding matrix as pre-trained (about half "
+                                                    "of MiniLM's parameters): fewer weights to fit on few examples, faster steps")
 
 
 @dataclass
@@ -81,7 +86,16 @@ class LossConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = _hp(20, int, 1, 10_000)
+    # the run's length: train.steps (optimizer steps, the default) or train.epochs (passes over the
+    # training draw), never both; see RUN_LENGTH
+    steps: int | None = _hp(DEFAULT_STEPS, int, 1, 1_000_000, optional=True,
+                            help="run length in optimizer steps, as few-shot work states it (batches keep coming from "
+                                 "reshuffled passes over the draw); set train.steps or train.epochs, not both")
+    epochs: int | None = _hp(None, int, 1, 10_000, optional=True,
+                             help="run length in passes over the training draw, instead of train.steps")
+    eval_every: int = _hp(0, int, 0, 1_000_000,
+                          help="optimizer steps between dev evaluations, each one a reported result (progress line, "
+                               "Ray Tune, MLflow); 0 = once per pass over the training draw")
     batch_size: int = _hp(16, int, 1, 65_536)
     eval_batch_size: int = _hp(64, int, 1, 65_536)
     lr: float = _hp(1e-4, float, 1e-8, 1.0, help="few-shot runs take few steps: higher than full-data fine-tuning")
@@ -91,11 +105,23 @@ class TrainConfig:
     warmup_ratio: float = _hp(0.1, float, 0.0, 1.0)
     max_grad_norm: float = _hp(1.0, float, 0.0, 1e6, help="0 turns clipping off (encoder+head and the loss's own parameters are clipped separately)")
     layer_decay: float = _hp(1.0, float, 0.05, 1.0, help="layer-wise learning-rate decay: each encoder layer below the top gets this factor more; 1 = off")
-    restore_best: bool = _hp(False, bool, help="end with the weights of the epoch with the best dev accuracy (then macro-F1)")
+    restore_best: bool = _hp(False, bool, help="end with the weights of the dev evaluation with the best accuracy (then macro-F1)")
     seed: int = _hp(0, int, 0, 2**31 - 1, help="seed of initialisation and batch order")
     device: str = _hp("auto", str, help="auto, cpu, cuda or cuda:N")
     bf16: bool = _hp(True, bool, help="bf16 autocast on a GPU (ignored on the CPU)")
     threads: int = _hp(0, int, 0, 1024, help="torch threads; 0 = the CPUs granted to this process")
+
+    def steps_per_epoch(self, train_size: int) -> int:
+        """Optimizer steps of one pass over ``train_size`` examples (the last batch may be short)."""
+        return math.ceil(train_size / self.batch_size)
+
+    def total_steps(self, train_size: int) -> int:
+        """The run's length in optimizer steps, whichever way it was given."""
+        return self.steps if self.steps is not None else self.epochs * self.steps_per_epoch(train_size)
+
+    def eval_interval(self, train_size: int) -> int:
+        """Optimizer steps between dev evaluations (``eval_every``, else one pass)."""
+        return self.eval_every or self.steps_per_epoch(train_size)
 
 
 @dataclass
@@ -236,6 +262,9 @@ class RunConfig:
             flat = {k: v for k, v in flat.items() if k in FIELDS}
         parsed = {key: hyperparameter_for(key, loss_name, source).parse(value, key, source)
                   for key, value in overrides.items()}
+        given = [k for k in RUN_LENGTH if parsed.get(k) is not None]
+        if len(given) == 1:  # a later layer's run length replaces the earlier one's, in either spelling
+            flat.update({k: None for k in RUN_LENGTH if k not in given})
         return from_flat({**flat, **parsed}, source)
 
 
@@ -243,6 +272,8 @@ def from_flat(flat: dict[str, Any], source: str = "config") -> RunConfig:
     """Build and validate a config from flat keys; missing keys take their defaults."""
     loss_name = FIELDS["loss.name"].parse(flat.get("loss.name", NO_DML), "loss.name", source)
     names = loss_set(loss_name)
+    if "train.epochs" in flat and "train.steps" not in flat:  # a config written in epochs (older ones too)
+        flat = {**flat, "train.steps": None}
     sections: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
     params: dict[str, Any] = {}
     spelled: dict[str, str] = {}
@@ -264,6 +295,16 @@ def from_flat(flat: dict[str, Any], source: str = "config") -> RunConfig:
     return cfg
 
 
+def _check_run_length(cfg: RunConfig, source: str) -> None:
+    """One run length, in one of its two spellings (RUN_LENGTH)."""
+    t = cfg.train
+    if t.steps is not None and t.epochs is not None:
+        raise ConfigError(f"{source}: train.steps={t.steps} and train.epochs={t.epochs} both set the run's length; "
+                          "keep one of them")
+    if t.steps is None and t.epochs is None:
+        raise ConfigError(f"{source}: the run has no length; set train.steps (optimizer steps) or train.epochs")
+
+
 def _check_loss(cfg: RunConfig, source: str) -> None:
     """Loss combinations: a learned or Pareto weighting needs two terms or more."""
     loss = cfg.loss
@@ -280,6 +321,7 @@ def _check_loss(cfg: RunConfig, source: str) -> None:
 
 def _check_consistency(cfg: RunConfig, source: str) -> None:
     """Rules that involve more than one key."""
+    _check_run_length(cfg, source)
     if cfg.loss.name == NO_DML and cfg.loss.ce_weight <= 0:
         raise ConfigError(f"{source}: loss.ce_weight must be > 0 when loss.name is 'none'")
     if cfg.loss.name != NO_DML and cfg.loss.ce_weight <= 0 and cfg.loss.dml_weight <= 0:

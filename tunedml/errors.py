@@ -27,21 +27,21 @@ class TrackingError(TunedMLError):
 
 
 class NonFiniteLossError(RuntimeError):
-    """Training produced NaN or inf; names the epoch and the loss parts so the cause is visible.
+    """Training produced NaN or inf; names the step and the loss parts so the cause is visible.
 
     Not a :class:`TunedMLError`: it is a property of a configuration, and a search records it as a
     failed trial rather than stopping.
     """
 
-    def __init__(self, epoch: int, parts: dict[str, float]):
-        self.epoch = epoch
+    def __init__(self, step: int, parts: dict[str, float]):
+        self.step = step
         self.parts = dict(parts)
         shown = ", ".join(f"{k}={v:.4g}" for k, v in parts.items())
-        super().__init__(f"non-finite loss in epoch {epoch}: {shown}")
+        super().__init__(f"non-finite loss at step {step}: {shown}")
 
     def __reduce__(self):
         """Picklable with its own arguments: Ray sends a failed trial's exception to the driver."""
-        return type(self), (self.epoch, self.parts)
+        return type(self), (self.step, self.parts)
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:

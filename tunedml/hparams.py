@@ -17,6 +17,9 @@ import yaml
 from .errors import ConfigError, unknown_choice
 
 
+NULLS = ("None", "null", "~")  # an unset optional key, as str() writes it (MLflow params) and as YAML does
+
+
 class YamlLoader(yaml.SafeLoader):
     """PyYAML's safe loader, plus YAML 1.2 floats such as ``1e-4`` (YAML 1.1 reads them as strings)."""
 
@@ -81,6 +84,8 @@ class Hyperparameter:
 
     def parse(self, value: Any, key: str, source: str = "config") -> Any:
         """Coerce ``value`` (a YAML value or a `--set` string) and check it; raise ConfigError."""
+        if self.optional and isinstance(value, str) and value.strip() in NULLS:
+            value = None  # how an unset optional key reads back from MLflow's params, or in YAML
         if isinstance(value, str) and self.kind is not str:
             value = _scalar(value)
         if value is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import time
@@ -138,7 +139,7 @@ class TrialSummary:
     status: str  # FINISHED, KILLED (stopped early by the scheduler), FAILED or UNFINISHED (interrupted)
     config: dict[str, Any]
     score: float | None
-    epochs: int
+    steps: int  # optimizer steps the trial took (its last report)
     error: str | None = None
     spread: float | None = None  # std of the dev score over --repeats draws (None with one draw)
 
@@ -216,7 +217,8 @@ def repeat_config(cfg: RunConfig, r: int) -> RunConfig:
 
 
 def trainable(config: dict[str, Any], tokens: Any, base: dict[str, Any], repeats: int, threads: int = 0) -> None:
-    """One trial: train ``repeats`` draws in lockstep, report their mean dev scores every epoch.
+    """One trial: train ``repeats`` draws in lockstep, report their mean dev scores at every dev
+    evaluation (``step``: optimizer steps so far, the scheduler's clock).
 
     ``threads`` (the CPUs granted to the trial) applies where the config leaves train.threads at 0;
     it is not written into the config, so the best configuration carries no machine's CPU count.
@@ -233,12 +235,13 @@ def trainable(config: dict[str, Any], tokens: Any, base: dict[str, Any], repeats
     if (cfg.model.name, cfg.data.max_length) != (tokens.tokenizer_name, tokens.max_length):
         tokens = prepare_tokens(cfg)  # the space searches the model or max_length
     runs = [repeat_config(cfg, r) for r in range(repeats)]
-    streams = [Trainer(c, tokens, draw_for(c, tokens)).epochs() for c in runs]
+    trainers = [Trainer(c, tokens, draw_for(c, tokens)) for c in runs]
     node = ray.get_runtime_context().get_node_id()
-    for results in zip(*streams):
+    for results in zip(*(t.checkpoints() for t in trainers)):
         tune.report({
+            "step": results[0].step,
+            "steps": trainers[0].total_steps,
             "epoch": results[0].epoch,
-            "epochs": cfg.train.epochs,
             "train_loss": float(np.mean([r.train_loss for r in results])),
             # each term and the weights in effect (learned or EPO's): loss_ce, loss_dml_supcon, loss_weight_ce...
             **{f"loss_{k}": float(np.mean([r.loss_parts.get(k, np.nan) for r in results])) for k in results[0].loss_parts},
@@ -252,21 +255,47 @@ def trainable(config: dict[str, Any], tokens: Any, base: dict[str, Any], repeats
 
 # ----------------------------------------------------------------- driver side
 
-def _max_epochs(space: SearchSpace, base: dict[str, Any]) -> int:
-    """The largest epoch count any trial can ask for (in any branch): the scheduler's max_t."""
-    default = int(base.get("train.epochs", FIELDS["train.epochs"].default))
-    return int(max(space.root.largest("train.epochs", default)))
+@dataclass(frozen=True)
+class RunBounds:
+    """The longest run and the longest warmup, in optimizer steps, that a trial of a space can have."""
+
+    steps: int
+    warmup: int
+
+    @property
+    def first_rung(self) -> int:
+        """Where early stopping may first compare trials: after the longest warmup, and no earlier
+        than a quarter of the run (a trial still warming up, or barely started, says little)."""
+        return max(1, self.warmup, math.ceil(self.steps / 4))
 
 
-def _scheduler(name: str, max_t: int, objective: str):
-    from ray.tune.schedulers import ASHAScheduler, HyperBandScheduler
+def run_bounds(space: SearchSpace, base: dict[str, Any], train_size: int) -> RunBounds:
+    """The bounds over every branch of ``space`` on top of ``base`` for a draw of ``train_size``
+    training examples; a run given in epochs counts at the smallest batch size the space allows."""
+    def extreme(key: str, pick: Any) -> Any:
+        values = [v for v in space.root.largest(key, base.get(key), smallest=pick is min) if v is not None]
+        return pick(values) if values else None
 
-    if name == "none" or max_t < 2:
+    epochs = extreme("train.epochs", max)
+    steps = extreme("train.steps", max)
+    if steps is None and epochs is None:
+        steps = FIELDS["train.steps"].default
+    batch = extreme("train.batch_size", min) or FIELDS["train.batch_size"].default
+    longest = max(steps or 0, (epochs or 0) * math.ceil(train_size / batch))
+    warmup = extreme("train.warmup_ratio", max)
+    warmup = FIELDS["train.warmup_ratio"].default if warmup is None else warmup
+    return RunBounds(int(longest), math.ceil(warmup * longest))
+
+
+def _scheduler(name: str, bounds: RunBounds, objective: str):
+    """ASHA (or asynchronous HyperBand: ASHA over three brackets), on the clock of optimizer steps,
+    its first rung at :attr:`RunBounds.first_rung`. Every bracket's rungs lie at or after it."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    if name == "none" or bounds.first_rung >= bounds.steps:
         return None
-    if name == "asha":
-        return ASHAScheduler(time_attr="epoch", metric=objective, mode="max", max_t=max_t,
-                             grace_period=max(1, min(3, max_t // 4)), reduction_factor=3)
-    return HyperBandScheduler(time_attr="epoch", metric=objective, mode="max", max_t=max_t)
+    return ASHAScheduler(time_attr="step", metric=objective, mode="max", max_t=bounds.steps,
+                         grace_period=bounds.first_rung, reduction_factor=3, brackets=3 if name == "hyperband" else 1)
 
 
 def _searcher(space: SearchSpace, options: SearchOptions):
@@ -358,14 +387,14 @@ class TrialLines(tune.Callback):
         if score is None:
             self.progress.step(f"{trial.trial_id} {note} without a result")
         else:
-            self.progress.step(f"{trial.trial_id} {note} at epoch {last.get('epoch', '?')}: {self.objective} "
+            self.progress.step(f"{trial.trial_id} {note} at step {last.get('step', '?')}: {self.objective} "
                                f"{score:.4f}  {describe(trial.config, self.hide)}  {took}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.progress.step(f"{trial.trial_id} FAILED: {trial_error(trial)}  {describe(trial.config, self.hide)}")
 
     def on_trial_recover(self, iteration, trials, trial, **info):
-        """A trial that failed within --max-failures (its node lost, say) starts again from epoch 1."""
+        """A trial that failed within --max-failures (its node lost, say) starts again from step 0."""
         print(f"trial {trial.trial_id} failed ({trial_error(trial)}); restarting it", file=self.progress.stream, flush=True)
 
 
@@ -449,14 +478,14 @@ def describe(config: dict[str, Any], hide: set[str] | frozenset[str] = frozenset
 
 
 def trial_status(trial: Any) -> str:
-    """FINISHED, KILLED (the scheduler stopped it before its last epoch) or FAILED.
+    """FINISHED, KILLED (the scheduler stopped it before its last step) or FAILED.
 
     Called from ``on_trial_complete``, where Ray still shows the trial as RUNNING.
     """
     if trial.status == "ERROR":
         return "FAILED"
     last = trial.last_result or {}
-    if last.get("epoch") is not None and last.get("epochs") is not None and last["epoch"] < last["epochs"]:
+    if last.get("step") is not None and last.get("steps") is not None and last["step"] < last["steps"]:
         return "KILLED"
     return "FINISHED"
 
@@ -481,7 +510,7 @@ def _saved_error(trial: Any) -> str:
 
 
 def _last_error_line(text: str) -> str:
-    """``NonFiniteLossError: non-finite loss in epoch 2: ce=nan`` from a traceback (module path dropped)."""
+    """``NonFiniteLossError: non-finite loss at step 2: ce=nan`` from a traceback (module path dropped)."""
     lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
     for ln in reversed(lines):
         head, sep, rest = ln.partition(":")
@@ -515,6 +544,7 @@ def run_search(tokens: Any, base: dict[str, Any], space: SearchSpace, options: S
     # killed driver loses only trials that ended in its last 2 s. Each save copies the results
     # folder, so not after every step.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", CHECKPOINT_EVERY_S)
+    bounds = run_bounds(space, base, _train_size(tokens, base, space))
     start = time.perf_counter()
     if options.resume:
         if not tune.Tuner.can_restore(path):
@@ -525,7 +555,7 @@ def run_search(tokens: Any, base: dict[str, Any], space: SearchSpace, options: S
         tuner = tune.Tuner(
             fn,
             tune_config=tune.TuneConfig(
-                search_alg=_searcher(space, options), scheduler=_scheduler(options.scheduler, _max_epochs(space, base), objective),
+                search_alg=_searcher(space, options), scheduler=_scheduler(options.scheduler, bounds, objective),
                 num_samples=options.trials, time_budget_s=options.time_budget_s, trial_dirname_creator=_trial_dirname,
                 reuse_actors=True),  # a new trial process would import torch and transformers again
             run_config=tune.RunConfig(
@@ -541,6 +571,13 @@ def run_search(tokens: Any, base: dict[str, Any], space: SearchSpace, options: S
         raise SearchInterrupted(f"{done} of {total} trials ended; the search is saved in {path}; "
                                 f"continue it with --resume --name {name}", result)
     return result
+
+
+def _train_size(tokens: Any, base: dict[str, Any], space: SearchSpace) -> int:
+    """Training examples of a draw of the search's data (what a run given in epochs steps through)."""
+    from .train import draw_for
+
+    return len(draw_for(from_flat({**base, **space.root.fixed}, source=space.path), tokens).train)
 
 
 def _default_cpus(concurrency: int) -> float:
@@ -594,14 +631,14 @@ def _summarise(trials: list[Any], base: dict[str, Any], space: SearchSpace, path
         error = None
         if trial.status == "ERROR":
             status, error = "FAILED", _saved_error(trial)
-        elif trial.status != "TERMINATED" or last.get("epoch") is None:
+        elif trial.status != "TERMINATED" or last.get("step") is None:
             status = "UNFINISHED"  # pending or running when the search was interrupted, or out of time
         else:
             status = trial_status(trial)
         score = last.get(objective) if status in ("FINISHED", "KILLED") else None
         spread = last.get(f"{objective}_std") if score is not None else None
         result.trials.append(TrialSummary(trial.trial_id, status, config_keys(trial.config or {}), score,
-                                          int(last.get("epoch") or 0), error, spread))
+                                          int(last.get("step") or 0), error, spread))
     result.choices = {key: space.root.options_of(key) for key in space.root.branches}
     result.choices.update({d.key: d.choices for d in space.root.dists if d.key == "loss.name"})
     result.best = _best(result.trials)

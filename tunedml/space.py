@@ -90,16 +90,26 @@ class Space:
                       for option, space in options.items() for sub in space.examples(end)]
         return combos
 
-    def largest(self, key: str, default: Any) -> list[Any]:
-        """Every value ``key`` can take at its largest, in any branch (``default`` where unset)."""
+    def largest(self, key: str, default: Any, smallest: bool = False) -> list[Any]:
+        """Every value ``key`` can take at its largest (or smallest), in any branch (``default`` where unset)."""
         values = [self.fixed.get(key, default)]
         for d in self.dists:
             if d.key == key:
-                values.append(max(d.choices) if d.kind == "categorical" else d.high)
+                if d.kind == "categorical":
+                    values.append((min if smallest else max)(d.choices))
+                else:
+                    values.append(d.low if smallest else d.high)
         for _, options in self.branches.values():
             for sub in options.values():
-                values.extend(sub.largest(key, values[0]))
+                values.extend(sub.largest(key, values[0], smallest))
         return values
+
+    def drop(self, key: str) -> None:
+        """Forget the fixed value of ``key`` here and in every branch."""
+        self.fixed.pop(key, None)
+        for _, options in self.branches.values():
+            for sub in options.values():
+                sub.drop(key)
 
     def params(self, point: dict[str, Any], path: str) -> dict[str, Any]:
         """Optuna parameter values (branch-qualified names) for the searched keys in ``point``."""
@@ -200,9 +210,22 @@ class SearchSpace:
                               "command line / --config; remove one of them")
         for key in set(base) & set(self.root.fixed):
             self.root.fixed[key] = base[key]
+        self._take_run_length(base, searched)
         for example in self.root.examples(0) + self.root.examples(-1):
             from_flat({**base, **example}, source=self.path)
         self._check_applies(base)
+
+    def _take_run_length(self, base: dict[str, Any], searched: set[str]) -> None:
+        """A run length given on the command line (train.steps or train.epochs) replaces the space's,
+        in either spelling: the other spelling is dropped from the space (searched: an error)."""
+        from .config import RUN_LENGTH
+
+        given = [k for k in RUN_LENGTH if base.get(k) is not None]
+        for other in (k for k in RUN_LENGTH if given and k not in given):
+            if other in searched:
+                raise ConfigError(f"{self.path}: {other} is searched in this space and {given[0]} is set on the "
+                                  "command line / --config; both set the run's length: remove one of them")
+            self.root.drop(other)
 
     def _check_applies(self, base: dict[str, Any]) -> None:
         """No parameter that does nothing: each searched key's ``applies`` rule holds in every branch

@@ -1,13 +1,14 @@
-"""One fine-tuning run: a model, a combined loss and a few-shot draw, trained epoch by epoch.
+"""One fine-tuning run: a model, a combined loss and a few-shot draw, trained for a number of
+optimizer steps with dev evaluations along the way.
 
 :class:`Trainer` is plain PyTorch and knows nothing of Ray or MLflow. It yields one
-:class:`EpochResult` per epoch, so a caller (the CLI, a Ray trainable, a retrain loop) decides what
-to do with it; several trainers can be stepped in lockstep to average over draws.
+:class:`EvalResult` per dev evaluation (every ``train.eval_every`` steps, else once per pass over the
+draw), so a caller (the CLI, a Ray trainable, a retrain loop) decides what to do with it; several
+trainers can be stepped in lockstep to average over draws.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import random
 import time
@@ -26,16 +27,22 @@ from .evaluate import Outputs, autocast_for, class_centers, forward_all, predict
 from .losses import build_loss
 from .model import EncoderOutput, build_model
 
-EpochCallback = Callable[["EpochResult"], None]
+EvalCallback = Callable[["EvalResult"], None]
+# AdamW's multi-tensor path: the default single-tensor loop updates MiniLM's 100-odd tensors one by
+# one; see docs/speed.md for the measurement behind this choice
+ADAMW_IMPL = {"foreach": True}
 
 
 @dataclass
-class EpochResult:
-    epoch: int  # 1-based
-    train_loss: float
+class EvalResult:
+    """One dev evaluation: where the run is, what it trained on since the last one, and the scores."""
+
+    step: int  # optimizer steps taken so far
+    epoch: float  # passes over the training draw so far (step / steps per pass)
+    train_loss: float  # mean over the examples of the steps since the previous evaluation
     loss_parts: dict[str, float]
     dev: dict[str, float]
-    seconds: float
+    seconds: float  # since the previous evaluation, this one included
 
     @property
     def collapsed(self) -> bool:
@@ -45,11 +52,11 @@ class EpochResult:
 
 @dataclass
 class FitResult:
-    history: list[EpochResult] = field(default_factory=list)
+    history: list[EvalResult] = field(default_factory=list)
     dev: dict[str, float] = field(default_factory=dict)
     test: dict[str, float] | None = None
     seconds: float = 0.0
-    final_epoch: int = 0  # the epoch whose weights the model ends with (train.restore_best: the best on dev)
+    final_step: int = 0  # the step whose weights the model ends with (train.restore_best: the best on dev)
 
     @property
     def collapsed(self) -> bool:
@@ -137,19 +144,26 @@ class Trainer:
                                      cfg.model.reinit_layers).to(self.device)
             self.loss = build_loss(cfg.loss.name, cfg.loss.ce_weight, cfg.loss.dml_weight, cfg.loss.params,
                                    num_classes, self.model.hidden_size, weighting=cfg.loss.weighting).to(self.device)
+        if cfg.model.freeze_embeddings:
+            self.model.encoder.get_input_embeddings().weight.requires_grad_(False)
         self.adversary = build_adversary(cfg.adversarial)
         self.shared_parameters = [p for p in self.model.parameters() if p.requires_grad]
-        named = list(self.model.named_parameters())  # clipped in this order, as it always was
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]  # clipped in this order
         self.model_parameters = ([p for n, p in named if not _exempt_from_decay(n, p)]
                                  + [p for n, p in named if _exempt_from_decay(n, p)])
         self.optimizer = self._optimizer()
-        steps = cfg.train.epochs * math.ceil(len(draw.train) / cfg.train.batch_size)
+        t = cfg.train
+        self.steps_per_epoch = t.steps_per_epoch(len(draw.train))
+        self.total_steps = t.total_steps(len(draw.train))
+        self.eval_every = t.eval_interval(len(draw.train))
         from transformers import get_linear_schedule_with_warmup
 
-        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, int(cfg.train.warmup_ratio * steps), steps)
-        self.rng = np.random.default_rng(cfg.train.seed)
-        self.epoch = 0
-        self.best: tuple[EpochResult, dict[str, dict[str, torch.Tensor]]] | None = None  # train.restore_best
+        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, int(t.warmup_ratio * self.total_steps),
+                                                         self.total_steps)
+        self.rng = np.random.default_rng(t.seed)
+        self.step = 0
+        self._batches = self._batch_stream()
+        self.best: tuple[EvalResult, dict[str, dict[str, torch.Tensor]]] | None = None  # train.restore_best
 
     @contextmanager
     def own_rng(self) -> Iterator[None]:
@@ -157,7 +171,7 @@ class Trainer:
 
         Dropout and the initialisation of head and proxies draw from torch's global generator;
         swapping a per-trainer state in and out makes a trainer's run independent of whatever
-        else (another repeat in lockstep, a test) uses the generator between its epochs.
+        else (another repeat in lockstep, a test) uses the generator between its evaluations.
         """
         outer = RandomState.capture(self.device)
         self.random.restore(self.device)
@@ -174,14 +188,15 @@ class Trainer:
         scales = self._layer_scales() if t.layer_decay < 1.0 else {}
         groups: dict[tuple[float, bool], list[torch.nn.Parameter]] = {}
         for name, p in self.model.named_parameters():
-            groups.setdefault((scales.get(name, 1.0), _exempt_from_decay(name, p)), []).append(p)
+            if p.requires_grad:
+                groups.setdefault((scales.get(name, 1.0), _exempt_from_decay(name, p)), []).append(p)
         ordered = sorted(groups.items(), key=lambda item: (-item[0][0], item[0][1]))  # decay before no decay
         param_groups = [{"params": params, "weight_decay": 0.0 if exempt else t.weight_decay, "lr": t.lr * scale}
                         for (scale, exempt), params in ordered]
         proxies = list(self.loss.parameters())
         if proxies:
             param_groups.append({"params": proxies, "weight_decay": 0.0, "lr": t.proxy_lr})
-        return torch.optim.AdamW(param_groups)
+        return torch.optim.AdamW(param_groups, **ADAMW_IMPL)
 
     def _layer_scales(self) -> dict[str, float]:
         """Learning-rate factor per parameter name: ``layer_decay ** (depth below the top)``.
@@ -205,42 +220,61 @@ class Trainer:
             scales[name] = decay ** depth
         return scales
 
-    def train_epoch(self) -> tuple[float, dict[str, float]]:
-        with self.own_rng():
-            return self._train_epoch()
+    def _batch_stream(self) -> Iterator[dict[str, torch.Tensor]]:
+        """Batches from passes over the draw, each pass in a new order, for as long as asked.
 
-    def _train_epoch(self) -> tuple[float, dict[str, float]]:
-        self.epoch += 1
+        A pass's order is drawn when its first batch is taken, so a run of whole passes takes the
+        very batches that training epoch by epoch took.
+        """
+        while True:
+            yield from self.tokens.train_batches(self.draw.train, self.cfg.train.batch_size, self.rng)
+
+    def train_steps(self, n: int) -> tuple[float, dict[str, float]]:
+        """Take ``n`` optimizer steps; the mean loss and loss parts over their examples."""
+        with self.own_rng():
+            return self._train_steps(n)
+
+    def train_epoch(self) -> tuple[float, dict[str, float]]:
+        """One pass's worth of steps (a whole pass when the run has stepped in whole passes so far)."""
+        return self.train_steps(self.steps_per_epoch)
+
+    def _train_steps(self, n: int) -> tuple[float, dict[str, float]]:
         self.model.train()
-        token_mode = self.cfg.model.token_mode
-        total, parts_sum, n = 0.0, {}, 0
-        for batch in self.tokens.train_batches(self.draw.train, self.cfg.train.batch_size, self.rng):
-            batch = {k: v.to(self.device) for k, v in batch.items()}
-            labels = batch["labels"]
-            with autocast_for(self.device, self.cfg.train.bf16):
-                if self.adversary is None:
-                    out, adv = self.model(batch["input_ids"], batch["attention_mask"]), None
-                else:
-                    out, adv = self.adversary.views(self.model, batch["input_ids"], batch["attention_mask"], labels)
-            emb, emb_labels = _dml_inputs(out, labels, token_mode)
-            if adv is None:
-                loss, parts = self.loss(out.logits, labels, emb, emb_labels)
-            else:  # the adversarial views join the DML batch with their examples' labels
-                adv_emb, adv_labels = _dml_inputs(adv, labels, token_mode)
-                loss, parts = self.loss(out.logits, labels, torch.cat([emb, adv_emb]), torch.cat([emb_labels, adv_labels]),
-                                        adv_logits=adv.logits, adv_weight=self.adversary.weight)
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(self.epoch, {k: float(v.detach()) for k, v in parts.items()})
-            self.optimizer.zero_grad(set_to_none=True)
-            self.loss.backward(loss, parts, self.shared_parameters)
-            self.clip_gradients()
-            self.optimizer.step()
-            self.scheduler.step()
-            total += float(loss.detach()) * len(labels)
+        total, parts_sum, seen = 0.0, {}, 0
+        for _ in range(n):
+            batch = {k: v.to(self.device) for k, v in next(self._batches).items()}
+            self.step += 1
+            loss, parts = self._step(batch)
+            total += float(loss.detach()) * len(batch["labels"])
             for k, v in parts.items():
-                parts_sum[k] = parts_sum.get(k, 0.0) + float(v.detach()) * len(labels)
-            n += len(labels)
-        return total / n, {k: v / n for k, v in parts_sum.items()}
+                parts_sum[k] = parts_sum.get(k, 0.0) + float(v.detach()) * len(batch["labels"])
+            seen += len(batch["labels"])
+        return total / seen, {k: v / seen for k, v in parts_sum.items()}
+
+    def _step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One optimizer step on ``batch``: forward (with adversarial views), loss, backward, update."""
+        labels = batch["labels"]
+        with autocast_for(self.device, self.cfg.train.bf16):
+            if self.adversary is None:
+                out, adv = self.model(batch["input_ids"], batch["attention_mask"]), None
+            else:
+                out, adv = self.adversary.views(self.model, batch["input_ids"], batch["attention_mask"], labels)
+        token_mode = self.cfg.model.token_mode
+        emb, emb_labels = _dml_inputs(out, labels, token_mode)
+        if adv is None:
+            loss, parts = self.loss(out.logits, labels, emb, emb_labels)
+        else:  # the adversarial views join the DML batch with their examples' labels
+            adv_emb, adv_labels = _dml_inputs(adv, labels, token_mode)
+            loss, parts = self.loss(out.logits, labels, torch.cat([emb, adv_emb]), torch.cat([emb_labels, adv_labels]),
+                                    adv_logits=adv.logits, adv_weight=self.adversary.weight)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(self.step, {k: float(v.detach()) for k, v in parts.items()})
+        self.optimizer.zero_grad(set_to_none=True)
+        self.loss.backward(loss, parts, self.shared_parameters)
+        self.clip_gradients()
+        self.optimizer.step()
+        self.scheduler.step()
+        return loss, parts
 
     def clip_gradients(self) -> None:
         """Clip the encoder and head by one norm and the loss's own parameters by another.
@@ -269,46 +303,49 @@ class Trainer:
         preds = predict(inf.mode, out, self.loss, centers, inf.mix_weight, inf.proxy_scale)
         return scores(preds, out.labels, self.tokens.corpus.num_classes)
 
-    def epochs(self) -> Iterator[EpochResult]:
-        while self.epoch < self.cfg.train.epochs:
+    def checkpoints(self) -> Iterator[EvalResult]:
+        """Train to the end of the run, evaluating dev every ``eval_every`` steps and at the last step."""
+        while self.step < self.total_steps:
             start = time.perf_counter()
-            loss, parts = self.train_epoch()
+            upto = min(self.total_steps, (self.step // self.eval_every + 1) * self.eval_every)
+            loss, parts = self.train_steps(upto - self.step)
             dev = self.evaluate(self.draw.dev)
-            result = EpochResult(self.epoch, loss, parts, dev, time.perf_counter() - start)
+            result = EvalResult(self.step, self.step / self.steps_per_epoch, loss, parts, dev,
+                                time.perf_counter() - start)
             if self.cfg.train.restore_best:
                 self._keep_if_best(result)
             yield result
 
-    def _keep_if_best(self, epoch: EpochResult) -> None:
-        """Keep a copy of the weights of the best epoch so far on dev (accuracy, then macro-F1;
-        ties keep the earlier epoch)."""
-        key = (epoch.dev["accuracy"], epoch.dev["macro_f1"])
+    def _keep_if_best(self, result: EvalResult) -> None:
+        """Keep a copy of the weights of the best evaluation so far on dev (accuracy, then macro-F1;
+        ties keep the earlier one)."""
+        key = (result.dev["accuracy"], result.dev["macro_f1"])
         if self.best is None or key > (self.best[0].dev["accuracy"], self.best[0].dev["macro_f1"]):
             state = {name: {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
                      for name, module in (("model", self.model), ("loss", self.loss))}
-            self.best = (epoch, state)
+            self.best = (result, state)
 
-    def restore_best(self) -> EpochResult:
-        """Load the weights kept by :meth:`_keep_if_best`; returns that epoch's result."""
-        epoch, state = self.best
+    def restore_best(self) -> EvalResult:
+        """Load the weights kept by :meth:`_keep_if_best`; returns that evaluation's result."""
+        result, state = self.best
         self.model.load_state_dict(state["model"])
         self.loss.load_state_dict(state["loss"])
-        return epoch
+        return result
 
-    def fit(self, callback: EpochCallback | None = None, evaluate_test: bool = True) -> FitResult:
-        """Train all epochs, then score dev (and test) with the final model: the last epoch's, or
-        with ``train.restore_best`` the best epoch's on dev (each epoch's result stays as it was)."""
+    def fit(self, callback: EvalCallback | None = None, evaluate_test: bool = True) -> FitResult:
+        """Train the whole run, then score dev (and test) with the final model: the last step's, or
+        with ``train.restore_best`` the best evaluation's on dev (each result stays as it was)."""
         start = time.perf_counter()
         result = FitResult()
-        for epoch in self.epochs():
-            result.history.append(epoch)
+        for checkpoint in self.checkpoints():
+            result.history.append(checkpoint)
             if callback:
-                callback(epoch)
+                callback(checkpoint)
         if self.best is not None:
             chosen = self.restore_best()
-            result.dev, result.final_epoch = chosen.dev, chosen.epoch
+            result.dev, result.final_step = chosen.dev, chosen.step
         else:
-            result.dev, result.final_epoch = result.history[-1].dev, result.history[-1].epoch
+            result.dev, result.final_step = result.history[-1].dev, result.history[-1].step
         if evaluate_test:
             result.test = self.evaluate(self.draw.test)
         result.seconds = time.perf_counter() - start
@@ -333,8 +370,8 @@ def draw_for(cfg: RunConfig, tokens: TokenizedCorpus) -> Draw:
                 seed=d.seed, test_size=d.test_size)
 
 
-def run_training(cfg: RunConfig, tokens: TokenizedCorpus | None = None, callback: EpochCallback | None = None,
+def run_training(cfg: RunConfig, tokens: TokenizedCorpus | None = None, callback: EvalCallback | None = None,
                  evaluate_test: bool = True) -> FitResult:
-    """The whole `tunedml train`: data, draw, model, epochs, final scores."""
+    """The whole `tunedml train`: data, draw, model, the run's steps, final scores."""
     tokens = tokens or prepare_tokens(cfg)
     return Trainer(cfg, tokens, draw_for(cfg, tokens)).fit(callback, evaluate_test)

@@ -9,7 +9,7 @@ Layout in the tracking store:
   params, the space file as an artifact and, when it ends, the best trial as ``best.*`` params,
   ``best_score``, ``best_config.yaml`` and Optuna's plots;
 - one nested child run per trial (tag ``mlflow.parentRunId``) with the trial's full flat config as
-  params and its per-epoch dev metrics (step = epoch);
+  params and its dev metrics at every dev evaluation (step = optimizer steps);
 - final runs (``tunedml.role=final``) from `tunedml retrain`, report runs in ``tunedml/report``.
 
 Modules: :mod:`.store` (client, errors, experiments, batched writes), :mod:`.uri` (where the

@@ -33,7 +33,7 @@ def optuna_study(space: Any, trials: list[Any]) -> Any:
         study.add_trial(optuna.trial.create_trial(
             params=params, distributions={k: dists[k] for k in params}, state=state,
             value=t.score if state == optuna.trial.TrialState.COMPLETE else None,
-            intermediate_values={t.epochs: t.score} if state == optuna.trial.TrialState.PRUNED else None))
+            intermediate_values={t.steps: t.score} if state == optuna.trial.TrialState.PRUNED else None))
     return study
 
 

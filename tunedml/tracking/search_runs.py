@@ -258,17 +258,17 @@ class TrialRecorder(tune.Callback):
 
     def _result(self, trial: Any, result: dict[str, Any]) -> None:
         run_id = self.runs.get(trial.trial_id)
-        if run_id is None or result.get("epoch") is None:
+        if run_id is None or result.get("step") is None:
             return
-        step = int(result["epoch"])
+        step = int(result["step"])  # optimizer steps: the same clock for every trial, whatever its batch size
         metrics = [metric(k, v, step) for k, v in result.items()
                    if (k in TRIAL_METRICS or k.startswith(("dev_", "loss_"))) and isinstance(v, (int, float))]
         tags = {}
-        if "dev_collapsed" in result:  # dev predictions all one class at this epoch (the last one tells)
+        if "dev_collapsed" in result:  # dev predictions all one class at this evaluation (the last one tells)
             tags["tunedml.collapsed"] = "true" if result["dev_collapsed"] else "false"
         node = str(result.get("node_id") or "")
         if node and self.node.get(trial.trial_id) != node:  # first result, or restarted elsewhere
-            tags = {"ray.node_id": node}
+            tags["ray.node_id"] = node
             self.node[trial.trial_id] = node
         log_batch(self.client, run_id, metrics=metrics, tags=tags)
 
