@@ -217,7 +217,7 @@ def test_single_loss_runs_are_bit_identical_to_before_loss_sets(name, tiny_rober
                              "train.threads=2", f"loss.name={name}", "inference.mode=" + ("head" if name == "none" else "mixed")])
     t = Trainer(cfg, tokens, Draw(train, dev, dev))
     epochs, model_sum, loss_sums = RECORDED[name]
-    assert [(e.train_loss, e.loss_parts) for e in t.epochs()] == epochs
+    assert [(e.train_loss, e.loss_parts) for e in t.checkpoints()] == epochs
     assert sum(float(p.detach().double().sum()) for p in t.model.parameters()) == model_sum
     assert [float(p.detach().double().sum()) for p in t.loss.parameters()] == loss_sums
 

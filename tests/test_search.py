@@ -21,8 +21,9 @@ import pytest
 from tunedml.cli import main, print_search_result
 from tunedml.config import from_flat
 from tunedml.errors import ConfigError
-from tunedml.search import (SearchOptions, SearchResult, TrialSummary, _best, _max_epochs, _scheduler,
-                            check_per_option, describe, experiment_path, init_ray, parse_per_option, run_search)
+from tunedml.search import (RunBounds, SearchOptions, SearchResult, TrialSummary, _best, _scheduler,
+                            check_per_option, describe, experiment_path, init_ray, parse_per_option, run_bounds,
+                            run_search)
 from tunedml.space import load_space
 from tunedml.train import prepare_tokens
 
@@ -245,7 +246,7 @@ def test_failing_trial_is_recorded_with_its_reason_and_the_others_finish(local_r
 
     failed, = result.failures
     assert failed.config["model.name"] == nan_model
-    assert failed.error.startswith("NonFiniteLossError: non-finite loss in epoch 1: ce=nan"), failed.error
+    assert failed.error.startswith("NonFiniteLossError: non-finite loss at step 1: ce=nan"), failed.error
     assert result.best is not None and result.best.status == "FINISHED" and result.best.config["model.name"] == tiny_roberta
     assert result.best_config["model.name"] == tiny_roberta
     assert result.to_dict()["failed"] == [{"trial": failed.trial_id, "error": failed.error}]
@@ -255,24 +256,47 @@ def test_failing_trial_is_recorded_with_its_reason_and_the_others_finish(local_r
     assert "dev_accuracy_std" in last  # two draws per trial, averaged
 
     lines = capsys.readouterr().err
-    assert f"{failed.trial_id} FAILED: NonFiniteLossError: non-finite loss in epoch 1" in lines
+    assert f"{failed.trial_id} FAILED: NonFiniteLossError: non-finite loss at step 1" in lines
     print_search_result(result)
     summary = capsys.readouterr().out
     assert "(1 finished, 0 stopped early, 1 failed)" in summary
-    assert f"failed {failed.trial_id}: NonFiniteLossError: non-finite loss in epoch 1: ce=nan" in summary
+    assert f"failed {failed.trial_id}: NonFiniteLossError: non-finite loss at step 1: ce=nan" in summary
 
 
 # ----------------------------------------------------------------- the pieces, no Ray
 
-def test_scheduler_runs_to_the_largest_epoch_count_of_any_branch(tmp_path):
-    path = tmp_path / "epochs.yaml"
-    path.write_text("loss.name:\n  choice:\n    none:\n      train.epochs: {categorical: [4, 30]}\n"
+def rungs(scheduler) -> list[list[int]]:
+    """The milestones (optimizer steps) at which each of an ASHA scheduler's brackets compares trials."""
+    return [[int(milestone) for milestone, _ in bracket._rungs] for bracket in scheduler._brackets]
+
+
+def test_the_scheduler_runs_to_the_longest_run_of_any_branch_in_steps(tmp_path):
+    path = tmp_path / "lengths.yaml"
+    path.write_text("train.warmup_ratio: {uniform: [0.0, 0.2]}\ntrain.batch_size: {categorical: [8, 16]}\n"
+                    "loss.name:\n  choice:\n    none:\n      train.steps: {categorical: [40, 300]}\n"
                     "    supcon:\n      train.epochs: {int: [2, 12]}\n")
     space = load_space(path)
-    assert _max_epochs(space, {}) == 30
-    assert _scheduler("asha", 30, "dev_accuracy")._max_t == 30
-    assert _scheduler("none", 30, "dev_accuracy") is None
-    assert _scheduler("asha", 1, "dev_accuracy") is None  # nothing to stop early in one epoch
+    # 12 epochs of 32 examples at the smallest batch (8) are 48 steps; the longest run is 300 steps
+    assert run_bounds(space, {}, train_size=32) == RunBounds(steps=300, warmup=60)
+    assert run_bounds(space, {}, train_size=320) == RunBounds(steps=480, warmup=96)  # 12 epochs of 40 steps
+    scheduler = _scheduler("asha", RunBounds(300, 60), "dev_accuracy")
+    assert scheduler._max_t == 300 and scheduler._time_attr == "step"
+    assert _scheduler("none", RunBounds(300, 60), "dev_accuracy") is None
+
+
+@pytest.mark.parametrize("bounds, first", [(RunBounds(200, 10), 50),  # a quarter of the run
+                                           (RunBounds(200, 80), 80),  # the longest warmup the space allows
+                                           (RunBounds(7, 0), 2)])
+def test_no_rung_comes_before_the_longest_warmup_or_a_quarter_of_the_run(bounds, first):
+    assert bounds.first_rung == first
+    for name in ("asha", "hyperband"):
+        milestones = [m for bracket in rungs(_scheduler(name, bounds, "dev_accuracy")) for m in bracket]
+        assert milestones and min(milestones) == first and max(milestones) < bounds.steps, (name, milestones)
+    assert len(rungs(_scheduler("hyperband", bounds, "dev_accuracy"))) == 3  # asynchronous HyperBand: 3 brackets
+
+
+def test_a_run_too_short_to_stop_early_has_no_scheduler():
+    assert _scheduler("asha", RunBounds(1, 0), "dev_accuracy") is None
 
 
 @pytest.mark.parametrize("change, fragment", [

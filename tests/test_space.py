@@ -15,7 +15,7 @@ from tunedml.space import BRANCH_SEP, config_keys, load_space
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted(p for p in (REPO / "search_spaces").glob("*.yaml") if not p.name.startswith("_"))  # _*: parts
-COMMON = {"train.lr", "train.epochs", "train.batch_size", "train.warmup_ratio", "train.weight_decay", "model.pooling"}
+COMMON = {"train.lr", "train.steps", "train.eval_every", "train.batch_size", "train.warmup_ratio", "train.weight_decay", "model.pooling"}
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -64,7 +64,12 @@ def test_dml_space_has_a_conditional_block_per_loss():
         expected = {"none": set(), "proxy_anchor": {"margin", "alpha"}, "soft_triple": {"centers_per_class", "la", "gamma"},
                     "proxy_nca": {"softmax_scale"}, "supcon": {"temperature"}}[config["loss.name"]]
         assert params == expected, config
-        assert config["train.epochs"] == 15  # fixed values come with every trial
+        assert config["train.steps"] == common_steps() and "train.epochs" not in config  # fixed values come with every trial
+
+
+def common_steps() -> int:
+    """The shipped run length, in optimizer steps (chosen from docs/budget.md)."""
+    return load_space(REPO / "search_spaces" / "_common.yaml").root.fixed["train.steps"]
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
@@ -78,7 +83,8 @@ def test_shipped_spaces_share_one_definition_of_everything_but_the_loss(path):
     for key in COMMON:  # the very same distribution or value in every space
         assert space.root.fixed.get(key) == common.root.fixed.get(key)
         assert [d for d in space.root.dists if d.key == key] == [d for d in common.root.dists if d.key == key]
-    assert space.root.fixed["train.epochs"] == 15  # fixed: ASHA's rungs compare equal schedules
+    assert space.root.fixed["train.steps"] == common_steps()  # fixed: ASHA's rungs compare equal schedules
+    assert space.root.fixed["train.eval_every"] * 4 == common_steps()  # dev where the first rung falls
 
 
 def test_the_cce_space_is_the_dml_space_without_the_loss():
@@ -185,8 +191,19 @@ loss.name:
 
 def test_a_command_line_value_replaces_a_fixed_one_and_clashes_with_a_searched_one(tmp_path):
     space = load_space(REPO / "search_spaces" / "dml.yaml")
-    space.check_against({"train.epochs": 3})
-    assert space.root.fixed["train.epochs"] == 3
+    space.check_against({"train.steps": 30})
+    assert space.root.fixed["train.steps"] == 30
+
+
+def test_a_run_length_on_the_command_line_replaces_the_spaces_in_either_spelling(tmp_path):
+    space = load_space(REPO / "search_spaces" / "dml.yaml")
+    space.check_against({"train.epochs": 3})  # the space's train.steps gives way
+    assert "train.steps" not in space.root.fixed
+    trial = from_flat({"train.epochs": 3, **space.root.examples(0)[0]})
+    assert (trial.train.epochs, trial.train.steps) == (3, None)
+    searched = write(tmp_path, "train.steps: {int: [50, 100]}\n")
+    with pytest.raises(ConfigError, match=r"space.yaml: train.steps is searched in this space and train.epochs is set"):
+        load_space(searched).check_against({"train.epochs": 3})
     with pytest.raises(ConfigError, match=r"dml.yaml: train.lr is searched in this space and also set"):
         load_space(REPO / "search_spaces" / "dml.yaml").check_against({"train.lr": 1e-4})
 

@@ -56,9 +56,9 @@ def test_the_key_follows_what_changes_results_and_nothing_else(tmp_path):
     space.write_text(Path(shipped_space("dml")).read_text())
     common.write_text((Path(shipped_space("dml")).parent / "_common.yaml").read_text())
     assert settings(space=str(space)).key() == key  # the same text
-    common.write_text(common.read_text().replace("train.epochs: 15", "train.epochs: 14"))
+    common.write_text(common.read_text().replace("train.eval_every: ", "train.eval_every: 1"))
     assert settings(space=str(space)).key() != key  # the included common part counts too
-    common.write_text(common.read_text().replace("train.epochs: 14", "train.epochs: 15"))
+    common.write_text((Path(shipped_space("dml")).parent / "_common.yaml").read_text())
     space.write_text(space.read_text().replace("inference.mode: {categorical: [head, proxy, mixed]}",
                                                 "inference.mode: {categorical: [head, mixed]}", 1))
     assert settings(space=str(space)).key() != key
@@ -108,7 +108,7 @@ def test_set_takes_a_key_out_of_a_space_that_searches_it(tmp_path):
     derived.check_against(base)
     assert "train.lr" not in derived.root.keys() and "train.batch_size" in derived.root.keys()
     assert derived.name == "cce" and derived.root.fixed["loss.name"] == "none"
-    assert derived.root.fixed["train.epochs"] == 15  # from the included common part
+    assert derived.root.fixed["train.steps"] > 0  # from the included common part
     assert study_spaces(settings(sets=("data.k=4",)), "k", tmp_path) == {"cce": shipped_space("cce"),
                                                                           "dml": shipped_space("dml")}
 

@@ -45,12 +45,13 @@ def test_fit_records_one_result_per_epoch(tiny_roberta, data_dir, tokens):
     cfg = config(tiny_roberta, data_dir, "train.epochs=3", "loss.name=supcon")
     seen = []
     result = fit(cfg, tokens, callback=seen.append)
-    assert [e.epoch for e in result.history] == [1, 2, 3]
+    steps = [e.step for e in result.history]
+    assert steps == [2, 4, 6] and [e.epoch for e in result.history] == [1, 2, 3]  # k=8, batch 8: 2 steps a pass
     assert seen == result.history
     for e in result.history:
         assert math.isfinite(e.train_loss) and set(e.loss_parts) == {"ce", "dml"}
         assert in_unit_interval(e.dev) and e.seconds > 0
-    assert result.dev == result.history[-1].dev and result.final_epoch == 3
+    assert result.dev == result.history[-1].dev and result.final_step == 6
     assert in_unit_interval(result.test)
 
 
@@ -95,17 +96,17 @@ def test_run_training_reads_draws_and_trains(tiny_roberta, data_dir):
 
 
 def history(result: FitResult) -> list[tuple]:
-    return [(e.epoch, e.train_loss, e.loss_parts, e.dev) for e in result.history]
+    return [(e.step, e.train_loss, e.loss_parts, e.dev) for e in result.history]
 
 
 def test_trainers_in_lockstep_give_what_each_gives_alone(tiny_roberta, data_dir, tokens):
-    # search.py's --repeats steps one trainer per repeat epoch by epoch; dropout and the proxies'
+    # search.py's --repeats steps one trainer per repeat evaluation by evaluation; dropout and the proxies'
     # initialisation draw from torch's generator, which each trainer must keep to itself
     configs = [config(tiny_roberta, data_dir, "loss.name=proxy_anchor", "model.dropout=0.3",
                       f"data.seed={r}", f"train.seed={r}") for r in range(2)]
     alone = [fit(c, tokens) for c in configs]
     trainers = [Trainer(c, tokens, small_draw(c, tokens)) for c in configs]
-    steps = list(zip(*(t.epochs() for t in trainers)))  # as search.trainable steps them
+    steps = list(zip(*(t.checkpoints() for t in trainers)))  # as search.trainable steps them
     for r, trainer in enumerate(trainers):
         assert history(FitResult(history=[step[r] for step in steps])) == history(alone[r])
         assert trainer.evaluate(trainer.draw.test) == alone[r].test
@@ -141,11 +142,11 @@ def test_restore_best_ends_with_the_best_dev_epoch(tiny_roberta, data_dir, token
     sets = ["train.epochs=6", "train.lr=3e-3", "train.warmup_ratio=0", "data.seed=3"]
     last = fit(config(tiny_roberta, data_dir, *sets), tokens)
     best = fit(config(tiny_roberta, data_dir, *sets, "train.restore_best=true"), tokens)
-    assert history(best) == history(last)  # the per-epoch stream (the search's scheduler sees it) is unchanged
+    assert history(best) == history(last)  # the stream of evaluations (the search's scheduler sees it) is unchanged
     key = [(e.dev["accuracy"], e.dev["macro_f1"]) for e in best.history]
     chosen = key.index(max(key)) + 1  # the first of the best
     assert key[chosen - 1] > key[-1], "pick settings whose last epoch is worse than the best, or this proves nothing"
-    assert best.final_epoch == chosen and best.dev == best.history[chosen - 1].dev
+    assert best.final_step == best.history[chosen - 1].step and best.dev == best.history[chosen - 1].dev
     assert best.dev["accuracy"] > last.dev["accuracy"] and best.test != last.test
 
 
@@ -154,7 +155,8 @@ def test_restored_weights_score_the_best_epochs_dev_again(tiny_roberta, data_dir
                  "train.restore_best=true")
     trainer = Trainer(cfg, tokens, small_draw(cfg, tokens))
     result = trainer.fit(evaluate_test=False)
-    assert trainer.evaluate(trainer.draw.dev) == result.dev == result.history[result.final_epoch - 1].dev
+    chosen = next(e for e in result.history if e.step == result.final_step)
+    assert trainer.evaluate(trainer.draw.dev) == result.dev == chosen.dev
 
 
 def test_reinit_layers_redraws_only_the_top_layers(tiny_roberta, data_dir, tokens):
@@ -189,15 +191,15 @@ def test_layer_decay_gives_lower_layers_lower_rates(tiny_roberta, data_dir, toke
 
 # ---------------------------------------------------------------- failures
 
-def test_nan_proxies_stop_training_with_the_epoch_and_loss_parts(tiny_roberta, data_dir, tokens):
+def test_nan_proxies_stop_training_with_the_step_and_loss_parts(tiny_roberta, data_dir, tokens):
     cfg = config(tiny_roberta, data_dir, "loss.name=proxy_anchor")
     trainer = Trainer(cfg, tokens, small_draw(cfg, tokens))
     trainer.train_epoch()
     with torch.no_grad():
         trainer.loss.dml.proxies().fill_(float("nan"))
-    with pytest.raises(NonFiniteLossError, match=r"non-finite loss in epoch 2: ce=[\d.]+, dml=nan") as info:
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step 3: ce=[\d.]+, dml=nan") as info:
         trainer.train_epoch()
-    assert info.value.epoch == 2
+    assert info.value.step == 3  # k=8, batch 8: 2 steps a pass, the third step is the first with NaN proxies
     assert set(info.value.parts) == {"ce", "dml"}
     assert math.isfinite(info.value.parts["ce"]) and math.isnan(info.value.parts["dml"])
 
