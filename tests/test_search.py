@@ -21,7 +21,7 @@ import pytest
 from tunedml.cli import main, print_search_result
 from tunedml.config import from_flat
 from tunedml.errors import ConfigError
-from tunedml.search import (RunBounds, SearchOptions, SearchResult, TrialSummary, _best, _scheduler,
+from tunedml.search import (RunBounds, SearchOptions, SearchResult, TrialSummary, best_trial, make_scheduler,
                             check_per_option, describe, experiment_path, init_ray, parse_per_option, run_bounds,
                             run_search)
 from tunedml.space import load_space
@@ -279,9 +279,9 @@ def test_the_scheduler_runs_to_the_longest_run_of_any_branch_in_steps(tmp_path):
     # 12 epochs of 32 examples at the smallest batch (8) are 48 steps; the longest run is 300 steps
     assert run_bounds(space, {}, train_size=32) == RunBounds(steps=300, warmup=60)
     assert run_bounds(space, {}, train_size=320) == RunBounds(steps=480, warmup=96)  # 12 epochs of 40 steps
-    scheduler = _scheduler("asha", RunBounds(300, 60), "dev_accuracy")
+    scheduler = make_scheduler("asha", RunBounds(300, 60), "dev_accuracy")
     assert scheduler._max_t == 300 and scheduler._time_attr == "step"
-    assert _scheduler("none", RunBounds(300, 60), "dev_accuracy") is None
+    assert make_scheduler("none", RunBounds(300, 60), "dev_accuracy") is None
 
 
 @pytest.mark.parametrize("bounds, first", [(RunBounds(200, 10), 50),  # a quarter of the run
@@ -290,13 +290,13 @@ def test_the_scheduler_runs_to_the_longest_run_of_any_branch_in_steps(tmp_path):
 def test_no_rung_comes_before_the_longest_warmup_or_a_quarter_of_the_run(bounds, first):
     assert bounds.first_rung == first
     for name in ("asha", "hyperband"):
-        milestones = [m for bracket in rungs(_scheduler(name, bounds, "dev_accuracy")) for m in bracket]
+        milestones = [m for bracket in rungs(make_scheduler(name, bounds, "dev_accuracy")) for m in bracket]
         assert milestones and min(milestones) == first and max(milestones) < bounds.steps, (name, milestones)
-    assert len(rungs(_scheduler("hyperband", bounds, "dev_accuracy"))) == 3  # asynchronous HyperBand: 3 brackets
+    assert len(rungs(make_scheduler("hyperband", bounds, "dev_accuracy"))) == 3  # asynchronous HyperBand: 3 brackets
 
 
 def test_a_run_too_short_to_stop_early_has_no_scheduler():
-    assert _scheduler("asha", RunBounds(1, 0), "dev_accuracy") is None
+    assert make_scheduler("asha", RunBounds(1, 0), "dev_accuracy") is None
 
 
 @pytest.mark.parametrize("change, fragment", [
@@ -331,9 +331,9 @@ def trial(tid: str, loss: str, score: float | None, status: str = "FINISHED", sp
 def test_ties_on_the_mean_dev_score_go_to_the_lower_spread():
     trials = [trial("a", "supcon", 0.75, spread=0.08), trial("b", "none", 0.75, spread=0.02),
               trial("c", "supcon", 0.75, spread=0.05), trial("d", "none", 0.70, spread=0.0)]
-    assert _best(trials).trial_id == "b"
-    assert _best([trial("a", "none", 0.7), trial("b", "none", 0.8, status="KILLED")]).trial_id == "a"  # finished first
-    assert _best([trial("a", "none", None, status="FAILED")]) is None
+    assert best_trial(trials).trial_id == "b"
+    assert best_trial([trial("a", "none", 0.7), trial("b", "none", 0.8, status="KILLED")]).trial_id == "a"  # finished first
+    assert best_trial([trial("a", "none", None, status="FAILED")]) is None
 
 
 def test_per_option_counts_trials_and_best_scores_of_every_option():
