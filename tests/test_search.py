@@ -369,3 +369,60 @@ def test_start_per_option_for_a_key_that_is_no_choice_is_a_user_error():
     check_per_option(load_space(Path(__file__).resolve().parents[1] / "search_spaces" / "cce.yaml"), SearchOptions())
     with pytest.raises(ConfigError, match="no top-level choice or categorical over train.lr; valid: .*loss.name"):
         check_per_option(space, SearchOptions(per_option_key="train.lr", per_option_start=1))
+
+
+# ----------------------------------------------------------------- early stopping on the step clock
+
+KEYWORDS = ("splendid", "dreadful")
+FILLER = "the a of to and in is it that was for on as with his they at be this from have".split()
+# a run of 40 steps whose warmup (half the run) is longer than a quarter of it: the first rung is at step 20
+EARLY = ("train.lr: {categorical: [0.01, 1.0e-8]}\ntrain.steps: 40\ntrain.eval_every: 4\n"
+         "train.warmup_ratio: 0.5\ntrain.batch_size: 8\n")
+
+
+@pytest.fixture(scope="module")
+def keyword_task(tmp_path_factory) -> str:
+    """A task the tiny model learns in about 16 steps at lr 0.01: the label is the keyword that ends the text."""
+    import random
+
+    rng = random.Random(0)
+    folder = tmp_path_factory.mktemp("keywords")
+    for split, n in (("train", 200), ("test", 100)):
+        rows = []
+        for i in range(n):
+            words = [*rng.choices(FILLER, k=2), KEYWORDS[i % 2]]
+            rows.append(json.dumps({"text": " ".join(words), "label": i % 2}))
+        (folder / f"{split}.jsonl").write_text("\n".join(rows) + "\n")
+    return str(folder)
+
+
+def early_search(tmp_path: Path, tiny_roberta: str, task: str, scheduler: str) -> tuple[TrialSummary, TrialSummary]:
+    """A learning rate that learns (tried first) and one that cannot; (good, bad) trials."""
+    space_file = tmp_path / "early.yaml"
+    space_file.write_text(EARLY)
+    base = {"data.dataset": task, "model.name": tiny_roberta, "data.k": 8, "data.max_length": 16, "train.threads": 1,
+            "model.dropout": 0.0}
+    space = load_space(space_file, base)
+    space.check_against(base)
+    tokens = prepare_tokens(from_flat({**base, **space.root.fixed}))
+    options = SearchOptions(trials=2, scheduler=scheduler, storage=str(tmp_path / "results"), per_option_start=0,
+                            points=[{"train.lr": 0.01}, {"train.lr": 1e-8}])
+    result = run_search(tokens, base, space, options)
+    by_lr = {t.config["train.lr"]: t for t in result.trials}
+    return by_lr[0.01], by_lr[1e-8]
+
+
+@pytest.mark.slow  # starts Ray
+def test_asha_stops_a_trial_that_cannot_learn_at_its_first_rung_after_warmup(local_ray, tmp_path, tiny_roberta,
+                                                                           keyword_task):
+    good, bad = early_search(tmp_path, tiny_roberta, keyword_task, "asha")
+    assert good.status == "FINISHED" and good.steps == 40 and good.score >= 0.9, good
+    # stopped at the first rung (step 20: the longest warmup, 0.5 x 40), never while still warming up
+    assert bad.status == "KILLED" and bad.steps == 20 and bad.score < good.score, bad
+
+
+@pytest.mark.slow  # starts Ray
+def test_without_a_scheduler_every_trial_runs_to_the_end(local_ray, tmp_path, tiny_roberta, keyword_task):
+    good, bad = early_search(tmp_path, tiny_roberta, keyword_task, "none")
+    assert (good.status, good.steps, bad.status, bad.steps) == ("FINISHED", 40, "FINISHED", 40)
+    assert bad.score < good.score

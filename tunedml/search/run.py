@@ -40,7 +40,7 @@ def init_ray(address: str | None, verbose: bool) -> None:
         ray.init(**kwargs)
     else:  # "local": without it Ray joins whatever cluster `ray start` last left on this machine
         ray.init(address="local", include_dashboard=False, **kwargs)
-    from .interrupt import sigterm_as_ctrl_c
+    from ..interrupt import sigterm_as_ctrl_c
 
     sigterm_as_ctrl_c()  # ray.init replaced it with a handler that exits: a search would end FAILED
     if not verbose:  # failed trials are summarised by tunedml; Ray's tracebacks stay in the results folder
@@ -120,7 +120,7 @@ def run_search(tokens: Any, base: dict[str, Any], space: SearchSpace, options: S
 
 def _train_size(tokens: Any, base: dict[str, Any], space: SearchSpace) -> int:
     """Training examples of a draw of the search's data (what a run given in epochs steps through)."""
-    from .train import draw_for
+    from ..train import draw_for
 
     return len(draw_for(from_flat({**base, **space.root.fixed}, source=space.path), tokens).train)
 

@@ -32,7 +32,7 @@ def trainable(config: dict[str, Any], tokens: Any, base: dict[str, Any], repeats
     import ray
     import torch
 
-    from .train import Trainer, draw_for, prepare_tokens
+    from ..train import Trainer, draw_for, prepare_tokens
 
     cfg = from_flat({**base, **config_keys(config)}, source="trial config")
     if not cfg.train.threads and threads:
