@@ -21,7 +21,7 @@ import pytest
 from tunedml.cli import main, print_search_result
 from tunedml.config import from_flat
 from tunedml.errors import ConfigError
-from tunedml.search import (RunBounds, SearchOptions, SearchResult, TrialSummary, best_trial, make_scheduler,
+from tunedml.search import (RunBounds, SearchOptions, SearchResult, TrialSummary, best_trial, make_scheduler, repeat_config,
                             check_per_option, describe, experiment_path, init_ray, parse_per_option, run_bounds,
                             run_search)
 from tunedml.space import load_space
@@ -300,7 +300,8 @@ def test_a_run_too_short_to_stop_early_has_no_scheduler():
 
 
 @pytest.mark.parametrize("change, fragment", [
-    ({"trials": 0}, "--trials must be >= 1"), ({"repeats": 0}, "--repeats must be >= 1"),
+    ({"trials": 0}, "--trials must be >= 1"), ({"repeats": 0}, "--repeats must be between 1 and 500"),
+    ({"rescore": 3, "trials": 2}, "--rescore must be between 0 and --trials"), ({"rescore_draws": 0}, "--rescore-draws"),
     ({"concurrency": 0}, "--concurrency"), ({"cpus_per_trial": 0.0}, "--cpus-per-trial"),
     ({"gpus_per_trial": -0.5}, "--gpus-per-trial"), ({"time_budget_s": 0.0}, "--time-budget"),
     ({"scheduler": "pbt"}, "unknown scheduler 'pbt'"), ({"metric": "macro-f1"}, "did you mean 'macro_f1'"),
@@ -426,3 +427,59 @@ def test_without_a_scheduler_every_trial_runs_to_the_end(local_ray, tmp_path, ti
     good, bad = early_search(tmp_path, tiny_roberta, keyword_task, "none")
     assert (good.status, good.steps, bad.status, bad.steps) == ("FINISHED", 40, "FINISHED", 40)
     assert bad.score < good.score
+
+
+# ----------------------------------------------------------------- re-scoring the leaders
+
+RESCORED = "train.lr: {categorical: [0.01, 0.003, 1.0e-8]}\ntrain.steps: 24\ntrain.eval_every: 24\ntrain.batch_size: 8\n"
+
+
+@pytest.mark.slow  # starts Ray
+def test_rescoring_trains_the_leaders_on_fresh_draws_and_chooses_the_best_mean(local_ray, tmp_path, tiny_roberta,
+                                                                            keyword_task, capsys):
+    from tunedml.search.rescore import RESCORE_FILE, RESCORE_OFFSET
+    from tunedml.train import Trainer, draw_for
+
+    space_file = tmp_path / "rescored.yaml"
+    space_file.write_text(RESCORED)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    argv = ["search", "--dataset", keyword_task, "--space", str(space_file), "--trials", "3", "--scheduler", "none",
+            "--model", tiny_roberta, "--set", "data.k=8", "--set", "data.max_length=16", "--set", "train.threads=1",
+            "--storage", str(tmp_path / "results"), "--name", "kw", "--tracking-uri", uri, "--start-per-option", "0",
+            "--rescore", "2", "--rescore-draws", "2", "--json"]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    summary = json.loads(out)
+    rescored = summary["rescored"]
+    assert [r["draws"] for r in rescored] == [2, 2]  # the two leaders, each on both draws
+    assert [r["search_score"] for r in rescored] == sorted((r["search_score"] for r in rescored), reverse=True)
+    assert 1e-8 not in [r["config"]["train.lr"] for r in rescored]  # the rate that cannot learn is no leader
+    chosen = max(rescored, key=lambda r: (r["rescored_mean"], -r["rescored_std"], r["search_score"]))
+    assert summary["best_trial"] == chosen["trial"] and summary["best_config"]["train.lr"] == chosen["config"]["train.lr"]
+    assert len([ln for ln in err.splitlines() if ln.startswith("rescore ")]) == 4
+    # draw j is the configuration at seed offset 500 + j: neither a search repeat (0, ...) nor a final draw (1000, ...)
+    cfg = from_flat(summary["best_config"])
+    tokens = prepare_tokens(cfg)
+    for j, accuracy in enumerate(chosen["per_draw"]["accuracy"]):
+        again = repeat_config(cfg, RESCORE_OFFSET + j)
+        assert Trainer(again, tokens, draw_for(again, tokens)).fit(evaluate_test=False).dev["accuracy"] == accuracy
+    # recorded: the choice's re-scored mean is the search's best score; each leader's trial run has its own
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    parent = client.get_run(summary["mlflow"]["run_id"])
+    assert parent.data.metrics["best_dev_accuracy"] == pytest.approx(chosen["rescored_mean"])
+    assert parent.data.metrics["best_search_dev_accuracy"] == pytest.approx(chosen["search_score"])
+    assert parent.data.params["search.rescore"] == "2" and "tunedml.rescored" in parent.data.tags
+    ranks = {r.data.tags["ray.trial_id"]: r.data.tags.get("tunedml.rescore_rank")
+             for r in client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")}
+    assert sorted(v for v in ranks.values() if v) == ["1", "2"] and ranks[chosen["trial"]] is not None
+    # a re-scoring that stopped half-way continues where it stopped: drop one saved draw, resume
+    saved = tmp_path / "results" / "kw" / RESCORE_FILE
+    state = json.loads(saved.read_text())
+    state[chosen["trial"]].pop("1")
+    saved.write_text(json.dumps(state))
+    assert main([*argv[:-1], "--resume"]) == 0
+    out, err = capsys.readouterr()
+    assert [ln.split()[1] for ln in err.splitlines() if ln.startswith("rescore ")] == ["4/4"]  # only the missing one
+    assert "re-scored the 2 leading trials" in out

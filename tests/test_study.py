@@ -32,18 +32,20 @@ def settings(**changes) -> Settings:
 # ----------------------------------------------------------------- the plan and the key
 
 def test_plan_runs_both_searches_then_the_retrain_per_dataset_then_one_report():
-    stages = plan(settings(repeats=3))
+    stages = plan(settings(repeats=3, rescore=2, rescore_draws=3))
     assert [(s.dataset, s.kind) for s in stages] == [
         ("sst2", "cce"), ("sst2", "dml"), ("sst2", "retrain"), ("mr", "cce"), ("mr", "dml"), ("mr", "retrain"),
         ("", "report")]
-    assert [s.units for s in stages[:3]] == [12, 12, 4]  # trials x repeats models per search; 2 x seeds draws
+    # trials x repeats + rescore x rescore_draws models per search; 2 x seeds draws per retrain
+    assert [s.units for s in stages[:3]] == [18, 18, 4]
     assert len({s.tag for s in stages}) == len(stages)
 
 
 def test_the_key_follows_what_changes_results_and_nothing_else(tmp_path):
     key = settings().key()
     for change in ({"trials": 5}, {"seeds": 3}, {"repeats": 1}, {"sets": ("data.k=8",)}, {"model": "roberta-base"},
-                   {"seed": 1}, {"scheduler": "none"}, {"concurrency": 2}, {"data_dir": str(tmp_path)}):
+                   {"seed": 1}, {"scheduler": "none"}, {"concurrency": 2}, {"data_dir": str(tmp_path)},
+                   {"rescore": 0}, {"rescore_draws": 5}):
         assert settings(**change).key() != key, change
     for change in ({"datasets": ("trec",)}, {"address": "auto"}, {"storage": "s3://b/t"}, {"out": "elsewhere"},
                    {"tracking_uri": "http://127.0.0.1:5000"}, {"cpus_per_trial": 1.0}, {"gpus_per_trial": 0.25},

@@ -514,7 +514,8 @@ def check_retrain(best: Any, baseline: Any, options: Any) -> None:
 
 
 RESUMED_AS_SAVED = {"trials": "--trials", "scheduler": "--scheduler", "metric": "--metric", "repeats": "--repeats",
-                    "seed": "--seed", "concurrency": "--concurrency", "time_budget_s": "--time-budget"}
+                    "seed": "--seed", "concurrency": "--concurrency", "time_budget_s": "--time-budget",
+                    "rescore": "--rescore", "rescore_draws": "--rescore-draws"}
 
 
 def _check_resumed_options(options: Any, saved: dict[str, Any], name: str) -> None:

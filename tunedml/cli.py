@@ -211,7 +211,8 @@ def search_options(args: argparse.Namespace):
         trials=args.trials, concurrency=args.concurrency, cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial, scheduler=args.scheduler, metric=args.metric, repeats=args.repeats,
         time_budget_s=args.time_budget, storage=args.storage, name=args.name, resume=args.resume,
-        address=args.address, max_failures=args.max_failures, seed=args.seed, verbose=args.verbose)
+        address=args.address, max_failures=args.max_failures, seed=args.seed, verbose=args.verbose,
+        rescore=args.rescore, rescore_draws=args.rescore_draws)
     options.per_option_key, options.per_option_start = parse_per_option(args.start_per_option)
     options.validate()
     return options
@@ -280,9 +281,35 @@ def print_search_result(result) -> None:
         return
     for line in result.option_lines():
         print(line)
-    print(f"  best {result.objective} {result.best.score:.4f} (trial {result.best.trial_id})")
+    for line in rescore_lines(result):
+        print(line)
+    print(f"  best {result.objective} {result.best.score:.4f} (trial {result.best.trial_id})"
+          + (" chosen on re-scored dev" if result.rescored else ""))
     searched = yaml.safe_dump(result.best.config, sort_keys=True).strip()
     print("  best configuration:\n    " + searched.replace("\n", "\n    "))
+
+
+def rescore_lines(result) -> list[str]:
+    """The re-scored leaders: search score, then mean ± std over the re-scoring draws; the choice marked."""
+    if not result.rescored:
+        return []
+    m = result.metric
+    lines = [f"  re-scored the {len(result.rescored)} leading trials on fresh draws ({result.objective}: "
+             "search score -> mean ± std over the draws):"]
+    for r in result.rescored:
+        mark = "  <- chosen" if r.trial_id == result.best.trial_id else ""
+        lines.append(f"    {r.trial_id}  {r.search_score:.4f} -> {r.mean(m):.4f} ± {r.std(m):.4f} "
+                     f"({len(r.draws)} draws){mark}")
+    return lines
+
+
+def add_rescore_options(p: argparse.ArgumentParser, default: int) -> None:
+    p.add_argument("--rescore", type=int, default=default, metavar="N",
+                   help=f"after the search, train the N best trials again on --rescore-draws fresh draws and choose "
+                        f"the best mean dev score among them (a sturdier choice than the best single score; "
+                        f"default {default}{', off' if not default else ''})")
+    p.add_argument("--rescore-draws", type=int, default=3, metavar="M",
+                   help="draws per re-scored trial, apart from the search's and retrain's (default 3)")
 
 
 def add_search_parser(sub) -> None:
@@ -304,6 +331,7 @@ def add_search_parser(sub) -> None:
     p.add_argument("--max-failures", type=int, default=None, metavar="N",
                    help="restart a failed trial (e.g. lost with its node) up to N times; default 1 with --address, else 0")
     p.add_argument("--seed", type=int, default=0, help="TPE sampler seed")
+    add_rescore_options(p, default=0)
     p.add_argument("--start-per-option", default="1", metavar="[KEY=]N",
                    help="start with N trials of every option of loss.name (or of KEY, a top-level choice) "
                         "before TPE proposes; 0 turns it off (default 1)")
@@ -508,6 +536,7 @@ def cmd_study(args: argparse.Namespace) -> int:
         raise DataError(f"--data-dir {data_dir!r} is not a folder")
     settings = Settings(
         datasets=tuple(search_datasets(args.datasets)), trials=args.trials, seeds=args.seeds, repeats=args.repeats,
+        rescore=args.rescore, rescore_draws=args.rescore_draws,
         space=args.space or "", sets=tuple(args.set), model=args.model,
         data_dir=os.path.abspath(data_dir) if data_dir else None,
         scheduler=args.scheduler, seed=args.seed, concurrency=args.concurrency, cpus_per_trial=args.cpus_per_trial,
@@ -531,6 +560,7 @@ def add_study_parser(sub) -> None:
     p.add_argument("--seeds", type=int, default=5, help="fresh draws of the final retrain (default 5)")
     p.add_argument("--repeats", type=int, default=3,
                    help="few-shot draws averaged per trial (default 3: a trial costs about 3x the time of one training)")
+    add_rescore_options(p, default=3)
     p.add_argument("--space", default=None, help="the DML search space (default: the shipped dml.yaml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="fix a config key in both searches and the retrain, e.g. data.k=16 (a key a space searches "

@@ -78,6 +78,8 @@ class Settings:
     trials: int = 20
     seeds: int = 5
     repeats: int = 3
+    rescore: int = 3  # the leading trials of each search re-scored on fresh draws (search --rescore)
+    rescore_draws: int = 3
     space: str = ""  # the DML space; "" is the shipped dml.yaml
     sets: tuple[str, ...] = ()
     model: str | None = None
@@ -103,9 +105,11 @@ class Settings:
             if name not in TASKS:
                 raise ConfigError("--datasets: " + unknown_choice("dataset", name, TASKS))
         for option, value in (("--trials", self.trials), ("--seeds", self.seeds), ("--repeats", self.repeats),
-                              ("--concurrency", self.concurrency)):
+                              ("--concurrency", self.concurrency), ("--rescore-draws", self.rescore_draws)):
             if value < 1:
                 raise ConfigError(f"{option} must be >= 1, got {value}")
+        if not 0 <= self.rescore <= self.trials:
+            raise ConfigError(f"--rescore must be between 0 and --trials ({self.trials}), got {self.rescore}")
         for space in (self.dml_space, self.cce_space):
             if not Path(space).is_file():
                 raise ConfigError(f"--space: {space} is not a file")
@@ -131,6 +135,7 @@ class Settings:
         """Hash of everything that changes a study's results: budgets, seeds, spaces' text, --set,
         model and data; not where it runs, where it records, nor which datasets (each has its own stages)."""
         what = {"trials": self.trials, "seeds": self.seeds, "repeats": self.repeats, "scheduler": self.scheduler,
+                **({"rescore": self.rescore, "rescore_draws": self.rescore_draws} if self.rescore else {}),
                 "seed": self.seed, "concurrency": self.concurrency, "model": self.model or "",
                 "data_dir": str(Path(self.data_dir).resolve()) if self.data_dir else "",
                 "set": sorted(self.overrides().items()),
@@ -139,7 +144,8 @@ class Settings:
 
     def params(self) -> dict[str, Any]:
         """What the study's MLflow run records as its params."""
-        return {"trials": self.trials, "seeds": self.seeds, "repeats": self.repeats,
+        return {"trials": self.trials, "seeds": self.seeds, "repeats": self.repeats, "rescore": self.rescore,
+                "rescore_draws": self.rescore_draws,
                 "space": Path(self.dml_space).name, "set": " ".join(self.sets) or "-",
                 "model": self.model or "default", "scheduler": self.scheduler, "seed": self.seed,
                 "concurrency": self.concurrency}
@@ -147,7 +153,8 @@ class Settings:
     def command(self) -> str:
         """The ``tunedml study`` command line of these settings (the one that continues the study)."""
         argv = ["tunedml", "study", "--datasets", ",".join(self.datasets), "--trials", str(self.trials),
-                "--seeds", str(self.seeds), "--repeats", str(self.repeats)]
+                "--seeds", str(self.seeds), "--repeats", str(self.repeats), "--rescore", str(self.rescore),
+                "--rescore-draws", str(self.rescore_draws)]
         for s in self.sets:
             argv += ["--set", s]
         optional = {"--space": self.space, "--model": self.model, "--data-dir": self.data_dir,
@@ -189,10 +196,12 @@ class Stage:
 
 def plan(settings: Settings) -> list[Stage]:
     """Per dataset the two searches then the retrain; the report last. A trial trains ``repeats``
-    models, a retrain 2 x ``seeds`` (best and baseline on the same draws)."""
+    models, re-scoring ``rescore`` x ``rescore_draws``, a retrain 2 x ``seeds`` (best and baseline on
+    the same draws)."""
     stages = []
+    search_units = settings.trials * settings.repeats + settings.rescore * settings.rescore_draws
     for dataset in settings.datasets:
-        stages += [Stage(dataset, kind, settings.trials * settings.repeats) for kind in SEARCH_KINDS]
+        stages += [Stage(dataset, kind, search_units) for kind in SEARCH_KINDS]
         stages.append(Stage(dataset, "retrain", 2 * settings.seeds))
     return stages + [Stage("", "report", 0)]
 
@@ -238,7 +247,8 @@ def study_spaces(settings: Settings, key: str, folder: Path) -> dict[str, str]:
 
 def search_argv(settings: Settings, dataset: str, space: str, name: str, resume: bool) -> list[str]:
     argv = ["search", "--dataset", dataset, "--space", space, "--trials", str(settings.trials),
-            "--repeats", str(settings.repeats), "--scheduler", settings.scheduler, "--seed", str(settings.seed),
+            "--repeats", str(settings.repeats), "--rescore", str(settings.rescore),
+            "--rescore-draws", str(settings.rescore_draws), "--scheduler", settings.scheduler, "--seed", str(settings.seed),
             "--concurrency", str(settings.concurrency), "--storage", settings.storage_path, "--name", name,
             "--tracking-uri", settings.tracking_uri]
     argv += ["--resume"] if resume else []
@@ -346,7 +356,8 @@ class Study:
         self.pending = [i for i, stage in enumerate(self.stages) if self.ledger.done(stage) is None]
         done = len(self.stages) - len(self.pending)
         self.say(f"study {self.key[:8]}: {', '.join(s.datasets)}; {s.trials} + {s.trials} trials "
-                 f"(repeats {s.repeats}), {s.seeds} draws; {done} of {len(self.stages)} stages done before"
+                 f"(repeats {s.repeats}; the {s.rescore} best re-scored on {s.rescore_draws} draws), {s.seeds} draws; "
+                 f"{done} of {len(self.stages)} stages done before"
                  + ("" if known else " (new study)"))
         index = 0
         try:

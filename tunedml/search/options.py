@@ -10,6 +10,8 @@ from ..errors import ConfigError, unknown_choice
 from ..metrics import check_metric
 from ..space import SearchSpace
 
+MAX_RESCORE_DRAWS = 500  # re-scoring draws use seed offsets 500 + j: below retrain's 1000
+
 SCHEDULERS = ("asha", "hyperband", "none")
 DEFAULT_STORAGE = "tunedml_results"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=@-]{0,199}")  # a search's folder name
@@ -46,6 +48,10 @@ class SearchOptions:
     # each, before TPE proposes (after `points`): every loss gets tried. 0 turns it off.
     per_option_key: str = "loss.name"
     per_option_start: int = 1
+    # After the search, the `rescore` best trials are trained again on `rescore_draws` fresh draws and
+    # the best mean dev score among them is the search's choice (search.rescore). 0 turns it off.
+    rescore: int = 0
+    rescore_draws: int = 3
 
     def validate(self) -> None:
         checks = [
@@ -53,10 +59,13 @@ class SearchOptions:
             (self.concurrency >= 1, f"--concurrency must be >= 1, got {self.concurrency}"),
             (self.cpus_per_trial is None or self.cpus_per_trial > 0, f"--cpus-per-trial must be > 0, got {self.cpus_per_trial}"),
             (self.gpus_per_trial >= 0, f"--gpus-per-trial must be >= 0, got {self.gpus_per_trial}"),
-            (self.repeats >= 1, f"--repeats must be >= 1, got {self.repeats}"),
+            (1 <= self.repeats <= MAX_RESCORE_DRAWS, f"--repeats must be between 1 and {MAX_RESCORE_DRAWS}, got {self.repeats}"),
             (self.time_budget_s is None or self.time_budget_s > 0, f"--time-budget must be > 0, got {self.time_budget_s}"),
             (self.max_failures is None or self.max_failures >= 0, f"--max-failures must be >= 0, got {self.max_failures}"),
             (self.per_option_start >= 0, f"--start-per-option must be >= 0, got {self.per_option_start}"),
+            (0 <= self.rescore <= self.trials, f"--rescore must be between 0 and --trials ({self.trials}), got {self.rescore}"),
+            (1 <= self.rescore_draws <= MAX_RESCORE_DRAWS,
+             f"--rescore-draws must be between 1 and {MAX_RESCORE_DRAWS}, got {self.rescore_draws}"),
         ]
         for ok, message in checks:
             if not ok:

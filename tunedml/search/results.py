@@ -28,12 +28,18 @@ class TrialSummary:
     spread: float | None = None  # std of the dev score over --repeats draws (None with one draw)
 
 
-def best_trial(trials: list[TrialSummary]) -> TrialSummary | None:
-    """The highest score among finished trials (else among any scored one); ties go to the lower
-    spread over the repeats, a configuration that is good on every draw rather than on one."""
+def ranked(trials: list[TrialSummary]) -> list[TrialSummary]:
+    """Finished trials (else any scored one), best first: by score, ties to the lower spread over
+    the repeats (a configuration that is good on every draw rather than on one)."""
     scored = [t for t in trials if t.score is not None and t.status == "FINISHED"] or \
              [t for t in trials if t.score is not None]
-    return max(scored, key=lambda t: (t.score, -(t.spread or 0.0)), default=None)
+    return sorted(scored, key=lambda t: (-t.score, t.spread or 0.0))
+
+
+def best_trial(trials: list[TrialSummary]) -> TrialSummary | None:
+    """The trial a search without re-scoring chooses: the first of :func:`ranked`."""
+    order = ranked(trials)
+    return order[0] if order else None
 
 
 @dataclass
@@ -47,6 +53,12 @@ class SearchResult:
     best_config: dict[str, Any] | None = None  # the full flat run config of the best trial
     seconds: float = 0.0
     choices: dict[str, list[Any]] = field(default_factory=dict)  # top-level choice key -> its options
+    rescored: list[Any] = field(default_factory=list)  # search.rescore.Rescored: the leaders re-scored, if asked
+
+    @property
+    def search_best(self) -> TrialSummary | None:
+        """The trial with the best search score (the choice without re-scoring)."""
+        return best_trial(self.trials)
 
     @property
     def failures(self) -> list[TrialSummary]:
@@ -89,5 +101,12 @@ class SearchResult:
             "unfinished": sum(t.status == "UNFINISHED" for t in self.trials),  # --time-budget ran out first
             "failed": [{"trial": t.trial_id, "error": t.error} for t in self.failures],
             "per_option": {key: self.per_option(key) for key in self.choices},
+            "search_best_trial": self.search_best.trial_id if self.search_best else None,
+            "rescored": [r.to_dict(self.metric) for r in self.rescored] or None,
             "seconds": round(self.seconds, 1),
         }
+
+    @property
+    def metric(self) -> str:
+        """The objective's metric (``accuracy`` for ``dev_accuracy``)."""
+        return self.objective.removeprefix("dev_")

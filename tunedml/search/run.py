@@ -18,6 +18,7 @@ from ..errors import ConfigError
 from ..space import SearchSpace, config_keys
 from .lines import Relay, TrialLines, saved_error, trial_status
 from .options import DEFAULT_STORAGE, SearchOptions, check_per_option
+from .rescore import apply, rescore
 from .results import SearchInterrupted, SearchResult, TrialSummary, best_trial
 from .schedule import make_scheduler, make_searcher, run_bounds
 from .trainable import trainable
@@ -115,7 +116,24 @@ def run_search(tokens: Any, base: dict[str, Any], space: SearchSpace, options: S
         done = sum(t.status in ("FINISHED", "KILLED", "FAILED") for t in result.trials)
         raise SearchInterrupted(f"{done} of {total} trials ended; the search is saved in {path}; "
                                 f"continue it with --resume --name {name}", result)
+    n, draws = _rescoring(path, options)
+    if n and result.best is not None:
+        try:
+            leaders = rescore(tokens, base, result, n, draws, result.metric, cpus, options.gpus_per_trial,
+                              options.verbose)
+        except KeyboardInterrupt:
+            raise SearchInterrupted(f"every trial ended; re-scoring stopped; the search is saved in {path}; "
+                                    f"continue it with --resume --name {name}", result) from None
+        apply(result, leaders, result.metric)
+        result.best_config = from_flat({**base, **result.best.config}, source="best trial").to_flat()
+        result.seconds = time.perf_counter() - start
     return result
+
+
+def _rescoring(path: str, options: SearchOptions) -> tuple[int, int]:
+    """(leaders, draws) to re-score: the options the search was started with (on --resume, the saved ones)."""
+    saved = read_state(path).get("options", {}) if options.resume else {}
+    return int(saved.get("rescore", options.rescore)), int(saved.get("rescore_draws", options.rescore_draws))
 
 
 def _train_size(tokens: Any, base: dict[str, Any], space: SearchSpace) -> int:

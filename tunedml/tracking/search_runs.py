@@ -7,6 +7,7 @@ works unchanged against an ``mlflow server``.
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import tempfile
@@ -25,7 +26,8 @@ from .searches import BEST_CONFIG
 from .store import (ROLE_TAG, SEARCH_ROLE, TRIAL_ROLE, call, client, dataset_experiment, experiment_name, log_batch,
                     metric, param_value, quietly, reason)
 
-TRIAL_METRICS = ("train_loss",)  # besides every dev_* value and loss_* part a trial reports
+TRIAL_METRICS = ("train_loss",)
+RESCORE_ARTIFACT = "rescore.json"  # the re-scored leaders of a search (search --rescore)  # besides every dev_* value and loss_* part a trial reports
 
 
 @dataclass
@@ -136,7 +138,8 @@ class SearchTracker:
                                                             tags={k: str(v) for k, v in tags.items()}))
         self.run_id = run.info.run_id
         params = {f"search.{k}": getattr(o, k) for k in ("trials", "scheduler", "metric", "repeats", "concurrency",
-                                                         "seed", "cpus_per_trial", "gpus_per_trial", "time_budget_s")}
+                                                         "seed", "cpus_per_trial", "gpus_per_trial", "time_budget_s",
+                                                         "rescore", "rescore_draws")}
         self._log_params({**params, **{f"base.{k}": v for k, v in self.base.items()}})
         for path, text in self.space.sources or [(self.space.path, self.space.text)]:  # the file and its includes
             self.client.log_text(self.run_id, text, f"space/{Path(path).name}")
@@ -168,11 +171,33 @@ class SearchTracker:
             metrics.update({f"best_{k}": v for k, v in latest.items() if k.startswith("dev_")})
             metrics[f"best_{result.objective}"] = best.score
             self._set_tags({"tunedml.best_run_id": child})
+        metrics[f"best_search_{result.objective}"] = best.score  # the chosen trial's own score in the search
         self._set_tags({"tunedml.best_trial": best.trial_id})
+        if result.rescored:
+            metrics.update(self._log_rescored(result))
         log_batch(self.client, self.run_id, metrics=[metric(k, v) for k, v in metrics.items()])
         header = (f"# best {result.objective} {best.score:.4f} on {result.dataset}: trial {best.trial_id} of search "
                   f"{Path(result.path).name} (MLflow run {self.run_id})\n# use: tunedml train --config {BEST_CONFIG}\n")
         self.client.log_text(self.run_id, header + from_flat(result.best_config, source="best trial").to_yaml(), BEST_CONFIG)
+
+    def _log_rescored(self, result: Any) -> dict[str, float]:
+        """The re-scored leaders: on each one's trial run its mean and std over the re-scoring draws
+        and its rank; on the parent ``rescore.json``; returns the parent's metrics for the choice,
+        whose re-scored mean becomes ``best_<objective>`` (what searches are ranked by)."""
+        m, objective = result.metric, result.objective
+        order = sorted(result.rescored, key=lambda r: (-r.mean(m), r.std(m)))
+        for rank, r in enumerate(order, 1):
+            child = self.callback().runs.get(r.trial_id) or self._child_of(r.trial_id)
+            if child and r.draws:
+                log_batch(self.client, child, metrics=[metric(f"rescored_{objective}", r.mean(m)),
+                                                       metric(f"rescored_{objective}_std", r.std(m))],
+                          tags={"tunedml.rescore_rank": rank})
+        self.client.log_text(self.run_id, json.dumps([r.to_dict(m) for r in result.rescored], indent=1), RESCORE_ARTIFACT)
+        chosen = next(r for r in result.rescored if r.trial_id == result.best.trial_id)
+        self._set_tags({"tunedml.rescored": f"{len(result.rescored)} trials x {self.options.rescore_draws} draws"})
+        return {"best_score": chosen.mean(m), f"best_{objective}": chosen.mean(m),
+                f"best_rescored_{objective}": chosen.mean(m), f"best_rescored_{objective}_std": chosen.std(m),
+                "best_rescored_draws": len(chosen.draws)}
 
     def _child_of(self, trial_id: str) -> str | None:
         runs = [r for r in self._children() if r.data.tags.get("ray.trial_id") == trial_id
