@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from tunedml.errors import ConfigError
-from tunedml.report import markdown, plot_embeddings, rows, write_report
+from tunedml.report import comparison_lines, markdown, plot_embeddings, rows, write_report
 from tunedml.retrain import (
     Candidate, Comparison, ConfigResult, DrawResult, RetrainOptions, Snapshot, apply_overrides, cce_defaults,
     compare, retrain,
@@ -26,7 +26,7 @@ SPACES = os.path.join(os.path.dirname(__file__), "..", "search_spaces")
 
 def hand_made(dataset: str, best: list[float], baseline: list[float], loss: str = "proxy_anchor",
               options: RetrainOptions | None = None, untuned: bool = False, trials: tuple = (None, None),
-              collapsed: tuple = ((), ())) -> Comparison:
+              collapsed: tuple = ((), ()), selection: tuple = (None, None), rescored: tuple = (None, None)) -> Comparison:
     """A comparison with given per-draw test accuracies (macro-F1 = accuracy), no training;
     ``trials``/``collapsed``: (baseline, best) search budgets and indices of collapsed draws."""
     def result(role: str, scores: list[float], name: str, side: int) -> ConfigResult:
@@ -34,7 +34,8 @@ def hand_made(dataset: str, best: list[float], baseline: list[float], loss: str 
                                                           "collapsed": float(i in collapsed[side])}, None, 1.0)
                  for i, s in enumerate(scores)]
         candidate = Candidate(role, {"loss.name": name, "data.dataset": dataset}, "test",
-                              untuned=untuned and role == "baseline", trials=trials[side])
+                              untuned=untuned and role == "baseline", trials=trials[side],
+                              selection_score=selection[side], rescored=rescored[side])
         return ConfigResult(candidate, draws)
 
     return compare(dataset, ["negative", "positive"], "kshot k=16", result("best", best, loss, 1),
@@ -72,7 +73,20 @@ def test_markdown_has_one_row_per_dataset():
                         "+0.0 (no interval: 2 draws) | – / – |")
     assert lines[5] == ("| mr | kshot k=16 | 2 | 70.0 ± 0.0 | 70.0 ± 0.0 | supcon | 70.0 / 70.0 | 0 / 0 | – / – | "
                         "+0.0 (no interval: 2 draws) | – / – |")
-    assert len(lines) == 6
+    assert lines[6] == ""  # the first table ends; the optimism table follows
+    optimism = [ln for ln in lines[7:] if ln.startswith("| sst2") or ln.startswith("| mr")]
+    assert optimism == ["| sst2 | CCE | none | – | – | 81.0 | – |", "| sst2 | best | proxy_anchor | – | – | 81.0 | – |",
+                        "| mr | CCE | none | – | – | 70.0 | – |", "| mr | best | supcon | – | – | 70.0 | – |"]
+
+
+def test_the_optimism_table_shows_selection_rescored_and_test_side_by_side():
+    c = hand_made("sst2", [0.70, 0.72], [0.66, 0.68], selection=(0.80, 0.90), rescored=(None, (0.78, 0.02, 3)))
+    lines = markdown([c]).splitlines()
+    assert "| sst2 | CCE | none | 80.0 | – | 67.0 | +13.0 |" in lines
+    assert "| sst2 | best | proxy_anchor | 90.0 | 78.0 ± 2.0 | 71.0 | +19.0 |" in lines
+    assert c.best.optimism() == pytest.approx(19.0) and c.baseline.optimism() == pytest.approx(13.0)
+    text = "\n".join(comparison_lines(c))
+    assert "best: dev at selection 90.0, re-scored 78.0 ± 2.0 (3 draws), test 71.0: optimism +19.0 pp" in text
 
 
 def test_the_caption_names_the_interval_method():
@@ -166,7 +180,9 @@ def test_report_files_from_real_retrains(comparisons, tmp_path):
     files = write_report(comparisons, tmp_path / "report")
     assert sorted(f.name for f in files) == ["diff.png", "embeddings_sst2.png", "embeddings_trec.png",
                                              "results.csv", "results.md"]
-    table = [line for line in (tmp_path / "report" / "results.md").read_text().splitlines() if line.startswith("| ")]
+    lines = (tmp_path / "report" / "results.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| Dataset | Protocol"))
+    table = [lines[start]] + lines[start + 2:lines.index("", start)]  # the first table: header, rows
     assert [line.split(" | ")[0] for line in table[1:]] == ["| sst2", "| trec"]
     for c, line in zip(comparisons, table[1:]):
         s = c.best.summary()["accuracy"]

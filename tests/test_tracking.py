@@ -26,7 +26,7 @@ from mlflow import MlflowClient
 
 from tunedml.cli import main
 from tunedml.config import build_config, from_flat
-from tunedml.errors import TrackingError
+from tunedml.errors import ConfigError, TrackingError
 from tunedml.tracking import (BEST_CONFIG, PLOTS, UI_ENV, check_tracking, experiment_name, find_best,
                               resolve_tracking_uri)
 
@@ -365,3 +365,69 @@ def test_ui_serves_on_loopback_only(mlflow_server):
     listening = {c.laddr.ip for c in psutil.net_connections("tcp") if c.laddr.port == port and c.status == "LISTEN"}
     assert listening == {"127.0.0.1"}
     assert proc.poll() is None
+
+
+# ----------------------------------------------------------------- only comparable searches are ranked together
+
+def record_search(client: MlflowClient, experiment_id: str, score: float, k: int, repeats: int = 1,
+                  rescore: int = 0, loss: str = "none") -> str:
+    """A finished search run as `tunedml search` records it (the tags, params and files ranking reads)."""
+    run = client.create_run(experiment_id, tags={"tunedml.role": "search", "tunedml.dataset": "sst2",
+                                                 "tunedml.space": "cce" if loss == "none" else "dml",
+                                                 "tunedml.protocol": "kshot", "tunedml.k": str(k),
+                                                 "tunedml.model": "minilm", "tunedml.objective": "dev_accuracy"})
+    run_id = run.info.run_id
+    for key, value in {"search.metric": "accuracy", "search.repeats": repeats, "search.rescore": rescore,
+                       "search.rescore_draws": 3, "base.loss.name": loss}.items():
+        client.log_param(run_id, key, value)
+    client.log_metric(run_id, "best_dev_accuracy", score)
+    client.log_text(run_id, build_config(sets=[f"data.k={k}", f"loss.name={loss}"]).to_yaml(), BEST_CONFIG)
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def test_searches_that_differ_in_k_repeats_or_rescoring_are_not_ranked_together(tmp_path, capsys):
+    from tunedml.tracking.searches import parse_filters
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment(experiment_name("sst2"))
+    k16 = record_search(client, experiment_id, 0.80, k=16)
+    record_search(client, experiment_id, 0.70, k=16)
+    k8 = record_search(client, experiment_id, 0.95, k=8)  # a higher score, on a smaller draw: not comparable
+    with pytest.raises(ConfigError, match=r"dataset 'sst2' has searches that cannot be ranked together: ") as info:
+        find_best(uri, "sst2")
+    assert "2 with protocol=kshot k=16 " in str(info.value) and "1 with protocol=kshot k=8 " in str(info.value)
+    assert "pick one with --run-id RUN, or keep one kind with --filter NAME=VALUE (e.g. --filter k=" in str(info.value)
+    assert find_best(uri, "sst2", filters=parse_filters(["k=16"])).run_id == k16
+    assert find_best(uri, "sst2", filters=parse_filters(["k=8"])).run_id == k8
+    rescored = record_search(client, experiment_id, 0.75, k=16, rescore=3)  # its score is a re-scored mean
+    record_search(client, experiment_id, 0.90, k=16, repeats=3)
+    groups = {"rescore=0 repeats=1": k16, "rescore=3": rescored}
+    assert find_best(uri, "sst2", filters=parse_filters(["k=16", "rescore=3"])).run_id == groups["rescore=3"]
+    with pytest.raises(ConfigError, match="cannot be ranked together"):
+        find_best(uri, "sst2", filters=parse_filters(["k=16"]))  # repeats 1 and 3, re-scored or not
+    with pytest.raises(ConfigError, match=r"--filter 'size=16': expected NAME=VALUE with NAME one of protocol, k"):
+        parse_filters(["size=16"])
+    # the command: one line, exit 2, naming the groups and how to pick
+    capsys.readouterr()
+    assert main(["best", "--dataset", "sst2", "--tracking-uri", uri]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot be ranked together" in err[0] and "--filter" in err[0]
+    assert main(["best", "--dataset", "sst2", "--tracking-uri", uri, "--filter", "k=8", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["run_id"] == k8
+
+
+def test_retrain_takes_its_baseline_from_searches_comparable_with_the_chosen_one(tmp_path):
+    from tunedml.tracking import best_searches
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment(experiment_name("sst2"))
+    dml16 = record_search(client, experiment_id, 0.80, k=16, loss="proxy_anchor")
+    cce16 = record_search(client, experiment_id, 0.70, k=16)
+    record_search(client, experiment_id, 0.99, k=8)  # the best CCE score, but on another draw size
+    best, baseline = best_searches(uri, "sst2", like=dml16)
+    assert (best.run_id, baseline.run_id) == (dml16, cce16)
+    with pytest.raises(ConfigError, match="cannot be ranked together"):
+        best_searches(uri, "sst2")

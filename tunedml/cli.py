@@ -341,6 +341,12 @@ def add_search_parser(sub) -> None:
 
 # ----------------------------------------------------------------- tracking: best, ui
 
+def add_filter_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--filter", action="append", default=[], metavar="NAME=VALUE",
+                   help="only recorded searches with this setting, e.g. k=16, model=minilm, repeats=3, rescore=0 "
+                        "(searches that differ in protocol, k, model, metric, repeats or re-scoring are never ranked together)")
+
+
 def add_tracking_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow store: sqlite:///file.db or http://host:port (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
@@ -354,7 +360,9 @@ def cmd_best(args: argparse.Namespace) -> int:
 
     uri = resolve_tracking_uri(args.tracking_uri)
     check_tracking_store(uri, must_exist=True)  # reading creates no database
-    best = find_best(uri, args.dataset, space=args.space, metric=args.metric)
+    from .tracking.searches import parse_filters
+
+    best = find_best(uri, args.dataset, space=args.space, metric=args.metric, filters=parse_filters(args.filter))
     if args.json:
         emit_json(best.to_dict())
         return 0
@@ -380,6 +388,7 @@ def add_tracking_parsers(sub) -> None:
     p.add_argument("--dataset", required=True, help="the dataset searched (a task name or the data file/folder)")
     p.add_argument("--space", default=None, help="only searches over this space (name or file)")
     p.add_argument("--metric", default="accuracy", help="rank searches by their best dev accuracy or macro_f1")
+    add_filter_option(p)
     add_tracking_option(p)
     p.add_argument("--json", action="store_true", help="print the record (run, score, flat config) as JSON")
 
@@ -407,7 +416,10 @@ def cmd_retrain(args: argparse.Namespace) -> int:
                              gpus_per_draw=args.gpus_per_draw, address=args.address, interval=args.interval,
                              bootstrap=args.bootstrap, keep_model=args.save_model is not None, verbose=args.verbose)
     options.validate()
-    selection = Selection(args.dataset, args.run_id, args.config, args.baseline, override_args(args))
+    from .tracking.searches import parse_filters
+
+    selection = Selection(args.dataset, args.run_id, args.config, args.baseline, override_args(args),
+                          filters=parse_filters(args.filter))
     selection.check()
     quiet_libraries(args.verbose)
     from .tracking import check_tracking, log_final, resolve_tracking_uri
@@ -495,6 +507,7 @@ def add_final_parsers(sub) -> None:
     p.add_argument("--interval", default="t",
                    help="interval of the paired difference: t (Student's t, default) or bootstrap (percentile)")
     p.add_argument("--bootstrap", type=int, default=10_000, help="bootstrap resamples (with --interval bootstrap)")
+    add_filter_option(p)
     p.add_argument("--save-model", nargs="?", const="", default=None, metavar="DIR",
                    help="save the model of the best configuration's draw with the best dev score to DIR "
                         "(default tunedml_models/<dataset>-<loss>-<time>) and to its MLflow run")

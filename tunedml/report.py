@@ -56,6 +56,20 @@ class ReportRow:
     confidence: float = 0.95
     p_t: float | None = None
     p_wilcoxon: float | None = None
+    # how each side was chosen, in percent: its dev score at selection and its re-scored dev (mean, std)
+    baseline_selection: float | None = None
+    baseline_rescored: tuple[float, float] | None = None
+    best_selection: float | None = None
+    best_rescored: tuple[float, float] | None = None
+
+    @property
+    def baseline_optimism(self) -> float | None:
+        """Dev at selection − test mean (pp): how far the search's score overstated the test."""
+        return None if self.baseline_selection is None else self.baseline_selection - self.baseline_mean
+
+    @property
+    def best_optimism(self) -> float | None:
+        return None if self.best_selection is None else self.best_selection - self.best_mean
 
     @property
     def has_interval(self) -> bool:
@@ -92,8 +106,16 @@ def rows(comparisons: list[Comparison], metric: str = "accuracy") -> list[Report
             100 * base["worst"], c.baseline.collapsed, c.baseline.candidate.untuned, c.baseline.candidate.trials,
             100 * best["worst"], c.best.collapsed, c.best.candidate.trials,
             diff.method if diff else "t", diff.confidence if diff else 0.95,
-            diff.p_t if diff else None, diff.p_wilcoxon if diff else None))
+            diff.p_t if diff else None, diff.p_wilcoxon if diff else None,
+            *_selection(c.baseline.candidate), *_selection(c.best.candidate)))
     return out
+
+
+def _selection(c: Candidate) -> tuple[float | None, tuple[float, float] | None]:
+    """(dev at selection, (re-scored mean, std)) in percent."""
+    selection = None if c.selection_score is None else 100 * c.selection_score
+    rescored = None if c.rescored is None else (100 * c.rescored[0], 100 * c.rescored[1])
+    return selection, rescored
 
 
 def _pm(mean: float, std: float) -> str:
@@ -144,6 +166,7 @@ def markdown(comparisons: list[Comparison], metric: str = "accuracy") -> str:
                      f"{r.best_loss} | {r.baseline_worst:.1f} / {r.best_worst:.1f} | "
                      f"{r.baseline_collapsed} / {r.best_collapsed} | {trials} | {_diff(r)} | "
                      f"{_p(r.p_t)} / {_p(r.p_wilcoxon)} |")
+    lines += ["", *optimism_table(table)]
     notes = []
     if any(r.baseline_untuned for r in table):
         notes.append(f"{UNTUNED_MARK} untuned baseline: CCE at default settings, no search chose them.")
@@ -153,10 +176,33 @@ def markdown(comparisons: list[Comparison], metric: str = "accuracy") -> str:
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
 
+def optimism_table(table: list[ReportRow]) -> list[str]:
+    """How far each side's dev score at selection overstated its test mean: the winner's curse."""
+    out = ["How each configuration was chosen: its dev score in the search that chose it (for a re-scored search, "
+           "the chosen trial's own search score), its mean ± std over the re-scoring draws where the leaders were "
+           "re-scored, and the test mean above; optimism = dev at selection − test (pp).", "",
+           "| Dataset | Side | Loss | Dev at selection | Re-scored dev | Test | Optimism (pp) |",
+           "|---|---|---|---:|---:|---:|---:|"]
+    for r in table:
+        for side, loss, selection, rescored, test, optimism in (
+                ("CCE", r.baseline_loss, r.baseline_selection, r.baseline_rescored, r.baseline_mean, r.baseline_optimism),
+                ("best", r.best_loss, r.best_selection, r.best_rescored, r.best_mean, r.best_optimism)):
+            out.append(f"| {r.dataset} | {side} | {loss} | {_num(selection)} | "
+                       f"{'–' if rescored is None else _pm(*rescored)} | {test:.1f} | "
+                       f"{'–' if optimism is None else f'{optimism:+.1f}'} |")
+    return out
+
+
+def _num(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1f}"
+
+
 CSV_COLUMNS = ("dataset", "protocol", "draws", "metric", "baseline_loss", "baseline_untuned", "baseline_trials",
                "baseline_mean", "baseline_std", "baseline_worst", "baseline_collapsed", "best_loss", "best_trials",
                "best_mean", "best_std", "best_worst", "best_collapsed", "diff_pp", "diff_low", "diff_high",
-               "interval", "confidence", "p_t", "p_wilcoxon", "significant", "budgets_differ")
+               "interval", "confidence", "p_t", "p_wilcoxon", "significant", "budgets_differ",
+               "baseline_dev_selection", "baseline_dev_rescored", "baseline_dev_rescored_std", "baseline_optimism",
+               "best_dev_selection", "best_dev_rescored", "best_dev_rescored_std", "best_optimism")
 
 
 def write_csv(comparisons: list[Comparison], path: str | Path) -> Path:
@@ -177,8 +223,16 @@ def write_csv(comparisons: list[Comparison], path: str | Path) -> Path:
                                  _trials(r.best_trials).replace("–", ""), num(r.best_mean), num(r.best_std),
                                  num(r.best_worst), r.best_collapsed, num(r.diff_mean), num(r.diff_low), num(r.diff_high),
                                  r.interval, r.confidence, "" if r.p_t is None else r.p_t,
-                                 "" if r.p_wilcoxon is None else r.p_wilcoxon, r.significant, r.budgets_differ])
+                                 "" if r.p_wilcoxon is None else r.p_wilcoxon, r.significant, r.budgets_differ,
+                                 *_selection_cells(r.baseline_selection, r.baseline_rescored, r.baseline_optimism, num),
+                                 *_selection_cells(r.best_selection, r.best_rescored, r.best_optimism, num)])
     return path
+
+
+def _selection_cells(selection: float | None, rescored: tuple[float, float] | None, optimism: float | None,
+                     num: Callable[[float | None], float | str]) -> list[float | str]:
+    return [num(selection), num(rescored[0] if rescored else None), num(rescored[1] if rescored else None),
+            num(optimism)]
 
 
 def describe_candidate(c: Candidate) -> str:
@@ -227,6 +281,10 @@ def comparison_lines(c: Comparison) -> list[str]:
         else:
             lines.append(f"  {'Δ best − CCE (pp)':<36}" + "".join(f"{c.differences[m].mean:>+32.1f}" for m in METRICS))
             lines.append(f"  no interval and no p-values: {len(c.paired)} paired draws, {MIN_PAIRED} needed")
+    for label, r in ((baseline, c.baseline), ("best", c.best)):
+        line = selection_line(label, r)
+        if line:
+            lines.append(line)
     if c.baseline.candidate.untuned:
         lines.append("  note: the CCE baseline is untuned (default settings; no search chose them)")
     if c.budgets_differ:
@@ -236,6 +294,17 @@ def comparison_lines(c: Comparison) -> list[str]:
     if failed:
         lines.append(f"  failed (left out of the paired difference): {', '.join(failed)}")
     return lines
+
+
+def selection_line(label: str, r: ConfigResult, metric: str = "accuracy") -> str | None:
+    """``best: dev at selection 84.4, re-scored 78.1 ± 3.2 (3 draws), test 70.9: optimism +13.5 pp``."""
+    c = r.candidate
+    optimism = r.optimism(metric)
+    if c.selection_score is None or optimism is None:
+        return None
+    rescored = f", re-scored {_pm(100 * c.rescored[0], 100 * c.rescored[1])} ({c.rescored[2]} draws)" if c.rescored else ""
+    return (f"  {label}: dev at selection {100 * c.selection_score:.1f}{rescored}, "
+            f"test {100 * r.summary()[metric]['mean']:.1f}: optimism {optimism:+.1f} pp")
 
 
 def _spread(summary: dict[str, float]) -> str:

@@ -56,6 +56,8 @@ class Candidate:
     run_id: str | None = None  # the search run it came from, if any
     untuned: bool = False  # its searched keys are at their defaults: no search chose them
     trials: int | None = None  # trials of the search it came from: its budget
+    selection_score: float | None = None  # its dev score in the search that chose it ("dev at selection")
+    rescored: tuple[float, float, int] | None = None  # (mean, std, draws) of its re-scored dev, if re-scored
 
     @property
     def loss(self) -> str:
@@ -96,6 +98,15 @@ class ConfigResult:
         by_index = {d.index: d for d in self.draws if d.ok}
         chosen = sorted(by_index) if indices is None else indices
         return np.array([by_index[i].test[metric] for i in chosen], dtype=float)
+
+    def optimism(self, metric: str = "accuracy") -> float | None:
+        """Dev at selection minus the test mean, in points: how much the choice's dev score overstated
+        what it does on fresh draws' test sets (None without a recorded selection score)."""
+        c = self.candidate
+        mean = self.summary()[metric]["mean"]
+        if c.selection_score is None or mean != mean:
+            return None
+        return 100 * (c.selection_score - mean)
 
     def summary(self) -> dict[str, dict[str, float]]:
         """Per metric: mean, sample std (0 for one draw) and the worst draw, over the draws that trained."""
@@ -172,6 +183,7 @@ class Comparison:
         def side(r: ConfigResult) -> dict[str, Any]:
             c = r.candidate
             return {"loss": c.loss, "source": c.source, "run_id": c.run_id, "untuned": c.untuned, "trials": c.trials,
+                    "selection_score": c.selection_score, "rescored": list(c.rescored) if c.rescored else None,
                     "config": c.config, "summary": r.summary(), "collapsed": r.collapsed,
                     "draws": [d.__dict__ for d in r.draws]}
 
@@ -185,8 +197,10 @@ class Comparison:
         """Also reads comparison.json files of older versions (no method, p-values, trials or flags)."""
         def side(role: str) -> ConfigResult:
             s = d[role]
+            rescored = s.get("rescored")
             candidate = Candidate(role, s["config"], s["source"], s.get("run_id"),
-                                  s.get("untuned", s["source"] == "CCE defaults"), s.get("trials"))
+                                  s.get("untuned", s["source"] == "CCE defaults"), s.get("trials"),
+                                  s.get("selection_score"), tuple(rescored) if rescored else None)
             return ConfigResult(candidate, [DrawResult(**x) for x in s["draws"]])
 
         return cls(d["dataset"], list(d["label_names"]), d["protocol"], side("best"), side("baseline"),

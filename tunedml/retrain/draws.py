@@ -40,12 +40,17 @@ def fresh_config(cfg: RunConfig, offset: int) -> RunConfig:
 
 
 def draw_configs(cfg: RunConfig, seeds: int | None) -> list[RunConfig]:
-    """Draw i of the final evaluation: fresh seeds for kshot, every fold (times seeds) for kfold."""
+    """Draw i of the final evaluation, at seed offset FRESH_OFFSET + i: fresh draws for kshot; for
+    kfold, every test fold (times ``seeds``), each with its own training sample and initialisation.
+
+    A kfold draw trains on a sample of the draw part (never on a test fold), so giving every fold its
+    own sample makes the draws independent trainings: the paired interval and tests then count the
+    training's variance, not the same model scored on several test folds.
+    """
     if cfg.data.protocol == "kfold":
         per_fold = seeds or 1
         return [replace(c, data=replace(c.data, fold=i % cfg.data.folds))
-                for i in range(cfg.data.folds * per_fold)
-                for c in [fresh_config(cfg, FRESH_OFFSET + i // cfg.data.folds)]]
+                for i in range(cfg.data.folds * per_fold) for c in [fresh_config(cfg, FRESH_OFFSET + i)]]
     return [fresh_config(cfg, FRESH_OFFSET + i) for i in range(seeds or DEFAULT_DRAWS)]
 
 

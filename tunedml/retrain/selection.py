@@ -86,6 +86,7 @@ class Selection:
     baseline: str | None = None  # a YAML run config or space file, a run id, or "defaults"
     overrides: dict[str, Any] = field(default_factory=dict)  # flat keys from --data-dir/--model/--set
     tracking_uri: str = ""
+    filters: dict[str, str] = field(default_factory=dict)  # --filter: which recorded searches may be compared
 
     def check(self) -> None:
         """What can be checked without the tracking store: cheap errors first."""
@@ -112,7 +113,8 @@ def select(sel: Selection) -> tuple[Candidate, Candidate]:
 
     def recorded(dataset: str) -> tuple[Any, Any]:
         if dataset not in searches:
-            searches[dataset] = tracking.best_searches(sel.tracking_uri, dataset)
+            searches[dataset] = tracking.best_searches(sel.tracking_uri, dataset, filters=sel.filters,
+                                                       like=sel.run_id)
         return searches[dataset]
 
     best = _select_best(sel, overrides, recorded)
@@ -133,8 +135,9 @@ def _select_best(sel: Selection, overrides: dict[str, Any], recorded: Callable[[
         fixed, _ = read_yaml_config(sel.config_file)
         return Candidate("best", apply_overrides(fixed, overrides, sel.config_file), f"file {sel.config_file}")
     if sel.run_id:
-        config, source, trials = tracking.run_config(sel.tracking_uri, sel.run_id)
-        return Candidate("best", apply_overrides(config, overrides, source), source, sel.run_id, trials=trials)
+        r = tracking.run_config(sel.tracking_uri, sel.run_id)
+        return Candidate("best", apply_overrides(r.config, overrides, r.source), r.source, sel.run_id, trials=r.trials,
+                         selection_score=r.search_score, rescored=r.rescored)
     dataset = sel.dataset or str(FIELDS["data.dataset"].default)
     record = recorded(dataset)[0]
     if record is None:
@@ -142,7 +145,7 @@ def _select_best(sel: Selection, overrides: dict[str, Any], recorded: Callable[[
                             "run `tunedml search --space search_spaces/dml.yaml` first, or pass --config or --run-id")
     source = f"MLflow search run {record.run_id} (space {record.space})"
     return Candidate("best", apply_overrides(record.config, overrides, source), source, record.run_id,
-                     trials=record.trials)
+                     trials=record.trials, selection_score=record.search_score, rescored=record.rescored)
 
 
 def _select_baseline(sel: Selection, overrides: dict[str, Any], cce: Any, best: Candidate) -> Candidate:
@@ -153,12 +156,13 @@ def _select_baseline(sel: Selection, overrides: dict[str, Any], cce: Any, best: 
         if cce is None:
             raise TrackingError(_no_baseline_search(str(best.config["data.dataset"]), sel.tracking_uri, best.trials))
         return Candidate("baseline", apply_overrides(cce.config, overrides, recorded_source), recorded_source,
-                         cce.run_id, trials=cce.trials)
+                         cce.run_id, trials=cce.trials, selection_score=cce.search_score, rescored=cce.rescored)
     if _is_file(sel.baseline):
         return candidate_from_file("baseline", sel.baseline, overrides, cce.config if cce else None, recorded_source,
                                    cce.trials if cce else None)
-    config, source, trials = tracking.run_config(sel.tracking_uri, sel.baseline)
-    return Candidate("baseline", apply_overrides(config, overrides, source), source, sel.baseline, trials=trials)
+    r = tracking.run_config(sel.tracking_uri, sel.baseline)
+    return Candidate("baseline", apply_overrides(r.config, overrides, r.source), r.source, sel.baseline,
+                     trials=r.trials, selection_score=r.search_score, rescored=r.rescored)
 
 
 def _no_baseline_search(dataset: str, uri: str, trials: int | None) -> str:

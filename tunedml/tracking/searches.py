@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import flatten, from_flat, load_yaml
-from ..errors import TrackingError
+from ..errors import ConfigError, TrackingError
 from ..losses import NO_DML
 from ..metrics import check_metric
 from ..space import read_space_yaml
@@ -34,6 +34,8 @@ class BestRecord:
     search: str = ""  # the search's name (its Ray experiment folder)
     tracking_uri: str = ""
     trials: int | None = None  # trials the search ran: its budget
+    search_score: float | None = None  # the chosen trial's own dev score in the search ("dev at selection")
+    rescored: tuple[float, float, int] | None = None  # (mean, std, draws) of its re-scored dev, if re-scored
 
     def to_yaml(self) -> str:
         """The config as nested YAML, directly usable as ``tunedml train --config``."""
@@ -42,7 +44,9 @@ class BestRecord:
     def to_dict(self) -> dict[str, Any]:
         return {"dataset": self.dataset, "run_id": self.run_id, "search": self.search, "space": self.space,
                 "objective": self.objective, "score": self.score, "tracking_uri": self.tracking_uri,
-                "trials": self.trials, "config": self.config}
+                "trials": self.trials, "search_score": self.search_score,
+                "rescored": dict(zip(("mean", "std", "draws"), self.rescored)) if self.rescored else None,
+                "config": self.config}
 
 
 def space_name(space: str) -> str:
@@ -50,35 +54,100 @@ def space_name(space: str) -> str:
     return Path(space).stem
 
 
-def find_best(uri: str, dataset: str, space: str | None = None, metric: str = "accuracy") -> BestRecord:
-    """The best configuration for ``dataset`` over every finished search recorded at ``uri``.
+# What makes two searches' best scores comparable: the same few-shot protocol and draw size, model,
+# objective and way of scoring a configuration (repeats, re-scoring). Short name -> (where, key).
+COMPARABLE = {"protocol": ("tags", "tunedml.protocol"), "k": ("tags", "tunedml.k"),
+              "sample_size": ("tags", "tunedml.sample_size"), "folds": ("tags", "tunedml.folds"),
+              "model": ("tags", "tunedml.model"), "metric": ("params", "search.metric"),
+              "repeats": ("params", "search.repeats"), "rescore": ("params", "search.rescore"),
+              "rescore_draws": ("params", "search.rescore_draws")}
+DEFAULTS = {"rescore": "0"}  # searches recorded before re-scoring existed were not re-scored
 
-    Searches are ranked by their best trial's ``dev_<metric>``; ``space`` (a name or a space file)
-    keeps only the searches over that space.
+
+def comparison_key(run: Any) -> tuple[tuple[str, str], ...]:
+    """The settings of a recorded search that must agree for its best score to be ranked with another's."""
+    values = {name: getattr(run.data, where).get(key, DEFAULTS.get(name)) for name, (where, key) in COMPARABLE.items()}
+    if values["rescore"] in (None, "0"):
+        values["rescore_draws"] = None  # draws of a re-scoring that did not happen
+    return tuple((k, str(v)) for k, v in values.items() if v is not None)
+
+
+def describe_key(key: tuple[tuple[str, str], ...]) -> str:
+    return " ".join(f"{k}={v}" for k, v in key)
+
+
+def parse_filters(filters: list[str] | None) -> dict[str, str]:
+    """``--filter k=16`` (repeatable): keep only searches with these settings; ConfigError for a bad one."""
+    out = {}
+    for item in filters or []:
+        name, eq, value = item.partition("=")
+        if not eq or name.strip() not in COMPARABLE or not value.strip():
+            raise ConfigError(f"--filter {item!r}: expected NAME=VALUE with NAME one of {', '.join(COMPARABLE)}, "
+                              "e.g. --filter k=16")
+        out[name.strip()] = value.strip()
+    return out
+
+
+def comparable(runs: list[Any], dataset: str, filters: dict[str, str] | None = None,
+               like: Any | None = None) -> list[Any]:
+    """The searches among ``runs`` (best first) that may be ranked together: those passing
+    ``filters`` and, with ``like`` (a search run), sharing its settings. ConfigError (exit 2) when
+    they still fall into groups that cannot be compared: the line lists the groups and how to pick."""
+    keep = [r for r in runs if all(dict(comparison_key(r)).get(k) == v for k, v in (filters or {}).items())]
+    if like is not None:
+        keep = [r for r in keep if comparison_key(r) == comparison_key(like)]
+    groups: dict[tuple, list[Any]] = {}
+    for run in keep:
+        groups.setdefault(comparison_key(run), []).append(run)
+    if len(groups) > 1:
+        shown = "; ".join(f"{len(rs)} with {describe_key(key)} (e.g. run {rs[0].info.run_id})" for key, rs in groups.items())
+        differ = [name for name, _ in next(iter(groups)) if len({dict(k).get(name) for k in groups}) > 1]
+        example = f"{differ[0]}={dict(next(iter(groups)))[differ[0]]}" if differ else "k=16"
+        raise ConfigError(f"dataset {dataset!r} has searches that cannot be ranked together: {shown}; pick one with "
+                          f"--run-id RUN, or keep one kind with --filter NAME=VALUE (e.g. --filter {example})")
+    return keep
+
+
+def find_best(uri: str, dataset: str, space: str | None = None, metric: str = "accuracy",
+              filters: dict[str, str] | None = None) -> BestRecord:
+    """The best configuration for ``dataset`` over the finished searches recorded at ``uri``.
+
+    Searches are ranked by their best ``dev_<metric>`` (for a re-scored search, the re-scored mean
+    of its choice); ``space`` (a name or a space file) keeps only the searches over that space,
+    ``filters`` (see :data:`COMPARABLE`) only those with these settings. Only comparable searches
+    are ranked: ConfigError when the remaining ones are not (see :func:`comparable`).
     """
     from .uri import resolve_tracking_uri
 
     check_metric(metric)
     uri = resolve_tracking_uri(uri)
     where = f"for dataset {dataset!r}" + (f" and space {space_name(space)!r}" if space else "")
-    runs = _ranked_searches(uri, dataset, metric, 1, space)
+    runs = _ranked_searches(uri, dataset, metric, MAX_SEARCHES, space)
     if runs is None:
         raise TrackingError(f"no search recorded {where} at {uri}; run `tunedml search` first")
+    runs = comparable(runs, dataset, filters)
     if not runs:
-        raise TrackingError(f"no finished search recorded {where} at {uri}")
+        shown = f" with {' '.join(f'{k}={v}' for k, v in filters.items())}" if filters else ""
+        raise TrackingError(f"no finished search recorded {where}{shown} at {uri}")
     return _record(client(uri), uri, runs[0], f"dev_{metric}", dataset)
 
 
-def best_searches(uri: str, dataset: str, metric: str = "accuracy") -> tuple[BestRecord | None, BestRecord | None]:
-    """(best search over a space that tries more than CCE, best search over a CCE-only space).
+def best_searches(uri: str, dataset: str, metric: str = "accuracy", filters: dict[str, str] | None = None,
+                  like: str | None = None) -> tuple[BestRecord | None, BestRecord | None]:
+    """(best search over a space that tries more than CCE, best search over a CCE-only space),
+    among comparable searches only (``filters``; ``like``: the id of a search run whose settings
+    both must share).
 
     Searches are ranked by their best trial's dev score, as in :func:`find_best`. A space is
     CCE-only when it fixes ``loss.name`` to ``none`` (or does not mention it and the search did not
     set it either), like search_spaces/cce.yaml; the best configuration of any other space is
     taken as "the best configuration", even where the search found plain CCE best.
     """
-    runs = _ranked_searches(uri, dataset, metric, MAX_SEARCHES) or []
     mlflow = client(uri)
+    anchor = _get_run(mlflow, uri, like) if like else None
+    if anchor is not None and anchor.data.tags.get(ROLE_TAG) != SEARCH_ROLE:
+        anchor = None  # a trial or final run: no search settings to match
+    runs = comparable(_ranked_searches(uri, dataset, metric, MAX_SEARCHES) or [], dataset, filters, anchor)
     found: dict[bool, BestRecord] = {}
     for run in runs:
         cce = _searches_only_cce(mlflow, uri, run)
@@ -89,24 +158,37 @@ def best_searches(uri: str, dataset: str, metric: str = "accuracy") -> tuple[Bes
     return found.get(False), found.get(True)
 
 
-def run_config(uri: str, run_id: str) -> tuple[dict[str, Any], str, int | None]:
-    """(full flat config, description, trials of its search) of a recorded run: a search (its best
-    configuration), a trial or a final run. TrackingError when there is no such run or it holds no
-    configuration."""
+@dataclass(frozen=True)
+class RecordedConfig:
+    """The configuration of a recorded run, where it came from, and how it was chosen."""
+
+    config: dict[str, Any]  # the full flat run config
+    source: str
+    trials: int | None = None  # trials of its search: the budget
+    search_score: float | None = None  # its dev score in the search ("dev at selection")
+    rescored: tuple[float, float, int] | None = None  # (mean, std, draws) of its re-scored dev
+
+
+def run_config(uri: str, run_id: str) -> RecordedConfig:
+    """The configuration of a recorded run: a search (its best configuration), a trial or a final
+    run. TrackingError when there is no such run or it holds no configuration."""
     mlflow = client(uri)
     run = _get_run(mlflow, uri, run_id)
     role = run.data.tags.get(ROLE_TAG, "")
     where = f"MLflow {role or 'run'} run {run_id}"
     if role == SEARCH_ROLE:
         space = run.data.tags.get("tunedml.space", "")
-        return _best_config(mlflow, uri, run_id), f"{where} (space {space})" if space else where, trials_run(run)
+        objective = run.data.tags.get("tunedml.objective", "dev_accuracy")
+        return RecordedConfig(_best_config(mlflow, uri, run_id), f"{where} (space {space})" if space else where,
+                              trials_run(run), *selection_scores(run, objective))
     if role in (TRIAL_ROLE, FINAL_ROLE) and run.data.params:
-        if role == TRIAL_ROLE:
-            parent = run.data.tags.get("mlflow.parentRunId")
-            trials = trials_run(_get_run(mlflow, uri, parent)) if parent else None
-        else:
-            trials = _int(run.data.tags.get(TRIALS_TAG))
-        return from_flat(dict(run.data.params), source=where).to_flat(), where, trials
+        config = from_flat(dict(run.data.params), source=where).to_flat()
+        if role == FINAL_ROLE:
+            return RecordedConfig(config, where, _int(run.data.tags.get(TRIALS_TAG)))
+        parent_id = run.data.tags.get("mlflow.parentRunId")
+        parent = _get_run(mlflow, uri, parent_id) if parent_id else None
+        objective = parent.data.tags.get("tunedml.objective", "dev_accuracy") if parent else "dev_accuracy"
+        return RecordedConfig(config, where, trials_run(parent) if parent else None, run.data.metrics.get(objective))
     raise TrackingError(f"run {run_id} at {uri} is not a tunedml search, trial or final run; "
                         "pass the id of a search (its best configuration) or of a trial")
 
@@ -148,9 +230,20 @@ def _ranked_searches(uri: str, dataset: str, metric: str, limit: int, space: str
 
 
 def _record(mlflow: Any, uri: str, run: Any, objective: str, dataset: str) -> BestRecord:
+    search_score, rescored = selection_scores(run, objective)
     return BestRecord(run.info.run_id, run.data.metrics[f"best_{objective}"], _best_config(mlflow, uri, run.info.run_id),
                       run.data.tags.get("tunedml.space", ""), objective, run.data.tags.get("tunedml.dataset", dataset),
-                      run.info.run_name or "", uri, trials_run(run))
+                      run.info.run_name or "", uri, trials_run(run), search_score, rescored)
+
+
+def selection_scores(run: Any, objective: str) -> tuple[float | None, tuple[float, float, int] | None]:
+    """(the chosen trial's search score, its re-scored (mean, std, draws) or None) of a search run."""
+    m = run.data.metrics
+    search_score = m.get(f"best_search_{objective}", m.get(f"best_{objective}"))
+    if f"best_rescored_{objective}" not in m:
+        return search_score, None
+    return search_score, (m[f"best_rescored_{objective}"], m.get(f"best_rescored_{objective}_std", 0.0),
+                          int(m.get("best_rescored_draws", 0)))
 
 
 def _best_config(mlflow: Any, uri: str, run_id: str) -> dict[str, Any]:
