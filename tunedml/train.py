@@ -115,6 +115,18 @@ class RandomState:
             torch.cuda.set_rng_state(self.cuda, device)
 
 
+def batch_stream(tokens: TokenizedCorpus, indices: np.ndarray, batch_size: int,
+                 rng: np.random.Generator) -> Iterator[dict[str, torch.Tensor]]:
+    """Batches from passes over ``indices``, each pass in a new order, for as long as asked.
+
+    A pass's order is drawn when its first batch is taken, so a run of whole passes takes the very
+    batches that training epoch by epoch took. (A function, not a Trainer method: a generator that
+    held the trainer would tie it in a reference cycle, and its model's memory would outlive it.)
+    """
+    while True:
+        yield from tokens.train_batches(indices, batch_size, rng)
+
+
 def _dml_inputs(out: EncoderOutput, labels: torch.Tensor, token_mode: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """The embeddings the DML loss sees and their labels: pooled, or (token mode) every real token
     vector carrying its sentence's label."""
@@ -162,7 +174,7 @@ class Trainer:
                                                          self.total_steps)
         self.rng = np.random.default_rng(t.seed)
         self.step = 0
-        self._batches = self._batch_stream()
+        self._batches = batch_stream(tokens, draw.train, t.batch_size, self.rng)
         self.best: tuple[EvalResult, dict[str, dict[str, torch.Tensor]]] | None = None  # train.restore_best
 
     @contextmanager
@@ -219,15 +231,6 @@ class Trainer:
                 depth = 0
             scales[name] = decay ** depth
         return scales
-
-    def _batch_stream(self) -> Iterator[dict[str, torch.Tensor]]:
-        """Batches from passes over the draw, each pass in a new order, for as long as asked.
-
-        A pass's order is drawn when its first batch is taken, so a run of whole passes takes the
-        very batches that training epoch by epoch took.
-        """
-        while True:
-            yield from self.tokens.train_batches(self.draw.train, self.cfg.train.batch_size, self.rng)
 
     def train_steps(self, n: int) -> tuple[float, dict[str, float]]:
         """Take ``n`` optimizer steps; the mean loss and loss parts over their examples."""
