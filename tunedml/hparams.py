@@ -50,8 +50,14 @@ def load_yaml_text(text: str) -> Any:
 
 
 def _scalar(text: str) -> Any:
-    """A `--set` value read as YAML would read it in a config file."""
-    return load_yaml_text(text) if text.strip() else text
+    """A `--set` value read as YAML would read it in a config file; text that is no YAML (``[``)
+    stays text, which the key's type then refuses with the key's name."""
+    if not text.strip():
+        return text
+    try:
+        return load_yaml_text(text)
+    except yaml.YAMLError:
+        return text
 
 
 @dataclass(frozen=True)
