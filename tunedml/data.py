@@ -133,7 +133,12 @@ _SPLITS = ("train", "dev", "validation", "test", "all")  # a corpus's rows follo
 
 def _from_folder(folder: Path, name: str, text_column: str, label_column: str,
                  label_names: Sequence[str] | None) -> Corpus:
-    files = {p.stem: p for p in sorted(folder.iterdir()) if p.suffix in _FORMATS}
+    files: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        if p.suffix in _FORMATS:
+            if p.stem in files and p.stem in _SPLITS:  # one of them would be read, the other dropped
+                raise DataError(f"{folder}: {files[p.stem].name} and {p.name} both hold the {p.stem} split; keep one")
+            files[p.stem] = p
     labels_file = folder / "labels.json"
     if label_names is None and labels_file.exists():
         label_names = json.loads(labels_file.read_text())
@@ -186,7 +191,8 @@ def _check_rows(where: str, texts: list[Any], labels: list[Any], text_column: st
             raise DataError(f"{where}: row {row}: text {text!r} in column {text_column!r} is not a string "
                             f"({type(text).__name__}); is data.text_column the column of texts?")
         if not text.strip():
-            raise DataError(f"{where}: row {row}: the text in column {text_column!r} is empty; fill it or remove the row")
+            raise DataError(f"{where}: row {row}: the text in column {text_column!r} is empty; fill it or remove "
+                            "the row")
     for row, label in enumerate(labels, 1):
         missing = label is None or isinstance(label, float) and math.isnan(label)
         if missing or isinstance(label, str) and not label.strip():
