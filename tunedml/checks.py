@@ -527,8 +527,8 @@ def check_search(prepared: list[tuple[str, dict[str, Any], Any, Any]], options: 
         flat = driver_cfg.to_flat()
         for name in sorted({driver_cfg.model.name} | space_values(space.root, "model.name"), key=str):
             check_model(str(name))
-            check_model_fits(str(name), *(max(space.root.largest(k, flat[k])) for k in ("model.reinit_layers", "data.max_length")),
-                             source=space.path)
+            largest = [max(space.root.largest(k, flat[k])) for k in ("model.reinit_layers", "data.max_length")]
+            check_model_fits(str(name), *largest, source=space.path)
         d = driver_cfg.data
         corpus = load_corpus(d.dataset, d.data_dir, d.text_column, d.label_column)
         for settings, note in search_draws(space, flat):
@@ -576,7 +576,8 @@ def check_retrain(best: Any, baseline: Any, options: Any) -> None:
     for candidate in (best, baseline):
         check_model(candidate.run_config.model.name)
         cfg = candidate.run_config
-        check_model_fits(cfg.model.name, cfg.model.reinit_layers, cfg.data.max_length, f"the {candidate.role} configuration")
+        check_model_fits(cfg.model.name, cfg.model.reinit_layers, cfg.data.max_length,
+                         f"the {candidate.role} configuration")
     d = best.run_config.data
     corpus = load_corpus(d.dataset, d.data_dir, d.text_column, d.label_column)
     for role, cfgs in configs.items():

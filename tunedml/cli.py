@@ -207,7 +207,8 @@ def search_datasets(value: str | None) -> list[str]:
         return ["sst2"]
     names = [v.strip() for v in value.split(",")]
     if not all(names):
-        raise ConfigError(f"--dataset {value!r}: an empty name in the list; give names separated by commas, e.g. sst2,mr")
+        raise ConfigError(f"--dataset {value!r}: an empty name in the list; give names separated by commas, "
+                          "e.g. sst2,mr")
     return list(TASKS) if value == "all" else names
 
 

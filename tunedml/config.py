@@ -15,7 +15,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 
@@ -56,7 +56,7 @@ HELD_OUT = Applies(("data.protocol", "data.dataset", "data.data_dir"),
                    "only with data.protocol=kshot on a dataset without an official test split (mr, cr, subj, mpqa, "
                    "or a file or folder without test.*)")
 REGISTERED = Applies(("data.dataset",), lambda dataset: dataset in TASKS,
-                     "only with a registered task (tunedml datasets); a data file or folder is given as data.dataset")
+                     "only with a registered task (tunedml datasets); a data file or folder is read from its own path")
 USER_DATA = Applies(("data.dataset",), lambda dataset: dataset not in TASKS,
                     "only with a data file or folder; a registered task's columns are fixed")
 ADVERSARIAL = Applies(("adversarial.mode",), lambda mode: mode != "none", "only with adversarial.mode fgm or pgd")

@@ -120,7 +120,8 @@ def select(sel: Selection) -> tuple[Candidate, Candidate]:
     check_dataset_name(dataset)
     resolve_model(str(best.config["model.name"]))
     wants_record = sel.baseline is None or (sel.baseline != UNTUNED and _is_file(sel.baseline))
-    baseline = align_baseline(best, _select_baseline(sel, overrides, recorded(dataset)[1] if wants_record else None, best))
+    cce = recorded(dataset)[1] if wants_record else None
+    baseline = align_baseline(best, _select_baseline(sel, overrides, cce, best))
     check_given(sel, best, baseline)
     return best, baseline
 
