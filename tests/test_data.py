@@ -67,7 +67,7 @@ def test_mr_without_test_split_gets_a_fixed_seeded_hold_out(mr):
 
 
 def test_the_default_hold_out_is_cut_to_half_a_small_task():
-    cr = load_corpus("cr")  # 3775 examples: the default 2000 would leave fewer than half to draw from
+    cr = load_corpus("cr")  # 3771 examples: the default 2000 would leave fewer than half to draw from
     assert len(holdout(cr, DEFAULT_TEST_SIZE)[1]) == len(cr.train_idx) // 2
 
 
