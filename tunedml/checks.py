@@ -527,7 +527,7 @@ def check_search(prepared: list[tuple[str, dict[str, Any], Any, Any]], options: 
         flat = driver_cfg.to_flat()
         for name in sorted({driver_cfg.model.name} | space_values(space.root, "model.name"), key=str):
             check_model(str(name))
-            largest = [max(space.root.largest(k, flat[k])) for k in ("model.reinit_layers", "data.max_length")]
+            largest = [int(max(space.root.largest(k, flat[k]))) for k in ("model.reinit_layers", "data.max_length")]
             check_model_fits(str(name), *largest, source=space.path)
         d = driver_cfg.data
         corpus = load_corpus(d.dataset, d.data_dir, d.text_column, d.label_column)
