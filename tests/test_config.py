@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tunedml.config import FIELDS, RunConfig, build_config, from_flat, parse_set_args
+from tunedml.config import FIELDS, RunConfig, build_config, check_used, explicit_sources, from_flat, parse_set_args
 from tunedml.errors import ConfigError
 from tunedml.losses import LOSSES
 
@@ -338,3 +338,43 @@ def test_wrong_combination_exits_2_from_the_command_line(capsys):
     assert main(["train", "--set", "loss.name=proxy_anchor+proxy_anchor"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "proxy_anchor appears twice" in err[0]
+
+
+# ---------------------------------------------------------------- what is given is used (issue 26)
+
+def test_a_later_layer_replaces_a_loss_hyperparameter_in_the_other_spelling(tmp_path):
+    """The file's loss.margin and --set's loss.proxy_anchor.margin are one key: --set wins (was:
+    refused as 'set the same hyperparameter', whichever layer gave which)."""
+    path = write(tmp_path, "loss:\n  name: proxy_anchor\n  margin: 0.2\n")
+    assert build_config(path, ["loss.proxy_anchor.margin=0.3"]).loss.params["margin"] == 0.3
+    assert build_config(write(tmp_path, "loss:\n  name: proxy_anchor\n", "bare.yaml"),
+                        ["loss.proxy_anchor.margin=0.3"]).loss.params["margin"] == 0.3
+    with pytest.raises(ConfigError, match="loss.margin and loss.proxy_anchor.margin set the same hyperparameter"):
+        build_config(sets=["loss.name=proxy_anchor", "loss.margin=0.2", "loss.proxy_anchor.margin=0.3"])  # one layer
+
+
+def test_explicit_sources_name_the_last_layer_that_gives_a_key(tmp_path):
+    path = write(tmp_path, "data:\n  k: 4\n  folds: 3\n")
+    sources = explicit_sources(path, ["data.k=8"], {"model.name": "x", "data.data_dir": "/d"})
+    assert sources == {"data.k": "--set", "data.folds": path, "model.name": "--model", "data.data_dir": "--data-dir"}
+
+
+def test_a_value_at_its_default_or_used_is_not_refused_and_one_dropped_is():
+    cfg = build_config(sets=["data.protocol=kfold", "data.folds=3"])
+    check_used(cfg, {"data.protocol": "--set", "data.folds": "--set", "data.k": "f.yaml"})  # k at its default
+    with pytest.raises(ConfigError, match=r"^f.yaml: data.k=4 does nothing with data.protocol=kfold; it applies only "
+                                          r"with data.protocol=kshot: leave it out, or change data.protocol$"):
+        check_used(build_config(sets=["data.protocol=kfold", "data.k=4"]), {"data.k": "f.yaml"})
+
+
+def test_the_written_config_keeps_unused_keys_at_their_defaults_and_reads_back_the_same_run(tmp_path):
+    """A search can give a key a value in a branch its best trial did not take (inference.mix_weight
+    with inference.mode=head): `tunedml best` writes it at its default, so the file goes back in."""
+    cfg = from_flat({"loss.name": "supcon", "inference.mode": "head", "inference.mix_weight": 0.3,
+                     "data.protocol": "kfold", "data.k": 4, "train.proxy_lr": 0.5})
+    path = write(tmp_path, cfg.to_yaml(), "best.yaml")
+    again = build_config(path)
+    assert (again.inference.mix_weight, again.data.k, again.train.proxy_lr) == (0.5, 16, 0.01)
+    check_used(again, explicit_sources(path))
+    flat, back = cfg.to_flat(), again.to_flat()
+    assert {k for k in flat if flat[k] != back[k]} == {"inference.mix_weight", "data.k", "train.proxy_lr"}

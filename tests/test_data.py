@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tunedml.data import (
-    DATA_DIR_ENV, EMBEDDED, TASKS, Corpus, check_dataset_name, draw, fold_assignment, holdout, load_corpus, tokenize,
+    DATA_DIR_ENV, DEFAULT_TEST_SIZE, EMBEDDED, TASKS, Corpus, check_dataset_name, draw, fold_assignment, holdout, load_corpus, tokenize,
 )
 from tunedml.errors import DataError
 from tunedml.model import load_tokenizer
@@ -62,7 +62,13 @@ def test_mr_without_test_split_gets_a_fixed_seeded_hold_out(mr):
     assert len(test) == 2000 and len(pool) == 10662 - 2000
     assert not np.intersect1d(pool, test).size
     assert np.array_equal(holdout(mr, 2000)[1], test)  # no seed involved: always the same rows
-    assert len(holdout(mr, 100_000)[1]) == 10662 // 2  # never more than half the data
+    with pytest.raises(DataError, match=r"mr: data.test_size=100000 is more than half of its 10662 examples"):
+        holdout(mr, 100_000)  # never more than half the data: a value given is refused, not cut
+
+
+def test_the_default_hold_out_is_cut_to_half_a_small_task():
+    cr = load_corpus("cr")  # 3771 examples: the default 2000 would leave fewer than half to draw from
+    assert len(holdout(cr, DEFAULT_TEST_SIZE)[1]) == len(cr.train_idx) // 2
 
 
 def test_unknown_dataset_suggests_the_closest_task():

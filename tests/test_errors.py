@@ -9,6 +9,7 @@ is created, and Ray was never started.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -186,7 +187,10 @@ def test_report_out_and_save_model_that_cannot_be_written(refused, work, tmp_pat
 def test_one_class_dataset_stops_before_mlflow_and_ray(refused, search, tmp_path):
     data = tmp_path / "one.csv"
     data.write_text("text,label\n" + "".join(f"text {i},yes\n" for i in range(40)))
-    refused(*search(dataset=str(data)), fragments=("only one class ('yes')",))
+    args = search(dataset=str(data))
+    i = args.index("--data-dir")
+    del args[i:i + 2]  # a file is no task of the folder: --data-dir would be refused as unused
+    refused(*args, fragments=("only one class ('yes')",))
 
 
 def test_resume_of_a_search_that_does_not_exist(refused, search, work):
@@ -331,6 +335,252 @@ def test_argparse_errors_are_one_line_from_the_shell(work):
                           "1..65535 (see tunedml ui --help)\n")
     run = tunedml("search", "--dataset", "sst2", cwd=work, timeout=60)  # --space is required
     assert run.returncode == 2 and run.stderr.count("\n") == 1 and "--space" in run.stderr
+
+
+# ----------------------------------------------------------------- 9. what is given is used or refused (issue 26)
+# Each case below ran to the end with exit 0 before (or ended in a traceback): the value was dropped,
+# replaced by a default, or trained on. The runs are made cheap (tiny model, a few steps), so that a
+# case that is not refused finishes quickly and fails its test.
+
+@pytest.fixture
+def train(tiny_roberta):
+    """The arguments of a `tunedml train` that would run in seconds."""
+    def args(*extra: str, dataset: str = "sst2") -> list[str]:
+        return ["train", "--dataset", dataset, "--model", tiny_roberta, "--set", "train.steps=1", "--set", "data.k=2",
+                *extra]
+    return args
+
+
+@pytest.mark.parametrize("option, value", [("--dataset", ""), ("--model", ""), ("--config", ""), ("--data-dir", " ")])
+def test_blank_option_is_not_taken_for_the_default(refused, train, option, value):
+    # was: `--dataset ""` trained on sst2, `--model ""` on minilm, `--config ""` without the file
+    refused(*train(option, value), fragments=(f"{option} {value!r}: an empty value; give one, or leave the option out",))
+
+
+@pytest.mark.parametrize("option", ["--tracking-uri", "--out"])
+def test_blank_place_is_not_taken_for_the_default(refused, work, option):
+    db = work / "m.db"
+    import sqlite3
+
+    sqlite3.connect(db).close()
+    args = {"--tracking-uri": ["report", "--tracking-uri", "", "--out", str(work / "r")],
+            "--out": ["report", "--tracking-uri", str(db), "--out", ""]}[option]
+    refused(*args, fragments=(f"{option} '': an empty value",))
+
+
+def test_blank_environment_variable(refused, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "  ")  # was: a traceback from MLflow's file store, exit 1
+    refused("best", "--dataset", "sst2", fragments=("$MLFLOW_TRACKING_URI='  ' is blank; unset it or give a value",))
+
+
+@pytest.mark.parametrize("line, fragment", [
+    ("data:\n  data_dir: ''\n", "data.data_dir='' is blank; leave it out (or null) for its default"),
+    ("model:\n  name: '  '\n", "model.name='  ' is blank"),
+    ("data:\n  text_column: ''\n", "data.text_column='' is blank"),
+])
+def test_blank_value_in_a_config(refused, train, tmp_path, line, fragment):
+    config = tmp_path / "blank.yaml"
+    config.write_text(line)
+    refused(*train("--config", str(config)), fragments=(f"{config}: {fragment}",))
+
+
+def test_empty_name_in_a_list_of_datasets(refused, search):
+    refused(*search(dataset=","), fragments=("--dataset ',': an empty name in the list",))  # was: exit 0, no search
+    refused(*search(dataset="sst2,,trec"), fragments=("--dataset 'sst2,,trec': an empty name",))
+
+
+def write_rows(path: Path, rows: list[dict]) -> None:
+    """``rows`` as JSONL, CSV or Parquet by the file's suffix (None: a missing cell)."""
+    import pandas as pd
+
+    frame = pd.DataFrame(rows)
+    if path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps({k: v for k, v in r.items() if v is not None}) + "\n" for r in rows))
+    elif path.suffix == ".csv":
+        frame.to_csv(path, index=False)
+    else:
+        frame.to_parquet(path)
+
+
+def good_rows(n: int = 40, labels: tuple = ("neg", "pos")) -> list[dict]:
+    return [{"text": f"example number {i} of class {labels[i % 2]}", "label": labels[i % 2]} for i in range(n)]
+
+
+@pytest.mark.parametrize("split, fmt, row, fragment", [
+    ("train", "jsonl", {"text": None}, "row 4 has no text (column 'text' is missing or null)"),
+    ("train", "csv", {"text": ""}, "row 4 has no text"),  # an empty CSV cell reads as missing
+    ("test", "jsonl", {"text": "   "}, "row 4: the text in column 'text' is empty"),
+    ("dev", "parquet", {"text": None}, "row 4 has no text"),
+    ("test", "csv", {"label": None}, "row 4 has no label"),
+])
+def test_rows_without_a_text_or_label(refused, train, tmp_path, split, fmt, row, fragment):
+    folder = tmp_path / "rows"
+    folder.mkdir()
+    if split != "train":
+        write_rows(folder / "train.jsonl", good_rows())
+    rows = good_rows()
+    rows[3] = {**rows[3], **row}
+    write_rows(folder / f"{split}.{fmt}", rows)
+    where = folder / f"{split}.{fmt}"
+    refused(*train(dataset=str(folder)), fragments=(f"{where}: {fragment}",))
+
+
+def test_two_files_of_one_split(refused, train, tmp_path):
+    folder = tmp_path / "two"  # was: train.jsonl read, train.csv dropped
+    folder.mkdir()
+    write_rows(folder / "train.csv", good_rows())
+    write_rows(folder / "train.jsonl", good_rows())
+    refused(*train(dataset=str(folder)), fragments=(f"{folder}: train.csv and train.jsonl both hold the train split",))
+
+
+def test_texts_that_are_not_strings(refused, train, tmp_path):
+    data = tmp_path / "numbers.jsonl"  # the text column holds ids: the wrong column, trained on as '123'
+    write_rows(data, [{"text": 100 + i, "label": i % 2} for i in range(40)])
+    refused(*train(dataset=str(data)), fragments=("row 1: text 100 in column 'text' is not a string (int)",))
+
+
+@pytest.mark.parametrize("labels, fragment", [
+    (("0", "1", "yes"), "labels mix numbers ('0', '1') and words ('yes')"),
+    (("pos", "neg", "pos "), "labels 'pos' and 'pos ' differ only in spaces around them"),
+])
+def test_labels_of_more_than_one_kind(refused, train, tmp_path, labels, fragment):
+    data = tmp_path / "labels.csv"  # was: a third class trained on
+    write_rows(data, [{"text": f"example {i}", "label": labels[i % 3]} for i in range(60)])
+    refused(*train(dataset=str(data)), fragments=(fragment,))
+
+
+def test_text_labels_outside_labels_json(refused, train, tmp_path):
+    folder = tmp_path / "named"  # was: labels.json ignored, the classes named by the rows
+    folder.mkdir()
+    (folder / "labels.json").write_text('["negative", "positive"]')
+    write_rows(folder / "train.jsonl", good_rows(labels=("neg", "pos")))
+    refused(*train(dataset=str(folder)), fragments=("label 'neg' is not one of labels.json's 'negative', 'positive'",))
+
+
+@pytest.mark.parametrize("sets, fragment", [
+    (["data.text_column=sentence"], "data.text_column=sentence does nothing with data.dataset=sst2"),
+    (["data.folds=3"], "data.folds=3 does nothing with data.protocol=kshot; it applies only with data.protocol=kfold"),
+    (["data.test_size=50"], "data.test_size=50 does nothing with data.protocol=kshot, data.dataset=sst2"),
+    (["inference.mix_weight=0.3"], "inference.mix_weight=0.3 does nothing with inference.mode=head"),
+    (["loss.name=supcon", "train.proxy_lr=0.1"], "train.proxy_lr=0.1 does nothing with loss.name=supcon"),
+    (["adversarial.mode=fgm", "adversarial.steps=5"], "adversarial.steps=5 does nothing with adversarial.mode=fgm"),
+    (["data.protocol=kfold", "data.k=4"], "data.k=4 does nothing with data.protocol=kfold"),
+])
+def test_a_value_the_run_does_not_use(refused, train, sets, fragment):
+    args = train()
+    del args[args.index("data.k=2") - 1:args.index("data.k=2") + 1]
+    refused(*args, *(x for s in sets for x in ("--set", s)), fragments=(f"--set: {fragment}", "leave it out"))
+
+
+def test_an_unused_value_in_a_config_file_or_a_flag(refused, train, tmp_path, data_dir):
+    config = tmp_path / "kshot.yaml"
+    config.write_text("data:\n  folds: 3\n")
+    refused(*train("--config", str(config)), fragments=(f"{config}: data.folds=3 does nothing",))
+    data = tmp_path / "file.csv"
+    write_rows(data, good_rows())
+    refused(*train("--data-dir", data_dir, dataset=str(data)),
+            fragments=("--data-dir: data.data_dir=", "does nothing with data.dataset=", "only with a registered task"))
+
+
+def test_a_default_value_or_the_environments_folder_is_not_refused(work, train, tmp_path, data_dir, monkeypatch, capsys):
+    """A full config (every key, unused ones at their defaults, as `tunedml best` writes it) goes in;
+    so does $TUNEDML_DATA_DIR with a data file, which it does not serve."""
+    from tunedml.config import build_config
+
+    full = tmp_path / "full.yaml"
+    full.write_text(build_config(sets=["train.steps=1", "data.k=2"]).to_yaml())
+    data = tmp_path / "file.csv"
+    write_rows(data, good_rows())
+    monkeypatch.setenv("TUNEDML_DATA_DIR", data_dir)
+    assert main(train("--config", str(full), dataset=str(data))) == 0, capsys.readouterr().err
+
+
+def test_an_unused_value_in_a_search(refused, search, tmp_path):
+    refused(*search("--set", "data.folds=3"),
+            fragments=("data.folds=3 does nothing with data.protocol=kshot", "no branch of the space uses it"))
+    space = tmp_path / "fixed.yaml"
+    space.write_text("loss.name: none\ntrain.steps: 2\ninference.proxy_scale: 8.0\n")
+    refused(*search(space=str(space)), fragments=(f"{space}: inference.proxy_scale=8.0 does nothing", "fixed in this space"))
+
+
+def test_a_value_used_by_one_dataset_of_a_search_is_not_refused(search, tmp_path, capsys):
+    """--data-dir serves sst2 only; with a data file beside it, it is used: the search is not refused
+    for it (it goes on to refuse the file's single class, which shows it got that far)."""
+    data = tmp_path / "one.csv"
+    data.write_text("text,label\n" + "".join(f"text {i},yes\n" for i in range(40)))
+    assert main(search(dataset=f"sst2,{data}")) == 2
+    assert "only one class ('yes')" in capsys.readouterr().err
+
+
+def test_retrain_bootstrap_resamples_without_the_bootstrap_interval(refused, run_config, work):
+    refused("retrain", "--config", run_config, "--baseline", "defaults", "--bootstrap", "500",
+            "--tracking-uri", str(work / "m.db"), fragments=("--bootstrap 500 does nothing with --interval t",))
+
+
+def test_retrain_config_with_an_unused_value(work, tmp_path, data_dir, capsys):
+    config = tmp_path / "best.yaml"
+    config.write_text(f"data:\n  dataset: sst2\n  data_dir: {data_dir}\n  k: 4\n  folds: 3\ntrain:\n  steps: 1\n")
+    code = main(["retrain", "--config", str(config), "--baseline", "defaults", "--seeds", "1", "--parallel", "1",
+                 "--tracking-uri", str(work / "m.db")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and f"{config}: data.folds=3 does nothing" in err, err
+    assert not ray_started()
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("data:\n  k: 4\n  k: 8\n", "line 3 is not valid YAML (key 'k' is given twice, first on line 2; keep one)"),
+    ("data:\n  k: 4\ndata.k: 8\n", "data.k is given twice (4 and 8), nested and dotted; keep one"),
+    ("loss:\n  name: proxy_anchor\n  margin: 0.1\nloss.margin: 0.3\n", "loss.margin is given twice"),
+])
+def test_one_key_twice_in_one_file(refused, train, tmp_path, text, fragment):
+    config = tmp_path / "twice.yaml"
+    config.write_text(text)
+    refused(*train("--config", str(config)), fragments=(f"{config}: {fragment}",))
+
+
+def test_one_key_twice_in_a_space(refused, search, tmp_path):
+    space = tmp_path / "twice.yaml"
+    space.write_text("loss.name: none\ntrain.steps: 2\ntrain.lr: 0.001\ntrain.lr: 0.01\n")
+    refused(*search(space=str(space)), fragments=(f"{space}: line 4 is not valid YAML (key 'train.lr' is given twice",))
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
+def test_nan_and_infinity_for_a_count(refused, train, value):
+    refused(*train("--set", f"data.k={value}"), fragments=("data.k=", "is not a int"))  # was: a traceback
+
+
+def test_set_value_that_is_no_yaml(refused, train):
+    refused(*train("--set", "data.k=["), fragments=("--set: data.k='[' is not a int",))  # was: a YAML traceback
+
+
+@pytest.mark.skipif("has_gpu()")
+def test_infinite_resource_request(refused, search):
+    refused(*search("--gpus-per-trial", "inf"), fragments=("--gpus-per-trial inf: not a finite number",))  # was: a traceback
+
+
+def test_data_test_size_beyond_half_the_examples(refused, train):
+    args = train(dataset="cr")  # 3771 examples: was cut to 1885 in silence
+    refused(*args, "--set", "data.test_size=3000", fragments=("cr: data.test_size=3000 is more than half of its 3771",))
+
+
+def test_a_device_that_is_no_device(refused, search):
+    refused(*search("--set", "train.device=gpu"), fragments=("train.device: unknown device 'gpu'",))  # was: every trial failed, exit 0
+
+
+def test_more_than_the_model_has(refused, search, train):
+    refused(*search("--set", "model.reinit_layers=3"),  # was: every trial failed, exit 0
+            fragments=("model.reinit_layers=3 but model.name", "has 2 layers", "valid: 0..2"))
+    refused(*train("--set", "data.max_length=200"),  # was: trained; a longer text fails inside the encoder
+            fragments=("data.max_length=200 but model.name", "holds 159 tokens per text"))
+
+
+def test_tracking_store_in_a_folder(refused, work, tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    refused("best", "--dataset", "sst2", "--tracking-uri", str(folder),  # was: MLflow's traceback, exit 1
+            fragments=(f"{folder} names a folder (an MLflow file store)", f"{folder}.db"))
+    refused("ui", "--tracking-uri", str(tmp_path / "new"), fragments=("names a folder",), unchanged=(tmp_path / "new",))
 
 
 # ----------------------------------------------------------------- SIGTERM: recorded KILLED like Ctrl-C

@@ -377,3 +377,45 @@ def test_unreadable_space_files(tmp_path, text, fragment):
 def test_missing_space_file(tmp_path):
     with pytest.raises(ConfigError, match="nope.yaml: search space file not found"):
         load_space(tmp_path / "nope.yaml")
+
+
+def test_a_loss_hyperparameter_on_the_command_line_replaces_the_spaces_other_spelling(tmp_path):
+    """Precedence, not a clash: the space fixes loss.margin, the command line gives the same
+    hyperparameter as loss.proxy_anchor.margin; the command line's value is the one trained."""
+    path = write(tmp_path, "loss.name: proxy_anchor\nloss.margin: 0.2\ntrain.lr: {loguniform: [1.0e-5, 1.0e-4]}\n")
+    space = load_space(path, {"loss.margin": 0.3})
+    space.check_against({"loss.proxy_anchor.margin": 0.3})
+    assert "loss.margin" not in space.root.fixed
+    trial = from_flat({"loss.proxy_anchor.margin": 0.3, **space.root.examples(0)[0]})
+    assert trial.loss.params == {"margin": 0.3}
+    searched = write(tmp_path, "loss.name: proxy_anchor\nloss.margin: {uniform: [0.0, 0.5]}\n", "searched.yaml")
+    with pytest.raises(ConfigError, match=r"loss.margin is searched in this space and loss.proxy_anchor.margin"):
+        load_space(searched).check_against({"loss.proxy_anchor.margin": 0.3})
+
+
+@pytest.mark.parametrize("text, base, fragment", [
+    ("data.protocol: {categorical: [kshot, kfold]}\n", {"data.folds": 3}, None),  # kfold branches use it
+    ("loss.name: none\n", {"data.folds": 3}, "data.folds=3 does nothing with data.protocol=kshot"),
+    ("loss.name: none\nadversarial.alpha: 0.2\n", {}, "adversarial.alpha=0.2 does nothing with adversarial.mode=none"),
+    ("loss.name: none\nadversarial.alpha: 0.5\n", {}, None),  # the default: a full config's value
+    ("adversarial.mode: {choice: {none: {}, pgd: {}}}\n", {"adversarial.steps": 5}, None),
+])
+def test_a_fixed_value_must_be_used_in_some_branch(tmp_path, text, base, fragment):
+    space = load_space(write(tmp_path, text), base)
+    if fragment is None:
+        space.check_against(base)
+        return
+    with pytest.raises(ConfigError, match="no branch of the space uses it") as error:
+        space.check_against(base)
+    assert fragment in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_data_key_serving_one_dataset_of_several_is_used(tmp_path):
+    data = tmp_path / "mine.csv"
+    data.write_text("text,label\n")
+    base = {"data.dataset": str(data), "data.text_column": "sentence"}
+    load_space(write(tmp_path, "loss.name: none\n"), base).check_against(base, [str(data), "sst2"])
+    sst2 = {**base, "data.dataset": "sst2"}  # the sst2 search of `--dataset sst2,mine.csv --set data.text_column=...`
+    load_space(write(tmp_path, "loss.name: none\n"), sst2).check_against(sst2, ["sst2", str(data)])
+    with pytest.raises(ConfigError, match="data.text_column=sentence does nothing with data.dataset=sst2"):
+        load_space(write(tmp_path, "loss.name: none\n"), sst2).check_against(sst2, ["sst2"])

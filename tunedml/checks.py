@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
 import os
 import re
 import socket
@@ -36,6 +37,27 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
 MODEL_ADVICE = "pass --model minilm (embedded, no network), a local model folder, or give this machine network access"
 DRAW_KEYS = ("data.protocol", "data.k", "data.sample_size", "data.folds", "data.fold", "data.seed", "data.test_size")
 GROWING_DRAW_KEYS = ("data.k", "data.sample_size", "data.test_size")  # the larger, the harder to draw
+# options check_blank_options leaves alone: `--save-model` without a folder (its const "") is the
+# default folder; `--name ""` gets check_name's line, which says what a name may be
+BLANK_ELSEWHERE = ("save_model", "name")
+ENVIRONMENT = ("TUNEDML_DATA_DIR", "MLFLOW_TRACKING_URI", "RAY_ADDRESS")  # read where an option is left out
+OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "longformer", "data2vec-text")  # positions after padding
+
+
+# ----------------------------------------------------------------- blank values
+
+def check_blank_options(args: argparse.Namespace) -> None:
+    """No option or environment variable given an empty or blank value: the commands read ``""``
+    as the option left out (``args.model or ...``) and would use the default in its place. An
+    empty environment variable is unset, as shells write it (``TUNEDML_DATA_DIR= tunedml ...``)."""
+    for dest, value in vars(args).items():
+        if isinstance(value, str) and not value.strip() and dest not in BLANK_ELSEWHERE:
+            raise ConfigError(f"--{dest.replace('_', '-')} {value!r}: an empty value; give one, or leave the option "
+                              "out for its default")
+    for name in ENVIRONMENT:
+        value = os.environ.get(name)
+        if value and not value.strip():
+            raise ConfigError(f"${name}={value!r} is blank; unset it or give a value")
 
 
 # ----------------------------------------------------------------- places to write
@@ -91,6 +113,10 @@ def check_tracking_store(uri: str, must_exist: bool = False) -> None:
     MLflow itself retries for minutes. Other schemes are left to the tracking module's check."""
     scheme = urlparse(uri).scheme.split("+")[0]
     where = f"cannot use MLflow tracking URI {uri}"
+    if scheme == "file" and not _file_store_allowed():
+        folder = Path(urlparse(uri).path)
+        raise TrackingError(f"{where}: {folder} names a folder (an MLflow file store), which this MLflow opens only "
+                            f"with MLFLOW_ALLOW_FILE_STORE=true; name a database file, e.g. {folder}.db")
     if scheme == "sqlite":
         path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else uri[len("sqlite://"):]
         if path not in ("", ":memory:"):
@@ -107,6 +133,15 @@ def check_tracking_store(uri: str, must_exist: bool = False) -> None:
         parsed = urlparse(uri)
         if parsed.hostname:
             probe(parsed.hostname, parsed.port or DATABASE_PORTS[scheme], f"cannot reach MLflow at {uri}")
+
+
+def _file_store_allowed() -> bool:
+    """Whether this MLflow opens a file store (newer versions refuse one unless told to)."""
+    try:
+        from mlflow.environment_variables import MLFLOW_ALLOW_FILE_STORE
+    except ImportError:  # a version from before the switch: file stores open
+        return True
+    return bool(MLFLOW_ALLOW_FILE_STORE.get())
 
 
 def _check_sqlite_file(path: Path, uri: str, where: str, must_exist: bool) -> None:
@@ -242,6 +277,8 @@ def check_quantity(value: float | None, option: str) -> None:
     """Ray's rules for one request: a GPU share below 1 packs tasks on one GPU; above 1, whole GPUs."""
     if value is None or value == 0:
         return
+    if not math.isfinite(value):
+        raise ConfigError(f"{option} {value}: not a finite number")
     if value < 1e-4:
         raise ConfigError(f"{option} {_num(value)}: too small; Ray counts resources in steps of 0.0001")
     if "gpus" in option and value > 1 and value != int(value):
@@ -343,6 +380,39 @@ def check_model(name: str) -> None:
     error = _loads(path, local_files_only=False)
     if error:
         raise ConfigError(f"model.name {name!r}: cannot load it from {constants.ENDPOINT} ({error}); {MODEL_ADVICE}")
+
+
+@functools.lru_cache(maxsize=None)
+def model_limits(name: str) -> tuple[int | None, int | None]:
+    """(encoder layers, tokens per text that its position embeddings hold) from the model's config,
+    None where the config does not say; read from the local copy, which :func:`check_model` made sure of."""
+    from transformers import AutoConfig
+
+    from .model import resolve_model
+
+    try:
+        config = AutoConfig.from_pretrained(resolve_model(name), local_files_only=True)
+    except Exception:  # check_model reports a model that does not load
+        return None, None
+    layers = getattr(config, "num_hidden_layers", None)
+    tokens = getattr(config, "max_position_embeddings", None)
+    if tokens and getattr(config, "model_type", "") in OFFSET_POSITIONS:  # position ids start after the padding id
+        tokens -= int(getattr(config, "pad_token_id", 0) or 0) + 1
+    return layers, tokens
+
+
+def check_model_fits(name: str, reinit_layers: int, max_length: int, source: str = "") -> None:
+    """model.reinit_layers and data.max_length within what ``name`` has: more layers than it has
+    fail every trial when the model is built, a longer text than its positions hold fails at the
+    first long text (an index error inside the encoder), minutes into a search."""
+    layers, tokens = model_limits(name)
+    note = f" ({source})" if source else ""
+    if isinstance(layers, int) and reinit_layers > layers:
+        raise ConfigError(f"model.reinit_layers={reinit_layers} but model.name {name!r} has {layers} layers{note}; "
+                          f"valid: 0..{layers}")
+    if isinstance(tokens, int) and max_length > tokens:
+        raise ConfigError(f"data.max_length={max_length} but model.name {name!r} holds {tokens} tokens per text "
+                          f"(its position embeddings){note}; valid: 8..{tokens}")
 
 
 def _check_model_folder(name: str, folder: Path) -> None:
@@ -454,11 +524,13 @@ def check_search(prepared: list[tuple[str, dict[str, Any], Any, Any]], options: 
         if options.gpus_per_trial == 0 and any(str(d).startswith("cuda") for d in devices):
             raise ConfigError("train.device=cuda with --gpus-per-trial 0: Ray hides the GPUs from a trial that asks "
                               "for none; pass --gpus-per-trial (e.g. 1, or 0.25 to share a GPU) or train.device=auto")
+        flat = driver_cfg.to_flat()
         for name in sorted({driver_cfg.model.name} | space_values(space.root, "model.name"), key=str):
             check_model(str(name))
+            largest = [int(max(space.root.largest(k, flat[k]))) for k in ("model.reinit_layers", "data.max_length")]
+            check_model_fits(str(name), *largest, source=space.path)
         d = driver_cfg.data
         corpus = load_corpus(d.dataset, d.data_dir, d.text_column, d.label_column)
-        flat = driver_cfg.to_flat()
         for settings, note in search_draws(space, flat):
             check_draws(corpus, [settings], note)
     check_search_resources(options)  # on a cluster: joins it, as the search would next
@@ -503,6 +575,9 @@ def check_retrain(best: Any, baseline: Any, options: Any) -> None:
     configs = {c.role: draw_configs(c.run_config, options.seeds) for c in (best, baseline)}
     for candidate in (best, baseline):
         check_model(candidate.run_config.model.name)
+        cfg = candidate.run_config
+        check_model_fits(cfg.model.name, cfg.model.reinit_layers, cfg.data.max_length,
+                         f"the {candidate.role} configuration")
     d = best.run_config.data
     corpus = load_corpus(d.dataset, d.data_dir, d.text_column, d.label_column)
     for role, cfgs in configs.items():

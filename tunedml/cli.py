@@ -14,8 +14,8 @@ import sys
 import warnings
 from typing import Any, Callable
 
-from .checks import port
-from .errors import DataError, TunedMLError
+from .checks import check_blank_options, port
+from .errors import ConfigError, DataError, TunedMLError
 
 Command = Callable[[argparse.Namespace], int]
 COMMANDS: dict[str, Command] = {}
@@ -70,9 +70,10 @@ def config_from_args(args: argparse.Namespace, dataset: str | None = None):
         extra["data.dataset"] = dataset
     cfg = build_config(getattr(args, "config", None), getattr(args, "set", []), extra)
     check_dataset_name(cfg.data.dataset)
-    from .checks import check_model
+    from .checks import check_model, check_model_fits
 
     check_model(cfg.model.name)  # its config and tokenizer load, before any data or training
+    check_model_fits(cfg.model.name, cfg.model.reinit_layers, cfg.data.max_length)
     return cfg
 
 
@@ -104,7 +105,10 @@ def fmt_scores(s: dict[str, float] | None) -> str:
 
 @command("train")
 def cmd_train(args: argparse.Namespace) -> int:
+    from .config import check_used, explicit_sources
+
     cfg = config_from_args(args)
+    check_used(cfg, explicit_sources(args.config, args.set, named_keys(args)))  # nothing given is dropped
     quiet_libraries(args.verbose)
     from .progress import Progress
     from .train import Trainer, draw_for, prepare_tokens
@@ -201,7 +205,11 @@ def search_datasets(value: str | None) -> list[str]:
 
     if not value:
         return ["sst2"]
-    return list(TASKS) if value == "all" else [v.strip() for v in value.split(",") if v.strip()]
+    names = [v.strip() for v in value.split(",")]
+    if not all(names):
+        raise ConfigError(f"--dataset {value!r}: an empty name in the list; give names separated by commas, "
+                          "e.g. sst2,mr")
+    return list(TASKS) if value == "all" else names
 
 
 def search_options(args: argparse.Namespace):
@@ -229,7 +237,7 @@ def prepare_search(args: argparse.Namespace, dataset: str):
     keys = explicit_keys(args.config, args.set, {k: v for k, v in extra.items() if v is not None})
     base = {k: flat[k] for k in keys if k in flat}
     space = load_space(args.space, base)
-    space.check_against(base)
+    space.check_against(base, search_datasets(args.dataset))
     return base, space, from_flat({**base, **space.root.fixed}, source=args.space)
 
 
@@ -634,6 +642,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     interrupt.sigterm_as_ctrl_c()  # a scheduler's or `timeout`'s SIGTERM stops a command as Ctrl-C does
     try:
+        check_blank_options(args)
         return COMMANDS[args.command](args)
     except TunedMLError as e:
         print(f"tunedml {args.command}: error: {e}", file=sys.stderr)

@@ -12,12 +12,14 @@ import copy
 import dataclasses
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from .data import DEFAULT_TEST_SIZE, TASKS, environment_data_dir, has_official_test
 from .errors import ConfigError, unknown_choice
 from .hparams import Applies, Hyperparameter, load_yaml_text
 from .losses import LOSSES, NO_DML, WEIGHT, WEIGHTINGS, LossName, learns_parameters, loss_set, split_params
@@ -25,13 +27,15 @@ from .losses import LOSSES, NO_DML, WEIGHT, WEIGHTINGS, LossName, learns_paramet
 ADVERSARIAL_MODES = ("none", "fgm", "pgd")  # tunedml.adversarial implements them
 DEFAULT_STEPS = 100  # train.steps when neither train.steps nor train.epochs is given (docs/budget.md)
 RUN_LENGTH = ("train.steps", "train.epochs")  # two spellings of one setting: a config gives one of them
+DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")  # what train.pick_device turns into a torch device
+FLAGS = {"data.dataset": "--dataset", "data.data_dir": "--data-dir", "model.name": "--model"}  # keys with a flag
 
 
 def _hp(default: Any, kind: type, low: float | None = None, high: float | None = None, *,
         choices: tuple | None = None, optional: bool = False, help: str = "",
-        applies: Applies | None = None) -> Any:
+        applies: Applies | None = None, used: Applies | None = None) -> Any:
     """A dataclass field whose metadata carries its Hyperparameter (name filled in later)."""
-    hp = Hyperparameter("", kind, default, low, high, choices, optional, help, applies)
+    hp = Hyperparameter("", kind, default, low, high, choices, optional, help, applies, used)
     return field(default=default, metadata={"hp": hp})
 
 
@@ -44,29 +48,47 @@ WITH_LOSS_PARAMETERS = Applies(("loss.name", "loss.weighting"), learns_parameter
                                "only where the loss learns parameters of its own (proxies, or loss.weighting=uncertainty)")
 WITH_MIXED = Applies(("loss.name", "inference.mode"), lambda name, mode: name != NO_DML and mode == "mixed",
                      "only with inference.mode=mixed and a DML loss")
+MIXED = Applies(("inference.mode",), lambda mode: mode == "mixed", "only with inference.mode=mixed")
+KSHOT = Applies(("data.protocol",), lambda protocol: protocol == "kshot", "only with data.protocol=kshot")
+KFOLD = Applies(("data.protocol",), lambda protocol: protocol == "kfold", "only with data.protocol=kfold")
+HELD_OUT = Applies(("data.protocol", "data.dataset", "data.data_dir"),
+                   lambda protocol, dataset, data_dir: protocol == "kshot" and not has_official_test(dataset, data_dir),
+                   "only with data.protocol=kshot on a dataset without an official test split (mr, cr, subj, mpqa, "
+                   "or a file or folder without test.*)")
+REGISTERED = Applies(("data.dataset",), lambda dataset: dataset in TASKS,
+                     "only with a registered task (tunedml datasets); a data file or folder is read from its own path")
+USER_DATA = Applies(("data.dataset",), lambda dataset: dataset not in TASKS,
+                    "only with a data file or folder; a registered task's columns are fixed")
+ADVERSARIAL = Applies(("adversarial.mode",), lambda mode: mode != "none", "only with adversarial.mode fgm or pgd")
+PGD = Applies(("adversarial.mode",), lambda mode: mode == "pgd", "only with adversarial.mode=pgd")
 
 
 @dataclass
 class DataConfig:
     dataset: str = _hp("sst2", str, help="a registered task (tunedml datasets) or a CSV/JSONL/Parquet file or folder")
-    data_dir: str | None = _hp(None, str, optional=True, help="folder with <task>/<split>.jsonl; default $TUNEDML_DATA_DIR, else the copy inside the package")
+    data_dir: str | None = _hp(None, str, optional=True, applies=REGISTERED, used=REGISTERED,
+                               help="folder with <task>/<split>.jsonl; default $TUNEDML_DATA_DIR, else the copy inside the package")
     protocol: str = _hp("kshot", str, choices=("kshot", "kfold"))
-    k: int = _hp(16, int, 1, 100_000, help="kshot: examples per class in train (and in dev)")
-    sample_size: int = _hp(64, int, 2, 1_000_000, help="kfold: training (and as many dev) examples drawn from the draw part, apart from every test fold")
-    folds: int = _hp(5, int, 2, 50, help="kfold: number of folds")
-    fold: int = _hp(0, int, 0, 49, help="kfold: the held-out fold")
+    k: int = _hp(16, int, 1, 100_000, applies=KSHOT, used=KSHOT, help="kshot: examples per class in train (and in dev)")
+    sample_size: int = _hp(64, int, 2, 1_000_000, applies=KFOLD, used=KFOLD,
+                           help="kfold: training (and as many dev) examples drawn from the draw part, apart from every test fold")
+    folds: int = _hp(5, int, 2, 50, applies=KFOLD, used=KFOLD, help="kfold: number of folds")
+    fold: int = _hp(0, int, 0, 49, applies=KFOLD, used=KFOLD, help="kfold: the held-out fold")
     seed: int = _hp(0, int, 0, 2**31 - 1, help="seed of the few-shot draw")
-    test_size: int = _hp(2000, int, 1, 1_000_000, help="hold-out size for tasks without an official test split")
-    max_length: int = _hp(128, int, 8, 8192, help="tokens per text")
-    text_column: str = _hp("text", str)
-    label_column: str = _hp("label", str)
+    test_size: int = _hp(DEFAULT_TEST_SIZE, int, 1, 1_000_000, applies=HELD_OUT, used=HELD_OUT,
+                         help=f"kshot: hold-out size for tasks without an official test split; at most half the "
+                              f"examples (the default {DEFAULT_TEST_SIZE} is cut to that, another value is refused)")
+    max_length: int = _hp(128, int, 8, 8192, help="tokens per text (at most what the model's position embeddings hold)")
+    text_column: str = _hp("text", str, applies=USER_DATA, used=USER_DATA)
+    label_column: str = _hp("label", str, applies=USER_DATA, used=USER_DATA)
 
 
 @dataclass
 class ModelConfig:
     name: str = _hp("minilm", str, help="'minilm' (embedded all-MiniLM-L6-v2), a hub id such as roberta-base, or a local path")
     pooling: str = _hp("mean", str, choices=("mean", "cls"))
-    token_mode: bool = _hp(False, bool, help="apply the DML loss to every non-padding token vector")
+    token_mode: bool = _hp(False, bool, applies=WITH_DML, used=WITH_DML,
+                           help="apply the DML loss to every non-padding token vector")
     dropout: float = _hp(0.1, float, 0.0, 0.9)
     reinit_layers: int = _hp(0, int, 0, 48, help="re-initialise the top N encoder layers before training (few-shot stability)")
     freeze_embeddings: bool = _hp(False, bool, help="keep the encoder's word-embedding matrix as pre-trained (about half "
@@ -77,7 +99,7 @@ class ModelConfig:
 class LossConfig:
     name: str = field(default=NO_DML, metadata={"hp": LossName("", str, NO_DML, help="a DML loss, none, or DML losses joined by +")})
     ce_weight: float = _hp(1.0, float, 0.0, 100.0, applies=WEIGHTED)
-    dml_weight: float = _hp(1.0, float, 0.0, 100.0, applies=WEIGHTED, help="scales every DML loss's term")
+    dml_weight: float = _hp(1.0, float, 0.0, 100.0, applies=WEIGHTED, used=WITH_DML, help="scales every DML loss's term")
     weighting: str = _hp("linear", str, choices=tuple(WEIGHTINGS), help="how the terms combine: " + ", ".join(WEIGHTINGS))
     # the DML losses' hyperparameters: ``margin`` for a single loss, ``proxy_anchor.margin`` in a set,
     # and ``<loss>.weight`` (see losses.split_params)
@@ -100,7 +122,7 @@ class TrainConfig:
     eval_batch_size: int = _hp(64, int, 1, 65_536)
     lr: float = _hp(1e-4, float, 1e-8, 1.0, help="few-shot runs take few steps: higher than full-data fine-tuning")
     proxy_lr: float = _hp(1e-2, float, 1e-8, 100.0, help="learning rate of proxies and uncertainty weights",
-                          applies=WITH_LOSS_PARAMETERS)
+                          applies=WITH_LOSS_PARAMETERS, used=WITH_LOSS_PARAMETERS)
     weight_decay: float = _hp(0.01, float, 0.0, 1.0)
     warmup_ratio: float = _hp(0.1, float, 0.0, 1.0)
     max_grad_norm: float = _hp(1.0, float, 0.0, 1e6, help="0 turns clipping off (encoder+head and the loss's own parameters are clipped separately)")
@@ -128,20 +150,21 @@ class TrainConfig:
 class InferenceConfig:
     mode: str = _hp("head", str, choices=("head", "proxy", "mixed"), applies=WITH_DML)
     mix_weight: float = _hp(0.5, float, 0.0, 1.0, help="mixed: weight of the head's probabilities",
-                             applies=WITH_MIXED)
+                             applies=WITH_MIXED, used=MIXED)
     proxy_scale: float = _hp(16.0, float, 0.01, 1000.0, help="mixed: softmax scale of proxy scores",
-                              applies=WITH_MIXED)
+                              applies=WITH_MIXED, used=MIXED)
 
 
 @dataclass
 class AdversarialConfig:
     mode: str = _hp("none", str, choices=ADVERSARIAL_MODES,
                     help="adversarial views of each batch: none, fgm (one step) or pgd (several projected steps)")
-    epsilon: float = _hp(1.0, float, 1e-4, 100.0,
+    epsilon: float = _hp(1.0, float, 1e-4, 100.0, applies=ADVERSARIAL, used=ADVERSARIAL,
                          help="L2 norm of each example's perturbation of its word embeddings (pgd: the ball's radius)")
-    alpha: float = _hp(0.5, float, 1e-4, 100.0, help="pgd: L2 size of each step")
-    steps: int = _hp(3, int, 1, 100, help="pgd: projected gradient steps")
-    weight: float = _hp(1.0, float, 0.0, 100.0, help="weight of the adversarial views' CCE term (relative to CCE)")
+    alpha: float = _hp(0.5, float, 1e-4, 100.0, applies=PGD, used=PGD, help="pgd: L2 size of each step")
+    steps: int = _hp(3, int, 1, 100, applies=PGD, used=PGD, help="pgd: projected gradient steps")
+    weight: float = _hp(1.0, float, 0.0, 100.0, applies=ADVERSARIAL, used=ADVERSARIAL,
+                        help="weight of the adversarial views' CCE term (relative to CCE)")
 
 
 SECTIONS: dict[str, type] = {
@@ -207,6 +230,18 @@ def _params_key(name: str, names: tuple[str, ...]) -> str:
     return param if dot and len(names) == 1 and param != WEIGHT.name else name
 
 
+def same_parameter(a: str, b: str, loss_name: str) -> bool:
+    """Whether two different keys spell one loss hyperparameter under ``loss_name``
+    (``loss.margin`` and ``loss.proxy_anchor.margin`` with loss.name=proxy_anchor)."""
+    if a == b or a in FIELDS or b in FIELDS or not (a.startswith("loss.") and b.startswith("loss.")):
+        return False
+    try:
+        names = loss_set(loss_name)
+    except ConfigError:
+        return False
+    return _params_key(a[len("loss."):], names) == _params_key(b[len("loss."):], names)
+
+
 def _loss_params_flat(loss: "LossConfig") -> dict[str, Any]:
     """The loss's hyperparameters, defaults filled, as flat ``loss.`` keys."""
     names = loss_set(loss.name)
@@ -236,10 +271,11 @@ class RunConfig:
         flat.update(_loss_params_flat(self.loss))
         return flat
 
-    def to_nested(self) -> dict[str, Any]:
-        """Sections of keys; ``loss.<loss>.<param>`` nests once more under its loss."""
+    def to_nested(self, flat: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Sections of keys (of ``flat``, else of this config); ``loss.<loss>.<param>`` nests once
+        more under its loss."""
         nested: dict[str, dict[str, Any]] = {}
-        for key, value in self.to_flat().items():
+        for key, value in (self.to_flat() if flat is None else flat).items():
             section, name = key.split(".", 1)
             owner, dot, param = name.partition(".")
             if dot:
@@ -249,7 +285,12 @@ class RunConfig:
         return nested
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_nested(), sort_keys=False)
+        """Every key, as a file for ``--config``; a key the run does not use (its ``used`` rule) is
+        written at its default, the same run, so that the file goes back in unrefused
+        (:func:`check_used`) even where a search gave it another value in a branch not taken."""
+        flat = self.to_flat()
+        written = {key: value if is_used(key, flat) else FIELDS[key].default for key, value in flat.items()}
+        return yaml.safe_dump(self.to_nested(written), sort_keys=False)
 
     def with_overrides(self, overrides: dict[str, Any], source: str = "--set") -> "RunConfig":
         """A new config with ``overrides`` (flat keys, raw or typed values) applied and validated."""
@@ -262,6 +303,8 @@ class RunConfig:
             flat = {k: v for k, v in flat.items() if k in FIELDS}
         parsed = {key: hyperparameter_for(key, loss_name, source).parse(value, key, source)
                   for key, value in overrides.items()}
+        for key in parsed:  # a later layer's loss hyperparameter replaces the earlier one's, in either spelling
+            flat = {k: v for k, v in flat.items() if k == key or not same_parameter(k, key, loss_name)}
         given = [k for k in RUN_LENGTH if parsed.get(k) is not None]
         if len(given) == 1:  # a later layer's run length replaces the earlier one's, in either spelling
             flat.update({k: None for k in RUN_LENGTH if k not in given})
@@ -320,7 +363,10 @@ def _check_loss(cfg: RunConfig, source: str) -> None:
 
 
 def _check_consistency(cfg: RunConfig, source: str) -> None:
-    """Rules that involve more than one key."""
+    """Rules that involve more than one key (and train.device's form, which no choice list holds)."""
+    if not DEVICE.fullmatch(cfg.train.device):
+        raise ConfigError(f"{source}: train.device: unknown device {cfg.train.device!r}; valid: auto, cpu, cuda, "
+                          "cuda:N, mps")
     _check_run_length(cfg, source)
     if cfg.loss.name == NO_DML and cfg.loss.ce_weight <= 0:
         raise ConfigError(f"{source}: loss.ce_weight must be > 0 when loss.name is 'none'")
@@ -373,17 +419,25 @@ def _check_adversarial(cfg: RunConfig, source: str) -> None:
 def flatten(nested: dict[str, Any], source: str) -> dict[str, Any]:
     """YAML ``{data: {k: 16}}`` to ``{'data.k': 16}``; already-flat keys pass through."""
     flat: dict[str, Any] = {}
+
+    def put(key: str, value: Any) -> None:  # one key, two forms (data: {k: 4} and data.k: 8): no rule picks one
+        if key in flat:
+            raise ConfigError(f"{source}: {key} is given twice ({flat[key]!r} and {value!r}), nested and dotted; "
+                              "keep one")
+        flat[key] = value
+
     for key, value in nested.items():
         if isinstance(value, dict) and "." not in str(key):
             if key not in SECTIONS:
                 raise ConfigError(f"{source}: " + unknown_choice("section", key, SECTIONS))
             for sub, v in value.items():
                 if key == "loss" and isinstance(v, dict):  # loss: {proxy_anchor: {margin: 0.2}}
-                    flat.update({f"loss.{sub}.{p}": pv for p, pv in v.items()})
+                    for p, pv in v.items():
+                        put(f"loss.{sub}.{p}", pv)
                 else:
-                    flat[f"{key}.{sub}"] = v
+                    put(f"{key}.{sub}", v)
         else:
-            flat[str(key)] = value
+            put(str(key), value)
     return flat
 
 
@@ -419,8 +473,49 @@ def parse_set_args(items: list[str]) -> dict[str, str]:
 def explicit_keys(config_file: str | None = None, sets: list[str] | None = None,
                   extra: dict[str, Any] | None = None) -> set[str]:
     """The keys the user set (in the file, as flags or with --set), as opposed to defaults."""
-    keys = set(flatten(load_yaml(config_file), config_file)) if config_file else set()
-    return keys | set(extra or {}) | set(parse_set_args(sets or []))
+    return set(explicit_sources(config_file, sets, extra))
+
+
+def explicit_sources(config_file: str | None = None, sets: list[str] | None = None,
+                     extra: dict[str, Any] | None = None) -> dict[str, str]:
+    """Each key the user set and where its value comes from (the last layer that sets it): the
+    file, the flag (``--dataset``) or ``--set``."""
+    sources = dict.fromkeys(flatten(load_yaml(config_file), config_file), config_file) if config_file else {}
+    sources.update({key: FLAGS.get(key, "command line") for key in extra or {}})
+    sources.update(dict.fromkeys(parse_set_args(sets or []), "--set"))
+    return sources
+
+
+def is_used(key: str, flat: dict[str, Any]) -> bool:
+    """Whether ``key`` has any effect in the run of ``flat`` (a full flat config): its ``used`` rule."""
+    rule = FIELDS[key].used if key in FIELDS else None
+    return rule is None or rule.test(*(flat[k] for k in rule.keys))
+
+
+def unused_message(key: str, value: Any, rule: Applies, context: dict[str, Any]) -> str:
+    """``data.folds=3 does nothing with data.protocol=kshot; it applies only with ...``."""
+    shown = ", ".join(f"{k}={v}" for k, v in context.items() if v is not None)  # data.data_dir=None says nothing
+    return (f"{key}={value} does nothing with {shown}; it applies {rule.text}: leave it out, or change "
+            f"{' or '.join(k for k in rule.keys if context.get(k) is not None)}")
+
+
+def given_by_user(key: str, value: Any) -> bool:
+    """A value the user gave, as opposed to a default: not the key's default, and not the folder of
+    $TUNEDML_DATA_DIR, which sets data.data_dir for every command the way a default does."""
+    if key not in FIELDS or value == FIELDS[key].default:
+        return False
+    return not (key == "data.data_dir" and value == environment_data_dir())
+
+
+def check_used(cfg: RunConfig, given: dict[str, str]) -> None:
+    """Every key the user gave (``given``: key -> where from) is used by the run of ``cfg``, or was
+    given at its default: a value that would be dropped is refused (a full config written by
+    ``tunedml best`` keeps unused keys at their defaults, see :meth:`RunConfig.to_yaml`)."""
+    flat = cfg.to_flat()
+    for key, source in given.items():
+        if given_by_user(key, flat.get(key)) and not is_used(key, flat):
+            rule = FIELDS[key].used
+            raise ConfigError(f"{source}: " + unused_message(key, flat[key], rule, {k: flat[k] for k in rule.keys}))
 
 
 def build_config(config_file: str | None = None, sets: list[str] | None = None,

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import os
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -23,6 +25,8 @@ from .errors import DataError, unknown_choice
 DATA_DIR_ENV = "TUNEDML_DATA_DIR"
 EMBEDDED = "senteval"  # package folder with <task>/<split>.jsonl.gz and labels.json (see its README)
 HOLDOUT_SEED = 20_240_601  # fixed: the hold-out test set must not move with the draw seed
+DEFAULT_TEST_SIZE = 2000  # data.test_size's default: cut to half the examples where there are fewer
+NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")  # a label written as a number (CSV cells are text)
 FOLD_SEED = 7  # fixed: fold membership must not move with the draw seed
 _FORMATS = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
@@ -82,6 +86,22 @@ def resolve_data_dir(data_dir: str | None) -> str | None:
     return data_dir or os.environ.get(DATA_DIR_ENV) or None
 
 
+def environment_data_dir() -> str | None:
+    """$TUNEDML_DATA_DIR as the command line passes it on (an absolute folder), or None."""
+    value = os.environ.get(DATA_DIR_ENV)
+    return os.path.abspath(value) if value else None
+
+
+def has_official_test(dataset: str, data_dir: str | None = None) -> bool:
+    """Whether ``dataset`` brings its own test split (a registered task that has one, or a folder
+    with a test.* file): then kshot does not hold out data.test_size examples."""
+    root = resolve_data_dir(data_dir) if dataset in TASKS else None
+    if dataset in TASKS and not root:
+        return TASKS[dataset].has_test
+    folder = Path(root) / dataset if root else Path(dataset)
+    return folder.is_dir() and any((folder / f"test{ext}").is_file() for ext in _FORMATS)
+
+
 def check_dataset_name(dataset: str) -> None:
     """Fail early (before loading any model) on a name that is neither a task nor a path."""
     if dataset not in TASKS and not Path(dataset).exists():
@@ -113,7 +133,12 @@ _SPLITS = ("train", "dev", "validation", "test", "all")  # a corpus's rows follo
 
 def _from_folder(folder: Path, name: str, text_column: str, label_column: str,
                  label_names: Sequence[str] | None) -> Corpus:
-    files = {p.stem: p for p in sorted(folder.iterdir()) if p.suffix in _FORMATS}
+    files: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        if p.suffix in _FORMATS:
+            if p.stem in files and p.stem in _SPLITS:  # one of them would be read, the other dropped
+                raise DataError(f"{folder}: {files[p.stem].name} and {p.name} both hold the {p.stem} split; keep one")
+            files[p.stem] = p
     labels_file = folder / "labels.json"
     if label_names is None and labels_file.exists():
         label_names = json.loads(labels_file.read_text())
@@ -150,7 +175,29 @@ def _columns(table: Any, where: str, text_column: str, label_column: str) -> tup
         if col not in table.column_names:
             raise DataError(f"{where}: no {what} column {col!r}; columns: {', '.join(table.column_names)} "
                             f"(set data.{what}_column)")
-    return [str(t) for t in table[text_column]], list(table[label_column])
+    texts, labels = list(table[text_column]), list(table[label_column])
+    _check_rows(where, texts, labels, text_column, label_column)
+    return texts, labels
+
+
+def _check_rows(where: str, texts: list[Any], labels: list[Any], text_column: str, label_column: str) -> None:
+    """Every row has a text to train on and a label: a missing or blank cell is refused, not read
+    as the text 'None' or 'nan', nor as a class of its own (rows count from 1, after any header)."""
+    for row, text in enumerate(texts, 1):
+        if text is None:
+            raise DataError(f"{where}: row {row} has no text (column {text_column!r} is missing or null); "
+                            "fill it or remove the row")
+        if not isinstance(text, str):
+            raise DataError(f"{where}: row {row}: text {text!r} in column {text_column!r} is not a string "
+                            f"({type(text).__name__}); is data.text_column the column of texts?")
+        if not text.strip():
+            raise DataError(f"{where}: row {row}: the text in column {text_column!r} is empty; fill it or remove "
+                            "the row")
+    for row, label in enumerate(labels, 1):
+        missing = label is None or isinstance(label, float) and math.isnan(label)
+        if missing or isinstance(label, str) and not label.strip():
+            raise DataError(f"{where}: row {row} has no label (column {label_column!r} is "
+                            f"{'missing or null' if missing else 'empty'}); fill it or remove the row")
 
 
 def _from_package(task: TaskSpec) -> Corpus:
@@ -220,11 +267,35 @@ def _label_ids(values: list[Any], label_names: Sequence[str] | None, where: str)
         index = {v: i for i, v in enumerate(uniq)}
         return np.asarray([index[v] for v in values], dtype=np.int64), [str(v) for v in uniq]
     if kinds == {str}:
+        _check_label_names(sorted(set(values)), where)
+        if label_names is not None:  # names as labels.json (or the task) lists them, in its order
+            unknown = sorted(set(values) - set(label_names))
+            if unknown:
+                raise DataError(f"{where}: label {unknown[0]!r} is not one of labels.json's "
+                                f"{', '.join(map(repr, label_names))}; fix the rows or labels.json")
+            index = {v: i for i, v in enumerate(label_names)}
+            return np.asarray([index[v] for v in values], dtype=np.int64), list(label_names)
         uniq = sorted(set(values))
         index = {v: i for i, v in enumerate(uniq)}
         return np.asarray([index[v] for v in values], dtype=np.int64), uniq
     shown = ", ".join(sorted(t.__name__ for t in kinds))
     raise DataError(f"{where}: labels must be integers or strings, found {shown}")
+
+
+def _check_label_names(names: list[str], where: str) -> None:
+    """Text labels of one kind: all numbers or all words (a CSV reads labels 0, 1 and 'yes' as
+    three names), and no two that differ only in spaces around them ('pos' and 'pos ')."""
+    numbers = [n for n in names if NUMBER.fullmatch(n.strip())]
+    words = [n for n in names if not NUMBER.fullmatch(n.strip())]
+    if numbers and words:
+        raise DataError(f"{where}: labels mix numbers ({', '.join(map(repr, numbers[:3]))}) and words "
+                        f"({', '.join(map(repr, words[:3]))}); a label column holds one kind: fix the rows")
+    stripped: dict[str, str] = {}
+    for name in names:
+        other = stripped.setdefault(name.strip(), name)
+        if other != name:
+            raise DataError(f"{where}: labels {other!r} and {name!r} differ only in spaces around them; "
+                            "fix the rows so that each class has one name")
 
 
 # ---------------------------------------------------------------- few-shot protocols
@@ -245,6 +316,10 @@ def holdout(corpus: Corpus, test_size: int) -> tuple[np.ndarray, np.ndarray]:
         return corpus.train_idx, corpus.test_idx
     pool = corpus.train_idx
     size = min(test_size, len(pool) // 2)
+    if test_size > size and test_size != DEFAULT_TEST_SIZE:
+        raise DataError(f"{corpus.name}: data.test_size={test_size} is more than half of its {len(pool)} examples "
+                        f"(no official test split; the rest is what draws come from); lower data.test_size to "
+                        f"{size} or less")
     perm = np.random.default_rng(HOLDOUT_SEED).permutation(len(pool))
     return np.sort(pool[perm[size:]]), np.sort(pool[perm[:size]])
 

@@ -8,6 +8,7 @@ is written down once.
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
@@ -21,7 +22,23 @@ NULLS = ("None", "null", "~")  # an unset optional key, as str() writes it (MLfl
 
 
 class YamlLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, plus YAML 1.2 floats such as ``1e-4`` (YAML 1.1 reads them as strings)."""
+    """PyYAML's safe loader, plus YAML 1.2 floats such as ``1e-4`` (YAML 1.1 reads them as strings),
+    and a key given twice in one mapping refused (PyYAML keeps the last one silently; YAML says keys
+    are unique)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: its keys may be overridden here
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) or key is None:
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} is given twice, first on line {seen[key].line + 1}; keep one",
+                        key_node.start_mark)
+                seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep)
 
 
 YamlLoader.add_implicit_resolver(
@@ -33,8 +50,14 @@ def load_yaml_text(text: str) -> Any:
 
 
 def _scalar(text: str) -> Any:
-    """A `--set` value read as YAML would read it in a config file."""
-    return load_yaml_text(text) if text.strip() else text
+    """A `--set` value read as YAML would read it in a config file; text that is no YAML (``[``)
+    stays text, which the key's type then refuses with the key's name."""
+    if not text.strip():
+        return text
+    try:
+        return load_yaml_text(text)
+    except yaml.YAMLError:
+        return text
 
 
 @dataclass(frozen=True)
@@ -48,6 +71,10 @@ class Applies:
     keys: tuple[str, ...]
     test: Callable[..., bool]  # called with one value per key, in order
     text: str  # "only with ...": the second half of the error message
+
+    def anywhere(self, values: dict[str, Iterable[Any]]) -> bool:
+        """Whether the key does something in at least one combination of ``values``."""
+        return any(self.test(*combo) for combo in itertools.product(*(list(values[k]) for k in self.keys)))
 
     def failure(self, values: dict[str, Iterable[Any]]) -> dict[str, Any] | None:
         """The first combination of ``values`` (key -> possible values) where the key does nothing."""
@@ -68,6 +95,11 @@ class Hyperparameter:
     optional: bool = False  # None is allowed
     help: str = ""  # what the key does: `tunedml keys` and `tunedml losses` print it
     applies: Applies | None = None  # None: the key matters in every run
+    # where the key has any effect at all; None: in every run. A config, --set or flag that gives it
+    # another value than its default where this fails is refused (config.check_used): the value
+    # would be dropped. Often the same rule as ``applies``, which is stricter where a key has a small
+    # effect that only adds noise to a search (plain CCE's loss.ce_weight).
+    used: Applies | None = None
 
     def describe(self) -> str:
         """Short human text of what is valid, for `tunedml losses` and error messages."""
@@ -92,6 +124,9 @@ class Hyperparameter:
             if self.optional:
                 return None
             raise ConfigError(f"{source}: {key} must not be empty; expected {self.describe()}")
+        if self.kind is str and isinstance(value, str) and not value.strip():
+            leave = "leave it out (or null) for its default" if self.optional else "give a value or leave it out"
+            raise ConfigError(f"{source}: {key}={value!r} is blank; {leave} (tunedml keys lists what it takes)")
         value = self._coerce(value, key, source)
         self.check(value, key, source)
         return value
@@ -103,7 +138,9 @@ class Hyperparameter:
                 return value
             raise bad
         if self.kind is int:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise bad
+            if not math.isfinite(value) or int(value) != value:  # NaN and infinity are no count
                 raise bad
             return int(value)
         if self.kind is float:

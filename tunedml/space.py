@@ -195,8 +195,10 @@ class SearchSpace:
         options = self.root.options_of(key)
         return [self.root.params({key: option}, self.path) for _ in range(per_option) for option in options]
 
-    def check_against(self, base: dict[str, Any]) -> None:
-        """Every branch of the space, on top of ``base`` (the user's fixed keys), is a valid config.
+    def check_against(self, base: dict[str, Any], datasets: list[str] | None = None) -> None:
+        """Every branch of the space, on top of ``base`` (the user's fixed keys), is a valid config,
+        and every value fixed there is used in one branch at least, on one of ``datasets`` (all the
+        datasets of the command: --data-dir may serve some of them only).
 
         A key both searched here and fixed in ``base`` is an error; a key fixed in both takes the
         command line's value.
@@ -210,10 +212,46 @@ class SearchSpace:
                               "command line / --config; remove one of them")
         for key in set(base) & set(self.root.fixed):
             self.root.fixed[key] = base[key]
+        self._take_loss_spelling(base, searched)
         self._take_run_length(base, searched)
         for example in self.root.examples(0) + self.root.examples(-1):
             from_flat({**base, **example}, source=self.path)
         self._check_applies(base)
+        self._check_used(base, datasets)
+
+    def _take_loss_spelling(self, base: dict[str, Any], searched: set[str]) -> None:
+        """A loss hyperparameter given on the command line replaces the space's fixed value in the
+        other spelling too (loss.proxy_anchor.margin over loss.margin); searched there: an error."""
+        from .config import same_parameter
+
+        loss_name = str(base.get("loss.name", self.root.fixed.get("loss.name", FIELDS["loss.name"].default)))
+        for key in base:
+            for other in sorted(k for k in self.root.keys() if same_parameter(k, key, loss_name)):
+                if other in searched:
+                    raise ConfigError(f"{self.path}: {other} is searched in this space and {key} (the same "
+                                      "hyperparameter) is set on the command line / --config; remove one of them")
+                self.root.drop(other)
+
+    def _check_used(self, base: dict[str, Any], datasets: list[str] | None) -> None:
+        """Every value the user fixed (on the command line, in --config, or at the top of the space)
+        does something in at least one branch of the space: a value no trial would use is refused,
+        as `tunedml train` refuses it (config.check_used)."""
+        from .config import given_by_user, unused_message
+
+        fixed = {**self.root.fixed, **base}
+        paths = self.root.paths()
+        for key, value in fixed.items():
+            rule = FIELDS[key].used if key in FIELDS else None
+            if rule is None or not given_by_user(key, value):
+                continue
+            contexts = [{k: values.get(k, [fixed.get(k, FIELDS[k].default)]) for k in rule.keys}
+                        for _, values, _ in paths]
+            if datasets and "data.dataset" in rule.keys and "data.dataset" not in self.root.keys():
+                contexts = [{**context, "data.dataset": datasets} for context in contexts]
+            if not any(rule.anywhere(context) for context in contexts):
+                where = "set on the command line / --config" if key in base else "fixed in this space"
+                message = unused_message(key, value, rule, rule.failure(contexts[0]) or {})
+                raise ConfigError(f"{self.path}: {message} ({where}; no branch of the space uses it)")
 
     def _take_run_length(self, base: dict[str, Any], searched: set[str]) -> None:
         """A run length given on the command line (train.steps or train.epochs) replaces the space's,

@@ -37,3 +37,6 @@ class RetrainOptions:
                 raise ConfigError(message)
         if self.interval not in INTERVALS:
             raise ConfigError("--interval: " + unknown_choice("interval", self.interval, INTERVALS))
+        if self.interval != "bootstrap" and self.bootstrap != RetrainOptions.bootstrap:
+            raise ConfigError(f"--bootstrap {self.bootstrap} does nothing with --interval {self.interval}: resamples "
+                              "are drawn only for --interval bootstrap; leave it out or pass --interval bootstrap")

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import tracking
-from ..config import FIELDS, flatten, from_flat
+from ..config import FIELDS, check_used, flatten, from_flat
 from ..data import check_dataset_name
 from ..errors import ConfigError, TrackingError
 from ..losses import NO_DML
@@ -122,8 +122,24 @@ def select(sel: Selection) -> tuple[Candidate, Candidate]:
     check_dataset_name(dataset)
     resolve_model(str(best.config["model.name"]))
     wants_record = sel.baseline is None or (sel.baseline != UNTUNED and _is_file(sel.baseline))
-    baseline = _select_baseline(sel, overrides, recorded(dataset)[1] if wants_record else None, best)
-    return best, align_baseline(best, baseline)
+    cce = recorded(dataset)[1] if wants_record else None
+    baseline = align_baseline(best, _select_baseline(sel, overrides, cce, best))
+    check_given(sel, best, baseline)
+    return best, baseline
+
+
+def check_given(sel: Selection, best: Candidate, baseline: Candidate) -> None:
+    """What the user gave is used (config.check_used): --config's keys by the best configuration, a
+    --baseline file's by the baseline, and each override of the command line by one of the two."""
+    if sel.config_file:
+        check_used(best.run_config, dict.fromkeys(read_yaml_config(sel.config_file)[0], sel.config_file))
+    if sel.baseline and sel.baseline != UNTUNED and _is_file(sel.baseline):
+        check_used(baseline.run_config, dict.fromkeys(read_yaml_config(sel.baseline)[0], sel.baseline))
+    for key in sel.overrides:
+        try:
+            check_used(best.run_config, {key: "command line"})
+        except ConfigError:
+            check_used(baseline.run_config, {key: "command line"})
 
 
 def _is_file(value: str) -> bool:
