@@ -24,7 +24,6 @@ from typing import Any
 from ..config import from_flat
 from ..metrics import METRICS
 from ..progress import Progress
-from .options import MAX_RESCORE_DRAWS
 from .results import SearchResult, TrialSummary, ranked
 from .trainable import repeat_config
 
