@@ -54,6 +54,7 @@ class SearchResult:
     seconds: float = 0.0
     choices: dict[str, list[Any]] = field(default_factory=dict)  # top-level choice key -> its options
     rescored: list[Any] = field(default_factory=list)  # search.rescore.Rescored: the leaders re-scored, if asked
+    rescore_seconds: float = 0.0  # of ``seconds``, the re-scoring's share
 
     @property
     def search_best(self) -> TrialSummary | None:
@@ -103,6 +104,7 @@ class SearchResult:
             "per_option": {key: self.per_option(key) for key in self.choices},
             "search_best_trial": self.search_best.trial_id if self.search_best else None,
             "rescored": [r.to_dict(self.metric) for r in self.rescored] or None,
+            "rescore_seconds": round(self.rescore_seconds, 1),
             "seconds": round(self.seconds, 1),
         }
 

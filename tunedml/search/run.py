@@ -118,6 +118,7 @@ def run_search(tokens: Any, base: dict[str, Any], space: SearchSpace, options: S
                                 f"continue it with --resume --name {name}", result)
     n, draws = _rescoring(path, options)
     if n and result.best is not None:
+        rescore_start = time.perf_counter()
         try:
             leaders = rescore(tokens, base, result, n, draws, result.metric, cpus, options.gpus_per_trial,
                               options.verbose)
@@ -127,6 +128,7 @@ def run_search(tokens: Any, base: dict[str, Any], space: SearchSpace, options: S
         apply(result, leaders, result.metric)
         result.best_config = from_flat({**base, **result.best.config}, source="best trial").to_flat()
         result.seconds = time.perf_counter() - start
+        result.rescore_seconds = time.perf_counter() - rescore_start
     return result
 
 
