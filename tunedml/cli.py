@@ -115,8 +115,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     def on_eval(e) -> None:
         parts = ", ".join(f"{k} {v:.3f}" for k, v in e.loss_parts.items())
-        progress.step(f"step {e.step}/{trainer.total_steps} (epoch {e.epoch:.1f})  loss {e.train_loss:.4f} ({parts})  "
-                      f"dev {fmt_scores(e.dev)}  {e.seconds:.1f}s")
+        stage = f"  stage {e.stage}" if trainer.plan.two_stage else ""
+        alone = f"  {e.batches_without_positives} batches without positives" if cfg.loss.name != "none" else ""
+        progress.step(f"step {e.step}/{trainer.total_steps} (epoch {e.epoch:.1f}){stage}  loss {e.train_loss:.4f} "
+                      f"({parts}){alone}  dev {fmt_scores(e.dev)}  {e.seconds:.1f}s")
 
     result = trainer.fit(on_eval)
     summary = {"dataset": cfg.data.dataset, "model": cfg.model.name, "loss": cfg.loss.name,
