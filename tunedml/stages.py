@@ -60,6 +60,13 @@ class StagePlan:
         return self.total_steps - self.encoder_steps
 
 
+def encoder_ce_weight(cfg: "RunConfig") -> float:
+    """CCE's weight in the loss the encoder trains on: ``loss.ce_weight`` in a joint run; none in a
+    two-stage run, whose stage 2 trains the head with CCE alone. Whoever rebuilds the loss (a
+    saved model) builds it with this weight, so that its parameters are the trained ones."""
+    return cfg.loss.ce_weight if cfg.train.schedule == "joint" else 0.0
+
+
 def freeze(*modules: nn.Module) -> None:
     """Stage 2: nothing in ``modules`` (the encoder, the loss's proxies) learns any more."""
     for module in modules:

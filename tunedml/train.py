@@ -29,7 +29,7 @@ from .evaluate import Outputs, autocast_for, class_centers, forward_all, predict
 from .losses import build_loss
 from .model import EncoderOutput, build_model
 from .sampling import build_sampler, has_positive_pair
-from .stages import ENCODER, HEAD, HEAD_FITS, JOINT, HeadFit, StagePlan, freeze
+from .stages import ENCODER, HEAD, HEAD_FITS, JOINT, HeadFit, StagePlan, encoder_ce_weight, freeze
 
 EvalCallback = Callable[["EvalResult"], None]
 # AdamW's multi-tensor path: the default single-tensor loop updates MiniLM's 100-odd tensors one by
@@ -151,8 +151,7 @@ class Trainer:
             seed_everything(cfg.train.seed)
             self.model = build_model(cfg.model.name, num_classes, cfg.model.pooling, cfg.model.dropout,
                                      cfg.model.reinit_layers).to(self.device)
-            ce_weight = cfg.loss.ce_weight if cfg.train.schedule == "joint" else 0.0  # two_stage: no CCE in stage 1
-            self.loss = build_loss(cfg.loss.name, ce_weight, cfg.loss.dml_weight, cfg.loss.params,
+            self.loss = build_loss(cfg.loss.name, encoder_ce_weight(cfg), cfg.loss.dml_weight, cfg.loss.params,
                                    num_classes, self.model.hidden_size, weighting=cfg.loss.weighting).to(self.device)
         if cfg.model.freeze_embeddings:
             self.model.encoder.get_input_embeddings().weight.requires_grad_(False)
