@@ -22,9 +22,10 @@ from .errors import ConfigError, unknown_choice
 from .hparams import Applies, Hyperparameter, load_yaml_text
 from .losses import LOSSES, NO_DML, WEIGHT, WEIGHTINGS, LossName, learns_parameters, loss_set, split_params
 from .sampling import SAMPLERS, check_m_per_class
-from .stages import HEAD_FITS, SCHEDULES
 
 ADVERSARIAL_MODES = ("none", "fgm", "pgd")  # tunedml.adversarial implements them
+SCHEDULES = ("joint", "two_stage")  # tunedml.stages.StagePlan implements them
+HEAD_FITS = ("linear", "logistic")  # the keys of tunedml.stages.HEAD_FITS
 DEFAULT_STEPS = 100  # train.steps when neither train.steps nor train.epochs is given (docs/budget.md)
 RUN_LENGTH = ("train.steps", "train.epochs")  # two spellings of one setting: a config gives one of them
 
@@ -163,7 +164,7 @@ class InferenceConfig:
 
 @dataclass
 class HeadConfig:
-    fit: str = _hp("linear", str, choices=tuple(HEAD_FITS), applies=TWO_STAGE,
+    fit: str = _hp("linear", str, choices=HEAD_FITS, applies=TWO_STAGE,
                    help="two_stage: how stage 2 fits the classifier on the frozen encoder: linear (the linear head "
                         "with CCE for the steps after stage 1, at head.lr) or logistic (scikit-learn's logistic "
                         "regression on the training draw's embeddings, once, after a stage 1 as long as the run; "

@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from .config import RunConfig
     from .model import EncoderClassifier
 
-SCHEDULES = ("joint", "two_stage")  # train.schedule
 JOINT, ENCODER, HEAD = "joint", "encoder", "head"  # what a run is training at an evaluation
 STAGE_NUMBERS = {JOINT: 0, ENCODER: 1, HEAD: 2}  # the stage as a number, for Ray Tune's and MLflow's metrics
 
