@@ -10,7 +10,8 @@ import pytest
 
 from tunedml.data import draw, load_corpus
 from tunedml.errors import DataError
-from tunedml.sampling import MPerClassBatches, RandomBatches, auto_m, build_sampler, has_positive_pair
+from tunedml.sampling import (MPerClassBatches, RandomBatches, auto_m, build_sampler, has_positive_pair,
+                              without_positive)
 
 
 @pytest.fixture(scope="module")
@@ -106,3 +107,7 @@ def test_a_kfold_draw_is_checked_by_its_smallest_class(trec):
 def test_a_positive_pair_is_a_class_twice():
     assert has_positive_pair(np.array([0, 1, 0])) and not has_positive_pair(np.array([0, 1, 2]))
     assert not has_positive_pair(np.array([3]))
+
+
+def test_examples_without_a_positive_are_alone_of_their_class():
+    assert without_positive(np.array([0, 1, 0, 2, 2, 3])) == 2 and without_positive(np.array([4, 4])) == 0

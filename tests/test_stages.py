@@ -55,6 +55,12 @@ def test_stage_plan(sets, total, encoder):
     assert (plan.encoder_steps, plan.head_steps, plan.two_stage) == (encoder, total - encoder, cfg.train.schedule == "two_stage")
 
 
+def test_dev_is_evaluated_where_stage_1_hands_the_encoder_over(tiny_roberta, data_dir, tokens):
+    trainer = trainer_for(config(tiny_roberta, data_dir, "train.eval_every=4"), tokens)
+    assert trainer.evaluation_steps() == [3, 4, 6]
+    assert [(r.step, r.stage) for r in trainer.checkpoints()] == [(3, ENCODER), (4, HEAD), (6, HEAD)]
+
+
 def test_a_linear_head_stage_needs_a_step_of_its_own():
     cfg = build_config(sets=["loss.name=supcon", "train.schedule=two_stage", "train.epochs=1"])
     with pytest.raises(ConfigError, match="needs a step for each stage; the run has 1"):

@@ -14,7 +14,7 @@ from tunedml.data import Draw, load_corpus, tokenize
 from tunedml.errors import ConfigError, DataError, NonFiniteLossError
 from tunedml.evaluate import class_centers
 from tunedml.model import load_tokenizer
-from tunedml.sampling import has_positive_pair
+from tunedml.sampling import has_positive_pair, without_positive
 from tunedml.train import FitResult, Trainer, draw_for, pick_device, run_training
 
 
@@ -161,7 +161,7 @@ def test_m_per_class_batches_give_every_class_positives(tiny_roberta, data_dir):
     for batch in batches:  # 12 = 2 examples of each of the 6 classes
         assert np.bincount(trec.corpus.labels[batch], minlength=6).tolist() == [2] * 6
     results = list(Trainer(cfg, trec, small_draw(cfg, trec)).checkpoints())
-    assert [r.batches_without_positives for r in results] == [0, 0]
+    assert [(r.batches_without_positives, r.examples_without_positive) for r in results] == [(0, 0), (0, 0)]
 
 
 def test_each_evaluation_counts_the_batches_without_a_positive_pair(tiny_roberta, data_dir):
@@ -169,10 +169,12 @@ def test_each_evaluation_counts_the_batches_without_a_positive_pair(tiny_roberta
     cfg = config(tiny_roberta, data_dir, "data.dataset=trec", "data.k=2", "train.batch_size=3", "loss.name=supcon",
                  "train.epochs=3")  # 12 examples: 4 steps a pass, dev after each
     trainer = Trainer(cfg, trec, small_draw(cfg, trec))
-    counted = [r.batches_without_positives for r in trainer.checkpoints()]
+    counted = [(r.batches_without_positives, r.examples_without_positive) for r in trainer.checkpoints()]
     replay = trainer.sampler(np.random.default_rng(cfg.train.seed))  # the same random batches again
-    expected = [sum(not has_positive_pair(trec.corpus.labels[next(replay)]) for _ in range(4)) for _ in range(3)]
-    assert counted == expected and sum(counted) > 0, "pick settings where random batches miss positives"
+    labels = [[trec.corpus.labels[next(replay)] for _ in range(4)] for _ in range(3)]
+    expected = [(sum(not has_positive_pair(b) for b in evaluation), sum(without_positive(b) for b in evaluation))
+                for evaluation in labels]
+    assert counted == expected and sum(c[0] for c in counted) > 0, "pick settings where random batches miss positives"
 
 
 def test_batches_a_draw_cannot_give_are_refused_before_the_model_loads(tiny_roberta, data_dir, tokens):

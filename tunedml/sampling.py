@@ -29,6 +29,13 @@ def has_positive_pair(labels: np.ndarray) -> bool:
     return len(labels) > 1 and int(np.bincount(labels).max()) >= 2
 
 
+def without_positive(labels: np.ndarray) -> int:
+    """How many examples of ``labels`` (a batch's) are alone of their class: anchors that a pair or
+    contrastive loss can only push away. A batch larger than the task's classes always has a
+    positive pair, yet may leave most of a rare class's examples without one."""
+    return int((np.bincount(labels) == 1).sum())
+
+
 @dataclass(frozen=True)
 class RandomBatches:
     """Passes over the draw, each in a new order from ``rng``, cut into batches (the last may be

@@ -28,7 +28,7 @@ from .errors import ConfigError, NonFiniteLossError
 from .evaluate import Outputs, autocast_for, class_centers, forward_all, predict, scores
 from .losses import build_loss
 from .model import EncoderOutput, build_model
-from .sampling import build_sampler, has_positive_pair
+from .sampling import build_sampler, has_positive_pair, without_positive
 from .stages import ENCODER, HEAD, HEAD_FITS, JOINT, HeadFit, StagePlan, encoder_ce_weight, freeze
 
 EvalCallback = Callable[["EvalResult"], None]
@@ -49,6 +49,7 @@ class EvalResult:
     seconds: float  # since the previous evaluation, this one included
     stage: str = JOINT  # joint, or encoder / head in a two-stage run (tunedml.stages)
     batches_without_positives: int = 0  # of the steps since the previous evaluation: no class twice in the batch
+    examples_without_positive: int = 0  # of those steps' examples: alone of their class in their batch
 
     @property
     def collapsed(self) -> bool:
@@ -173,6 +174,7 @@ class Trainer:
         self.rng = np.random.default_rng(t.seed)
         self.step = 0
         self.batches_without_positives = 0  # so far
+        self.examples_without_positive = 0  # so far
         self.head_fit: HeadFit | None = None  # stage 2 of a two-stage run, once it has begun
         self._batches = self._batch_stream()
         self.best: tuple[EvalResult, dict[str, dict[str, torch.Tensor]]] | None = None  # train.restore_best
@@ -257,7 +259,9 @@ class Trainer:
             if self._head_due():
                 self._start_head()
             indices = next(self._batches)
-            self.batches_without_positives += not has_positive_pair(self.tokens.corpus.labels[indices])
+            labels = self.tokens.corpus.labels[indices]
+            self.batches_without_positives += not has_positive_pair(labels)
+            self.examples_without_positive += without_positive(labels)
             self.step += 1
             loss, parts = self._step_on(indices)
             total += float(loss.detach()) * len(indices)
@@ -357,20 +361,27 @@ class Trainer:
         """Stage 1 has no trained head yet: dev is scored by the proxies (or class centers) meanwhile."""
         return "proxy" if self.stage == ENCODER else self.cfg.inference.mode
 
+    def evaluation_steps(self) -> list[int]:
+        """The steps after which dev is evaluated: every ``eval_every`` steps, at the end of a
+        two-stage run's stage 1 (the encoder it hands over) and at the last step."""
+        steps = {*range(self.eval_every, self.total_steps, self.eval_every), self.total_steps}
+        if self.plan.encoder_steps < self.total_steps:
+            steps.add(self.plan.encoder_steps)
+        return sorted(steps)
+
     def checkpoints(self) -> Iterator[EvalResult]:
-        """Train to the end of the run, evaluating dev every ``eval_every`` steps, at the end of a
-        two-stage run's stage 1 and at the last step."""
-        while self.step < self.total_steps:
-            start, without = time.perf_counter(), self.batches_without_positives
-            upto = min(self.total_steps, (self.step // self.eval_every + 1) * self.eval_every)
-            if self.step < self.plan.encoder_steps:
-                upto = min(upto, self.plan.encoder_steps)
+        """Train to the end of the run, evaluating dev at each of :meth:`evaluation_steps` still ahead."""
+        for upto in self.evaluation_steps():
+            if upto <= self.step:
+                continue
+            start, without = time.perf_counter(), (self.batches_without_positives, self.examples_without_positive)
             loss, parts = self.train_steps(upto - self.step)
             if self.step == self.total_steps and self._head_due():  # a logistic head, fitted after the last step
                 parts = {**parts, **self._start_head()}
             dev = self.evaluate(self.draw.dev, mode=self._dev_mode())
             result = EvalResult(self.step, self.step / self.steps_per_epoch, loss, parts, dev,
-                                time.perf_counter() - start, self.stage, self.batches_without_positives - without)
+                                time.perf_counter() - start, self.stage, self.batches_without_positives - without[0],
+                                self.examples_without_positive - without[1])
             if self.cfg.train.restore_best and result.stage != ENCODER:  # stage 1's weights come without a head
                 self._keep_if_best(result)
             yield result

@@ -56,6 +56,7 @@ def trainable(config: dict[str, Any], tokens: Any, base: dict[str, Any], repeats
             "dev_collapsed": float(np.mean([r.collapsed for r in results])),  # the share of repeats that collapsed
             "stage": STAGE_NUMBERS[results[0].stage],  # 0 joint; two_stage: 1 encoder, 2 head
             "batches_without_positives": float(np.mean([r.batches_without_positives for r in results])),
+            "examples_without_positive": float(np.mean([r.examples_without_positive for r in results])),
             "node_id": node,
             "threads": torch.get_num_threads(),  # what the trial really computes with
         })
