@@ -268,10 +268,11 @@ def test_a_search_over_samplers_and_schedules_reports_stages_and_batches(local_r
         schedule, fit = child.data.params["train.schedule"], child.data.params["head.fit"]
         expected = {"joint": [0, 0], "two_stage": [1, 2]}[schedule]  # linear: stage 1 ends at step 2, where dev is
         assert stages == expected, (schedule, fit, stages)
-        without = client.get_metric_history(child.info.run_id, "batches_without_positives")
-        assert [m.step for m in without] == [2, 4]
+        without = {key: client.get_metric_history(child.info.run_id, key)
+                   for key in ("batches_without_positives", "examples_without_positive")}
+        assert all([m.step for m in history] == [2, 4] for history in without.values())
         if child.data.params["data.sampler"] == "m_per_class":  # 2 of each class in every batch of 4
-            assert [m.value for m in without] == [0, 0]
+            assert all([m.value for m in history] == [0, 0] for history in without.values())
         logged = {key: [m.step for m in client.get_metric_history(child.info.run_id, key)] for key in ("loss_dml", "loss_ce")}
         expected = {"joint": {"loss_dml": [2, 4], "loss_ce": [2, 4]}, "linear": {"loss_dml": [2], "loss_ce": [4]},
                     "logistic": {"loss_dml": [2, 4], "loss_ce": [4]}}[fit if schedule == "two_stage" else schedule]
