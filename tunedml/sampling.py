@@ -32,7 +32,7 @@ def has_positive_pair(labels: np.ndarray) -> bool:
 def without_positive(labels: np.ndarray) -> int:
     """How many examples of ``labels`` (a batch's) are alone of their class: anchors that a pair or
     contrastive loss can only push away. A batch larger than the task's classes always has a
-    positive pair, yet may leave most of a rare class's examples without one."""
+    positive pair, yet may leave several of its examples without one."""
     return int((np.bincount(labels) == 1).sum())
 
 
