@@ -73,6 +73,20 @@ def test_train_json_prints_one_object_with_dev_and_test(tiny_roberta, data_dir):
     assert len(progress) == 2 and progress[0].startswith("eval 1/2  step 2/4 (epoch 1.0)  loss")
 
 
+def test_train_progress_shows_the_stage_and_the_batches_without_positives(tiny_roberta, data_dir):
+    run = tunedml("train", "--json", "--dataset", "trec", "--data-dir", data_dir, "--model", tiny_roberta,
+                  "--set", "data.k=4", "--set", "train.steps=4", "--set", "train.eval_every=3", "--set", "loss.name=supcon",
+                  "--set", "train.schedule=two_stage", "--set", "data.sampler=m_per_class", "--set", "train.batch_size=12",
+                  "--set", "data.max_length=32")
+    assert run.returncode == 0, run.stderr
+    progress = progress_lines(run)  # stage 1 ends at step 2: dev there, at 3 and at the last step
+    assert [line.split("  ")[1:3] for line in progress] == [["step 2/4 (epoch 1.0)", "stage encoder"],
+                                                             ["step 3/4 (epoch 1.5)", "stage head"],
+                                                             ["step 4/4 (epoch 2.0)", "stage head"]]
+    assert progress[0].startswith("eval 1/3") and "(dml " in progress[0] and "(ce " in progress[1]
+    assert all("without positives: 0 batches, 0 examples" in line for line in progress)  # 2 of each of 6 classes
+
+
 @pytest.mark.slow  # ~12 s; test_train_json_prints_one_object... keeps the train command in the fast tier
 def test_train_prints_a_readable_summary(tiny_roberta, data_dir):
     run = tunedml("train", "--dataset", "sst2", "--data-dir", data_dir, "--model", tiny_roberta,

@@ -378,3 +378,65 @@ def test_the_written_config_keeps_unused_keys_at_their_defaults_and_reads_back_t
     check_used(again, explicit_sources(path))
     flat, back = cfg.to_flat(), again.to_flat()
     assert {k for k in flat if flat[k] != back[k]} == {"inference.mix_weight", "data.k", "train.proxy_lr"}
+
+
+# ---------------------------------------------------------------- recipes: batches per class, two stages
+
+def test_recipes_default_to_random_batches_and_joint_training():
+    cfg = build_config()
+    assert (cfg.data.sampler, cfg.data.m_per_class, cfg.train.schedule, cfg.head.fit) == ("random", None, "joint", "linear")
+    assert {"data.sampler", "data.m_per_class", "train.schedule", "train.stage1_fraction", "head.fit", "head.lr"} <= set(FIELDS)
+
+
+def test_sampler_and_stage_registries_are_the_keys_choices():
+    from tunedml.sampling import SAMPLERS
+    from tunedml.stages import HEAD_FITS
+
+    assert FIELDS["data.sampler"].choices == tuple(SAMPLERS) and FIELDS["head.fit"].choices == tuple(HEAD_FITS)
+
+
+@pytest.mark.parametrize("sets, fragment", [
+    (["data.sampler=m_per_class", "data.m_per_class=3"],
+     "train.batch_size=16 is not a multiple of data.m_per_class=3"),
+    (["data.sampler=m_per_class", "data.m_per_class=16"],
+     "train.batch_size=16 with data.m_per_class=16 holds one class per batch: no negative pairs"),
+    (["data.sampler=m_per_class", "data.m_per_class=8", "data.k=4"],
+     "data.m_per_class=8 is more than the data.k=4 examples of each class in a kshot draw"),
+    (["data.sampler=m_per_class", "train.batch_size=3"], "a batch needs two classes of two examples or more"),
+    (["data.m_per_class=1"], "data.m_per_class=1 is out of range; valid: int in [2, 4096]"),
+    (["train.schedule=two_stage"], "train.schedule=two_stage trains the encoder with a DML loss alone in stage 1, and "
+                                   "loss.name=none names none"),
+    (["train.schedule=two_stage", "loss.name=supcon", "loss.dml_weight=0"], "loss.dml_weight=0 leaves it no weight"),
+    (["train.schedule=two_stage", "loss.name=supcon+ntxent", "loss.supcon.weight=0", "loss.ntxent.weight=0"],
+     "every loss.<loss>.weight of supcon+ntxent is 0"),
+    (["train.schedule=two_stage", "loss.name=supcon", "adversarial.mode=fgm"],
+     "adversarial.mode=fgm follows the CCE gradient, which stage 1 of train.schedule=two_stage does not train"),
+    (["train.schedule=two_stage", "loss.name=supcon", "train.steps=1"], "needs a step for each stage; train.steps=1"),
+    (["train.schedule=two_stage", "loss.name=supcon", "loss.weighting=epo"], "only supcon has a weight > 0"),
+    (["train.schedule=two_stage", "loss.name=supcon", "train.stage1_fraction=1"], "train.stage1_fraction=1.0 is out of range"),
+])
+def test_recipes_that_cannot_be_met_are_one_line(sets, fragment):
+    with pytest.raises(ConfigError) as error:
+        build_config(sets=sets)
+    assert fragment in str(error.value) and "\n" not in str(error.value), str(error.value)
+
+
+@pytest.mark.parametrize("sets", [
+    ["data.sampler=m_per_class"],  # m unset: split evenly once the draw's classes are known
+    ["data.sampler=m_per_class", "data.m_per_class=8"],
+    ["data.sampler=m_per_class", "data.m_per_class=4", "train.batch_size=24", "data.k=4"],
+    ["train.schedule=two_stage", "loss.name=supcon", "loss.ce_weight=0"],  # stage 2 fits the head whatever ce_weight is
+    ["train.schedule=two_stage", "loss.name=proxy_anchor", "loss.ce_weight=0", "inference.mode=mixed"],
+    ["train.schedule=two_stage", "loss.name=supcon+ntxent", "loss.weighting=uncertainty"],  # two DML terms in stage 1
+    ["train.schedule=two_stage", "loss.name=supcon", "head.fit=logistic", "train.steps=1"],
+])
+def test_recipes_that_can_be_met_are_accepted(sets):
+    build_config(sets=sets)
+
+
+def test_recipe_keys_round_trip_through_recorded_params():
+    # MLflow records every value as a string: an unset m_per_class comes back as 'None'
+    cfg = build_config(sets=["data.sampler=m_per_class", "train.schedule=two_stage", "loss.name=supcon",
+                             "head.fit=logistic", "head.lr=0.01", "train.stage1_fraction=0.7"])
+    again = from_flat({k: str(v) for k, v in cfg.to_flat().items()})
+    assert again.to_flat() == cfg.to_flat() and again.data.m_per_class is None and again.head.lr == 0.01

@@ -248,6 +248,13 @@ def test_draw_at_the_largest_value_the_space_searches(refused, search, tmp_path)
     refused(*args, fragments=("trec: class 'ABBR'", "k=60", f"{space} searches data.k=60"))
 
 
+def test_batches_per_class_the_draw_cannot_give_at_the_spaces_extremes(refused, search):
+    args = search(space=str(SPACES / "recipes.yaml"))
+    args[args.index("data.k=4")] = "data.k=8"  # a batch of 32 takes 16 of each of sst2's two classes
+    refused(*args, fragments=("sst2: class 'negative' has 8 examples in the training draw; a batch of 32 takes 16 of "
+                              "each class", "recipes.yaml searches", "train.batch_size=32", "data.sampler=m_per_class"))
+
+
 # ----------------------------------------------------------------- 6. a model that cannot be loaded
 
 def test_folder_without_a_model(refused, search, tmp_path, tiny_roberta, data_dir):

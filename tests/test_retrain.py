@@ -266,6 +266,26 @@ def test_a_draw_scores_as_the_trainer_does(tiny_roberta, data_dir, tokens, sets)
     assert snapshot.prototype_kind == ("proxies" if "loss.name" in sets else "class centers")
 
 
+def test_a_two_stage_draw_on_batches_per_class_scores_and_saves_as_the_trainer_does(tiny_roberta, data_dir, tokens,
+                                                                                    tmp_path):
+    from tunedml.config import from_flat
+    from tunedml.retrain import train_draw
+    from tunedml.train import Trainer, draw_for
+
+    sets = {"loss.name": "supcon+ntxent", "loss.weighting": "uncertainty", "train.schedule": "two_stage",
+            "head.fit": "logistic", "data.sampler": "m_per_class", "train.batch_size": 8}  # k=4: 4 of each class
+    flat = apply_overrides(sets, small(tiny_roberta, data_dir), "test")
+    cfg = from_flat(flat)
+    result, snapshot = train_draw(cfg, tokens, 0, keep_state=True)
+    assert result.test == Trainer(cfg, tokens, draw_for(cfg, tokens)).fit(evaluate_test=True).test
+    candidate = Candidate("best", flat, "test")
+    model = load_model(save_model(tmp_path / "model", candidate, snapshot, tokens.corpus.label_names, result))
+    test = tokens.corpus.test_idx
+    predicted = model.predict([tokens.corpus.texts[i] for i in test])
+    accuracy = np.mean(np.array([model.label_names.index(p) for p in predicted]) == tokens.corpus.labels[test])
+    assert accuracy == pytest.approx(result.test["accuracy"], abs=1e-9)  # the logistic head, saved as the linear head
+
+
 def test_the_comparison_survives_json(compared):
     again = Comparison.from_dict(json.loads(json.dumps(compared.to_dict())))
     assert again.to_dict() == compared.to_dict()

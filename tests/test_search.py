@@ -229,6 +229,56 @@ def local_ray():
             ray.shutdown()
 
 
+RECIPES = """
+loss.name: supcon
+train.steps: 4
+train.eval_every: 2
+train.batch_size: 4
+data.sampler: {categorical: [random, m_per_class]}
+train.schedule:
+  choice:
+    joint: {}
+    two_stage:
+      head.fit: {categorical: [linear, logistic]}
+"""
+
+
+@pytest.mark.slow  # starts Ray
+def test_a_search_over_samplers_and_schedules_reports_stages_and_batches(local_ray, tmp_path, tiny_roberta, data_dir,
+                                                                        monkeypatch, capsys):
+    from mlflow import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    space = tmp_path / "recipes.yaml"
+    space.write_text(RECIPES)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    rc = main(["search", "--dataset", "sst2", "--data-dir", data_dir, "--space", str(space), "--trials", "2",
+               "--model", tiny_roberta, "--set", "data.k=2", "--storage", str(tmp_path / "results"), "--scheduler", "none",
+               "--start-per-option", "train.schedule=1", "--tracking-uri", uri, "--json"])
+    stdout, stderr = capsys.readouterr()
+    assert rc == 0, stderr
+    summary = json.loads(stdout)
+    assert summary["failed"] == [] and summary["finished"] == 2
+    assert {k: v["trials"] for k, v in summary["per_option"]["train.schedule"].items()} == {"joint": 1, "two_stage": 1}
+    client = MlflowClient(uri)
+    parent = client.get_run(summary["mlflow"]["run_id"])
+    children = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    for child in children:
+        stages = [m.value for m in client.get_metric_history(child.info.run_id, "stage")]
+        schedule, fit = child.data.params["train.schedule"], child.data.params["head.fit"]
+        expected = {"joint": [0, 0], "two_stage": [1, 2]}[schedule]  # linear: stage 1 ends at step 2, where dev is
+        assert stages == expected, (schedule, fit, stages)
+        without = {key: client.get_metric_history(child.info.run_id, key)
+                   for key in ("batches_without_positives", "examples_without_positive")}
+        assert all([m.step for m in history] == [2, 4] for history in without.values())
+        if child.data.params["data.sampler"] == "m_per_class":  # 2 of each class in every batch of 4
+            assert all([m.value for m in history] == [0, 0] for history in without.values())
+        logged = {key: [m.step for m in client.get_metric_history(child.info.run_id, key)] for key in ("loss_dml", "loss_ce")}
+        expected = {"joint": {"loss_dml": [2, 4], "loss_ce": [2, 4]}, "linear": {"loss_dml": [2], "loss_ce": [4]},
+                    "logistic": {"loss_dml": [2, 4], "loss_ce": [4]}}[fit if schedule == "two_stage" else schedule]
+        assert logged == expected, (schedule, fit)  # two stages: DML alone, then the head's CCE
+
+
 @pytest.mark.slow  # starts Ray
 def test_failing_trial_is_recorded_with_its_reason_and_the_others_finish(local_ray, tmp_path, tiny_roberta, nan_model,
                                                                         data_dir, capsys):

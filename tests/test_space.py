@@ -349,7 +349,23 @@ INVALID = {
     "epo with one term": ("loss.name: {choice: {none: {}, supcon: {}}}\nloss.weighting: epo\n", "loss.weighting=epo",
                           "combines several terms"),
     "learned weights searched": ("loss.name: supcon\nloss.weighting: uncertainty\nloss.dml_weight: {uniform: [0.1, 1.0]}\n",
-                                 "loss.dml_weight", "where it does nothing (loss.name=supcon, loss.weighting=uncertainty)"),
+                                 "loss.dml_weight", "where it does nothing (loss.name=supcon, loss.weighting=uncertainty, "
+                                                    "train.schedule=joint)"),
+    "loss weights under two stages": ("loss.name: supcon\ntrain.schedule: two_stage\nloss.ce_weight: {uniform: [0.1, 1.0]}\n",
+                                      "loss.ce_weight", "does nothing (loss.name=supcon, loss.weighting=linear, "
+                                                        "train.schedule=two_stage)"),
+    "m without its sampler": ("data.m_per_class: {categorical: [2, 4]}\n", "data.m_per_class",
+                              "(data.sampler=random); it applies only with data.sampler=m_per_class"),
+    "head fit in a joint run": ("loss.name: supcon\nhead.fit: {categorical: [linear, logistic]}\n", "head.fit",
+                                "it applies only with train.schedule=two_stage"),
+    "stage split of a logistic head": ("loss.name: supcon\ntrain.schedule: two_stage\nhead.fit: logistic\n"
+                                       "train.stage1_fraction: {uniform: [0.3, 0.9]}\n", "train.stage1_fraction",
+                                       "(train.schedule=two_stage, head.fit=logistic)"),
+    "two stages without a DML loss": ("loss.name: {choice: {none: {}, supcon: {}}}\ntrain.schedule: two_stage\n",
+                                      "train.schedule=two_stage", "loss.name=none names none"),
+    "m per class beyond the draw": ("loss.name: supcon\ndata.sampler: m_per_class\ntrain.batch_size: 64\n"
+                                    "data.m_per_class: {int: [2, 32]}\n",
+                                    "data.m_per_class", "data.m_per_class=32 is more than the data.k=16 examples"),
     "rule across keys at a range's high end": ("data.protocol: kfold\ndata.folds: 3\ndata.fold: {int: [0, 4]}\n",
                                                "data.fold", "data.fold=4 must be below data.folds=3"),
 }

@@ -13,7 +13,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "tunedml"
 CORE = ("data", "losses", "epo", "model", "train", "evaluate", "config", "hparams", "space", "adversarial", "metrics",
-        "errors", "progress")
+        "errors", "progress", "sampling", "stages")
 SEARCH_AND_TRACKING = ("ray", "mlflow", "optuna")
 
 

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from tunedml.config import build_config
 from tunedml.data import Draw, load_corpus, tokenize
-from tunedml.errors import ConfigError, NonFiniteLossError
+from tunedml.errors import ConfigError, DataError, NonFiniteLossError
 from tunedml.evaluate import class_centers
 from tunedml.model import load_tokenizer
+from tunedml.sampling import has_positive_pair, without_positive
 from tunedml.train import FitResult, Trainer, draw_for, pick_device, run_training
 
 
@@ -119,6 +122,65 @@ def test_a_trainer_leaves_the_global_random_state_alone(tiny_roberta, data_dir, 
     torch.manual_seed(123)
     Trainer(cfg, tokens, small_draw(cfg, tokens)).fit(evaluate_test=False)
     assert torch.equal(torch.rand(3), expected)
+
+
+# ---------------------------------------------------------------- batches: the default path, m per class
+
+def test_the_default_run_takes_the_batches_and_steps_it_took_before(tiny_roberta, data_dir, tokens):
+    # data.sampler=random with train.schedule=joint must not move any recorded result: its batches are
+    # TokenizedCorpus.train_batches' with the same generator, each stepped by the joint loss
+    cfg = config(tiny_roberta, data_dir, "loss.name=proxy_anchor", "model.dropout=0.3")
+    assert (cfg.data.sampler, cfg.train.schedule) == ("random", "joint")
+    trainer = Trainer(cfg, tokens, small_draw(cfg, tokens))
+    loss, parts = trainer.train_steps(5)  # 2.5 passes of 2 steps
+    reference = Trainer(cfg, tokens, small_draw(cfg, tokens))
+    rng = np.random.default_rng(cfg.train.seed)
+    passes = itertools.chain.from_iterable(tokens.train_batches(reference.draw.train, 8, rng) for _ in range(3))
+    sums, seen = {"total": 0.0}, 0
+    with reference.own_rng():
+        reference.model.train()
+        for batch in itertools.islice(passes, 5):
+            reference.step += 1
+            step_loss, step_parts = reference._step(batch)
+            for k, v in {"total": step_loss, **step_parts}.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(batch["labels"])
+            seen += len(batch["labels"])
+    assert loss == sums.pop("total") / seen and parts == {k: v / seen for k, v in sums.items()}
+    for name, module in (("model", trainer.model), ("loss", trainer.loss)):
+        other = dict((("model", reference.model), ("loss", reference.loss)))[name].state_dict()
+        assert all(torch.equal(v, other[k]) for k, v in module.state_dict().items()), name
+
+
+def test_m_per_class_batches_give_every_class_positives(tiny_roberta, data_dir):
+    trec = tokenize(load_corpus("trec", data_dir), load_tokenizer(tiny_roberta), max_length=32)
+    cfg = config(tiny_roberta, data_dir, "data.dataset=trec", "data.k=4", "train.batch_size=12", "data.sampler=m_per_class",
+                 "data.m_per_class=2", "loss.name=supcon")  # 24 examples: 2 steps a pass, 2 passes
+    trainer = Trainer(cfg, trec, small_draw(cfg, trec))
+    with trainer.own_rng():
+        batches = [next(trainer._batches) for _ in range(6)]
+    for batch in batches:  # 12 = 2 examples of each of the 6 classes
+        assert np.bincount(trec.corpus.labels[batch], minlength=6).tolist() == [2] * 6
+    results = list(Trainer(cfg, trec, small_draw(cfg, trec)).checkpoints())
+    assert [(r.batches_without_positives, r.examples_without_positive) for r in results] == [(0, 0), (0, 0)]
+
+
+def test_each_evaluation_counts_the_batches_without_a_positive_pair(tiny_roberta, data_dir):
+    trec = tokenize(load_corpus("trec", data_dir), load_tokenizer(tiny_roberta), max_length=32)
+    cfg = config(tiny_roberta, data_dir, "data.dataset=trec", "data.k=2", "train.batch_size=3", "loss.name=supcon",
+                 "train.epochs=3")  # 12 examples: 4 steps a pass, dev after each
+    trainer = Trainer(cfg, trec, small_draw(cfg, trec))
+    counted = [(r.batches_without_positives, r.examples_without_positive) for r in trainer.checkpoints()]
+    replay = trainer.sampler(np.random.default_rng(cfg.train.seed))  # the same random batches again
+    labels = [[trec.corpus.labels[next(replay)] for _ in range(4)] for _ in range(3)]
+    expected = [(sum(not has_positive_pair(b) for b in evaluation), sum(without_positive(b) for b in evaluation))
+                for evaluation in labels]
+    assert counted == expected and sum(c[0] for c in counted) > 0, "pick settings where random batches miss positives"
+
+
+def test_batches_a_draw_cannot_give_are_refused_before_the_model_loads(tiny_roberta, data_dir, tokens):
+    cfg = config(tiny_roberta, data_dir, "data.sampler=m_per_class", "train.batch_size=16", "data.m_per_class=4")
+    with pytest.raises(DataError, match="needs 4 classes per batch, but the draw has 2"):
+        Trainer(cfg, tokens, small_draw(cfg, tokens))
 
 
 # ---------------------------------------------------------------- stability: collapse, best epoch, layers

@@ -35,7 +35,8 @@ DATABASE_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
 SQLITE_HEADER = b"SQLite format 3\x00"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 MODEL_ADVICE = "pass --model minilm (embedded, no network), a local model folder, or give this machine network access"
-DRAW_KEYS = ("data.protocol", "data.k", "data.sample_size", "data.folds", "data.fold", "data.seed", "data.test_size")
+DRAW_KEYS = ("data.protocol", "data.k", "data.sample_size", "data.folds", "data.fold", "data.seed", "data.test_size",
+             "data.sampler", "data.m_per_class", "train.batch_size")  # the draw and the batches it must give
 GROWING_DRAW_KEYS = ("data.k", "data.sample_size", "data.test_size")  # the larger, the harder to draw
 # options check_blank_options leaves alone: `--save-model` without a folder (its const "") is the
 # default folder; `--name ""` gets check_name's line, which says what a name may be
@@ -464,7 +465,8 @@ def draw_settings(flat: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def check_draws(corpus: Any, settings: Iterable[dict[str, Any]], source: str = "") -> None:
-    """Every few-shot draw the command will make can be made from ``corpus`` (as train refuses it)."""
+    """Every few-shot draw the command will make can be made from ``corpus``, and gives the batches
+    its sampler asks for (as train refuses them)."""
     from .data import draw
 
     seen: set[tuple[Any, ...]] = set()
@@ -474,11 +476,24 @@ def check_draws(corpus: Any, settings: Iterable[dict[str, Any]], source: str = "
             continue
         seen.add(key)
         try:
-            draw(corpus, flat["data.protocol"], k=int(flat["data.k"]), sample_size=int(flat["data.sample_size"]),
-                 folds=int(flat["data.folds"]), fold=int(flat["data.fold"]), seed=int(flat["data.seed"]),
-                 test_size=int(flat["data.test_size"]))
+            drawn = draw(corpus, flat["data.protocol"], k=int(flat["data.k"]), sample_size=int(flat["data.sample_size"]),
+                         folds=int(flat["data.folds"]), fold=int(flat["data.fold"]), seed=int(flat["data.seed"]),
+                         test_size=int(flat["data.test_size"]))
+            _check_batches(corpus, drawn.train, flat)
         except DataError as e:
             raise DataError(f"{e}{f' ({source})' if source else ''}") from None
+
+
+def _check_batches(corpus: Any, train: Any, flat: dict[str, Any]) -> None:
+    """The draw's training examples give the batches of ``data.sampler`` (m_per_class: m of each class)."""
+    from .sampling import build_sampler
+
+    m = flat["data.m_per_class"]
+    try:
+        build_sampler(flat["data.sampler"], train, corpus.labels[train], corpus.label_names,
+                      int(flat["train.batch_size"]), None if m is None else int(m))
+    except DataError as e:
+        raise DataError(f"{corpus.name}: {e}") from None
 
 
 def search_draws(space: Any, driver_flat: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:

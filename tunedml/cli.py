@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import warnings
@@ -115,12 +114,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     tokens = prepare_tokens(cfg)
     trainer = Trainer(cfg, tokens, draw_for(cfg, tokens))
-    progress = Progress(math.ceil(trainer.total_steps / trainer.eval_every), "eval")
+    progress = Progress(len(trainer.evaluation_steps()), "eval")
 
     def on_eval(e) -> None:
         parts = ", ".join(f"{k} {v:.3f}" for k, v in e.loss_parts.items())
-        progress.step(f"step {e.step}/{trainer.total_steps} (epoch {e.epoch:.1f})  loss {e.train_loss:.4f} ({parts})  "
-                      f"dev {fmt_scores(e.dev)}  {e.seconds:.1f}s")
+        stage = f"  stage {e.stage}" if trainer.plan.two_stage else ""
+        alone = (f"  without positives: {e.batches_without_positives} batches, {e.examples_without_positive} examples"
+                 if cfg.loss.name != "none" else "")
+        progress.step(f"step {e.step}/{trainer.total_steps} (epoch {e.epoch:.1f}){stage}  loss {e.train_loss:.4f} "
+                      f"({parts}){alone}  dev {fmt_scores(e.dev)}  {e.seconds:.1f}s")
 
     result = trainer.fit(on_eval)
     summary = {"dataset": cfg.data.dataset, "model": cfg.model.name, "loss": cfg.loss.name,

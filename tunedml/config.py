@@ -23,8 +23,11 @@ from .data import DEFAULT_TEST_SIZE, TASKS, environment_data_dir, has_official_t
 from .errors import ConfigError, unknown_choice
 from .hparams import Applies, Hyperparameter, load_yaml_text
 from .losses import LOSSES, NO_DML, WEIGHT, WEIGHTINGS, LossName, learns_parameters, loss_set, split_params
+from .sampling import SAMPLERS, check_m_per_class
 
 ADVERSARIAL_MODES = ("none", "fgm", "pgd")  # tunedml.adversarial implements them
+SCHEDULES = ("joint", "two_stage")  # tunedml.stages.StagePlan implements them
+HEAD_FITS = ("linear", "logistic")  # the keys of tunedml.stages.HEAD_FITS
 DEFAULT_STEPS = 100  # train.steps when neither train.steps nor train.epochs is given (docs/budget.md)
 RUN_LENGTH = ("train.steps", "train.epochs")  # two spellings of one setting: a config gives one of them
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")  # what train.pick_device turns into a torch device
@@ -41,9 +44,11 @@ def _hp(default: Any, kind: type, low: float | None = None, high: float | None =
 
 # Where a key changes the run (a space may search it only there; see hparams.Applies)
 WITH_DML = Applies(("loss.name",), lambda name: name != NO_DML, "only with a DML loss (loss.name other than none)")
-WEIGHTED = Applies(("loss.name", "loss.weighting"), lambda name, weighting: name != NO_DML and weighting != "uncertainty",
-                   "only with a DML loss and loss.weighting linear or epo (uncertainty learns the weights; "
-                   "plain CCE's weight only rescales what AdamW normalises)")
+WEIGHTED = Applies(("loss.name", "loss.weighting", "train.schedule"),
+                   lambda name, weighting, schedule: name != NO_DML and weighting != "uncertainty" and schedule == "joint",
+                   "only with a DML loss and loss.weighting linear or epo and train.schedule=joint (uncertainty learns "
+                   "the weights; plain CCE's weight only rescales what AdamW normalises, and so does a weight on "
+                   "either stage's single loss under two_stage)")
 WITH_LOSS_PARAMETERS = Applies(("loss.name", "loss.weighting"), learns_parameters,
                                "only where the loss learns parameters of its own (proxies, or loss.weighting=uncertainty)")
 WITH_MIXED = Applies(("loss.name", "inference.mode"), lambda name, mode: name != NO_DML and mode == "mixed",
@@ -61,6 +66,12 @@ USER_DATA = Applies(("data.dataset",), lambda dataset: dataset not in TASKS,
                     "only with a data file or folder; a registered task's columns are fixed")
 ADVERSARIAL = Applies(("adversarial.mode",), lambda mode: mode != "none", "only with adversarial.mode fgm or pgd")
 PGD = Applies(("adversarial.mode",), lambda mode: mode == "pgd", "only with adversarial.mode=pgd")
+WITH_M_PER_CLASS = Applies(("data.sampler",), lambda sampler: sampler == "m_per_class", "only with data.sampler=m_per_class")
+TWO_STAGE = Applies(("train.schedule",), lambda schedule: schedule == "two_stage", "only with train.schedule=two_stage")
+LINEAR_HEAD_STAGE = Applies(("train.schedule", "head.fit"),
+                            lambda schedule, fit: schedule == "two_stage" and fit == "linear",
+                            "only with train.schedule=two_stage and head.fit=linear (a logistic head is fitted once, "
+                            "after a stage 1 as long as the run)")
 
 
 @dataclass
@@ -79,6 +90,13 @@ class DataConfig:
                          help=f"kshot: hold-out size for tasks without an official test split; at most half the "
                               f"examples (the default {DEFAULT_TEST_SIZE} is cut to that, another value is refused)")
     max_length: int = _hp(128, int, 8, 8192, help="tokens per text (at most what the model's position embeddings hold)")
+    sampler: str = _hp("random", str, choices=tuple(SAMPLERS),
+                       help="how training batches are drawn: random (passes over the draw, each in a new order) or "
+                            "m_per_class (data.m_per_class examples of each of train.batch_size / m classes, "
+                            "pytorch-metric-learning's MPerClassSampler), so that pair and proxy losses find positives")
+    m_per_class: int | None = _hp(None, int, 2, 4096, optional=True, applies=WITH_M_PER_CLASS, used=WITH_M_PER_CLASS,
+                                  help="m_per_class: examples of each class in a batch; unset: the batch split evenly "
+                                       "over as many classes as divide it (binary tasks: half the batch each)")
     text_column: str = _hp("text", str, applies=USER_DATA, used=USER_DATA)
     label_column: str = _hp("label", str, applies=USER_DATA, used=USER_DATA)
 
@@ -98,8 +116,11 @@ class ModelConfig:
 @dataclass
 class LossConfig:
     name: str = field(default=NO_DML, metadata={"hp": LossName("", str, NO_DML, help="a DML loss, none, or DML losses joined by +")})
-    ce_weight: float = _hp(1.0, float, 0.0, 100.0, applies=WEIGHTED)
-    dml_weight: float = _hp(1.0, float, 0.0, 100.0, applies=WEIGHTED, used=WITH_DML, help="scales every DML loss's term")
+    ce_weight: float = _hp(1.0, float, 0.0, 100.0, applies=WEIGHTED,
+                           help="CCE's weight in the joint loss; no effect with train.schedule=two_stage (stage 1 "
+                                "trains the encoder on the DML loss alone, stage 2 the head on CCE alone)")
+    dml_weight: float = _hp(1.0, float, 0.0, 100.0, applies=WEIGHTED, used=WITH_DML,
+                            help="scales every DML loss's term (two_stage: stage 1's loss; > 0 there)")
     weighting: str = _hp("linear", str, choices=tuple(WEIGHTINGS), help="how the terms combine: " + ", ".join(WEIGHTINGS))
     # the DML losses' hyperparameters: ``margin`` for a single loss, ``proxy_anchor.margin`` in a set,
     # and ``<loss>.weight`` (see losses.split_params)
@@ -127,7 +148,15 @@ class TrainConfig:
     warmup_ratio: float = _hp(0.1, float, 0.0, 1.0)
     max_grad_norm: float = _hp(1.0, float, 0.0, 1e6, help="0 turns clipping off (encoder+head and the loss's own parameters are clipped separately)")
     layer_decay: float = _hp(1.0, float, 0.05, 1.0, help="layer-wise learning-rate decay: each encoder layer below the top gets this factor more; 1 = off")
-    restore_best: bool = _hp(False, bool, help="end with the weights of the dev evaluation with the best accuracy (then macro-F1)")
+    restore_best: bool = _hp(False, bool, help="end with the weights of the dev evaluation with the best accuracy "
+                                               "(then macro-F1); two_stage: among stage 2's evaluations")
+    schedule: str = _hp("joint", str, choices=SCHEDULES,
+                        help="joint: CCE and the DML loss on every step; two_stage (SupCon, SetFit): stage 1 trains the "
+                             "encoder (and proxies) with the DML loss alone, stage 2 fits the classifier on the frozen "
+                             "encoder (head.fit); dev is scored by proxies or class centers until the head is fitted")
+    stage1_fraction: float = _hp(0.5, float, 0.05, 0.95, applies=LINEAR_HEAD_STAGE, used=LINEAR_HEAD_STAGE,
+                                 help="two_stage with head.fit=linear: the share of the run's steps in stage 1; the "
+                                      "rest train the head")
     seed: int = _hp(0, int, 0, 2**31 - 1, help="seed of initialisation and batch order")
     device: str = _hp("auto", str, help="auto, cpu, cuda or cuda:N")
     bf16: bool = _hp(True, bool, help="bf16 autocast on a GPU (ignored on the CPU)")
@@ -156,6 +185,18 @@ class InferenceConfig:
 
 
 @dataclass
+class HeadConfig:
+    fit: str = _hp("linear", str, choices=HEAD_FITS, applies=TWO_STAGE, used=TWO_STAGE,
+                   help="two_stage: how stage 2 fits the classifier on the frozen encoder: linear (the linear head "
+                        "with CCE for the steps after stage 1, at head.lr) or logistic (scikit-learn's logistic "
+                        "regression on the training draw's embeddings, once, after a stage 1 as long as the run; "
+                        "SetFit's head), copied into the linear head")
+    lr: float = _hp(1e-3, float, 1e-6, 10.0, applies=LINEAR_HEAD_STAGE, used=LINEAR_HEAD_STAGE,
+                    help="two_stage, head.fit=linear: the head's learning rate in stage 2 (a linear probe on frozen "
+                         "embeddings takes larger steps than fine-tuning)")
+
+
+@dataclass
 class AdversarialConfig:
     mode: str = _hp("none", str, choices=ADVERSARIAL_MODES,
                     help="adversarial views of each batch: none, fgm (one step) or pgd (several projected steps)")
@@ -169,7 +210,7 @@ class AdversarialConfig:
 
 SECTIONS: dict[str, type] = {
     "data": DataConfig, "model": ModelConfig, "loss": LossConfig, "train": TrainConfig, "inference": InferenceConfig,
-    "adversarial": AdversarialConfig,
+    "adversarial": AdversarialConfig, "head": HeadConfig,
 }
 
 
@@ -264,6 +305,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
 
     def to_flat(self) -> dict[str, Any]:
         """All keys with their values, loss hyperparameters (defaults filled) as ``loss.<name>``."""
@@ -354,7 +396,8 @@ def _check_loss(cfg: RunConfig, source: str) -> None:
     if loss.weighting == "linear":
         return
     weights = {k.split(".")[0]: v for k, v in loss.params.items() if k.endswith(f".{WEIGHT.name}")}
-    terms = (["ce"] if loss.ce_weight > 0 else []) + \
+    with_ce = loss.ce_weight > 0 and cfg.train.schedule == "joint"  # two_stage: stage 1 has no CCE term
+    terms = (["ce"] if with_ce else []) + \
         [n for n in loss_set(loss.name) if loss.dml_weight * weights.get(n, WEIGHT.default) > 0]
     if len(terms) < 2:
         raise ConfigError(f"{source}: loss.weighting={loss.weighting} combines several terms, but only "
@@ -368,6 +411,8 @@ def _check_consistency(cfg: RunConfig, source: str) -> None:
         raise ConfigError(f"{source}: train.device: unknown device {cfg.train.device!r}; valid: auto, cpu, cuda, "
                           "cuda:N, mps")
     _check_run_length(cfg, source)
+    _check_schedule(cfg, source)
+    _check_sampler(cfg, source)
     if cfg.loss.name == NO_DML and cfg.loss.ce_weight <= 0:
         raise ConfigError(f"{source}: loss.ce_weight must be > 0 when loss.name is 'none'")
     if cfg.loss.name != NO_DML and cfg.loss.ce_weight <= 0 and cfg.loss.dml_weight <= 0:
@@ -387,7 +432,7 @@ def _check_inference_is_trained(cfg: RunConfig, source: str) -> None:
     embeddings, which need no training of their own, so ``proxy`` inference is fine with them.
     """
     mode, loss = cfg.inference.mode, cfg.loss
-    if mode in ("head", "mixed") and loss.ce_weight <= 0:
+    if mode in ("head", "mixed") and loss.ce_weight <= 0 and cfg.train.schedule == "joint":  # two_stage: stage 2 fits it
         raise ConfigError(f"{source}: inference.mode={mode} uses the classification head, which "
                           f"loss.ce_weight={loss.ce_weight:g} leaves untrained; use inference.mode=proxy "
                           f"or loss.ce_weight > 0")
@@ -401,6 +446,38 @@ def _check_inference_is_trained(cfg: RunConfig, source: str) -> None:
         weight = f"loss.dml_weight={loss.dml_weight:g}" if loss.dml_weight <= 0 else f"loss.{used}.weight=0"
         raise ConfigError(f"{source}: inference.mode={mode} uses the proxies of {used} (loss.name={loss.name}), "
                           f"which {weight} leaves untrained; use inference.mode=head or a weight > 0")
+
+
+def _check_schedule(cfg: RunConfig, source: str) -> None:
+    """Two stages need a DML loss that trains the encoder in stage 1 and a step left for each stage;
+    adversarial views follow the CCE gradient, which stage 1 does not have."""
+    if cfg.train.schedule == "joint":
+        return
+    loss = cfg.loss
+    names = loss_set(loss.name)
+    _, weights = split_params(names, loss.params)
+    if not any(loss.dml_weight * weights.get(n, WEIGHT.default) > 0 for n in names):
+        why = ("loss.name=none names none" if not names else f"loss.dml_weight={loss.dml_weight:g} leaves it no weight"
+               if loss.dml_weight <= 0 else f"every loss.<loss>.weight of {loss.name} is 0")
+        raise ConfigError(f"{source}: train.schedule=two_stage trains the encoder with a DML loss alone in stage 1, and "
+                          f"{why}; name a DML loss with a weight > 0, or use train.schedule=joint")
+    if cfg.adversarial.mode != "none":
+        raise ConfigError(f"{source}: adversarial.mode={cfg.adversarial.mode} follows the CCE gradient, which stage 1 of "
+                          "train.schedule=two_stage does not train; use train.schedule=joint or adversarial.mode=none")
+    if cfg.head.fit == "linear" and cfg.train.steps is not None and cfg.train.steps < 2:
+        raise ConfigError(f"{source}: train.schedule=two_stage with head.fit=linear needs a step for each stage; "
+                          f"train.steps={cfg.train.steps} has one; raise train.steps or use head.fit=logistic")
+
+
+def _check_sampler(cfg: RunConfig, source: str) -> None:
+    """What m_per_class batches need that is known before the draw (the rest: sampling.resolve_m)."""
+    d = cfg.data
+    if d.sampler != "m_per_class":
+        return
+    check_m_per_class(cfg.train.batch_size, d.m_per_class, source)
+    if d.m_per_class is not None and d.protocol == "kshot" and d.m_per_class > d.k:
+        raise ConfigError(f"{source}: data.m_per_class={d.m_per_class} is more than the data.k={d.k} examples of each "
+                          "class in a kshot draw; lower data.m_per_class or raise data.k")
 
 
 def _check_adversarial(cfg: RunConfig, source: str) -> None:

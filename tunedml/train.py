@@ -1,5 +1,7 @@
 """One fine-tuning run: a model, a combined loss and a few-shot draw, trained for a number of
-optimizer steps with dev evaluations along the way.
+optimizer steps with dev evaluations along the way: jointly (CCE and the DML loss on every step)
+or in two stages (the encoder on the DML loss, then the classifier on the frozen encoder; see
+:mod:`tunedml.stages`), on random or m-per-class batches (:mod:`tunedml.sampling`).
 
 :class:`Trainer` is plain PyTorch and knows nothing of Ray or MLflow. It yields one
 :class:`EvalResult` per dev evaluation (every ``train.eval_every`` steps, else once per pass over the
@@ -26,6 +28,8 @@ from .errors import ConfigError, NonFiniteLossError
 from .evaluate import Outputs, autocast_for, class_centers, forward_all, predict, scores
 from .losses import build_loss
 from .model import EncoderOutput, build_model
+from .sampling import build_sampler, has_positive_pair, without_positive
+from .stages import ENCODER, HEAD, HEAD_FITS, JOINT, HeadFit, StagePlan, encoder_ce_weight, freeze
 
 EvalCallback = Callable[["EvalResult"], None]
 # AdamW's multi-tensor path: the default single-tensor loop updates MiniLM's 100-odd tensors one by
@@ -43,6 +47,9 @@ class EvalResult:
     loss_parts: dict[str, float]
     dev: dict[str, float]
     seconds: float  # since the previous evaluation, this one included
+    stage: str = JOINT  # joint, or encoder / head in a two-stage run (tunedml.stages)
+    batches_without_positives: int = 0  # of the steps since the previous evaluation: no class twice in the batch
+    examples_without_positive: int = 0  # of those steps' examples: alone of their class in their batch
 
     @property
     def collapsed(self) -> bool:
@@ -115,18 +122,6 @@ class RandomState:
             torch.cuda.set_rng_state(self.cuda, device)
 
 
-def batch_stream(tokens: TokenizedCorpus, indices: np.ndarray, batch_size: int,
-                 rng: np.random.Generator) -> Iterator[dict[str, torch.Tensor]]:
-    """Batches from passes over ``indices``, each pass in a new order, for as long as asked.
-
-    A pass's order is drawn when its first batch is taken, so a run of whole passes takes the very
-    batches that training epoch by epoch took. (A function, not a Trainer method: a generator that
-    held the trainer would tie it in a reference cycle, and its model's memory would outlive it.)
-    """
-    while True:
-        yield from tokens.train_batches(indices, batch_size, rng)
-
-
 def _dml_inputs(out: EncoderOutput, labels: torch.Tensor, token_mode: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """The embeddings the DML loss sees and their labels: pooled, or (token mode) every real token
     vector carrying its sentence's label."""
@@ -146,6 +141,9 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig, tokens: TokenizedCorpus, draw: Draw):
         self.cfg, self.tokens, self.draw = cfg, tokens, draw
+        corpus = tokens.corpus  # the sampler first: a draw that cannot give its batches is refused before the model loads
+        self.sampler = build_sampler(cfg.data.sampler, draw.train, corpus.labels[draw.train], corpus.label_names,
+                                     cfg.train.batch_size, cfg.data.m_per_class)
         torch.set_num_threads(granted_threads(cfg.train.threads))
         self.device = pick_device(cfg.train.device)
         num_classes = tokens.corpus.num_classes
@@ -154,7 +152,7 @@ class Trainer:
             seed_everything(cfg.train.seed)
             self.model = build_model(cfg.model.name, num_classes, cfg.model.pooling, cfg.model.dropout,
                                      cfg.model.reinit_layers).to(self.device)
-            self.loss = build_loss(cfg.loss.name, cfg.loss.ce_weight, cfg.loss.dml_weight, cfg.loss.params,
+            self.loss = build_loss(cfg.loss.name, encoder_ce_weight(cfg), cfg.loss.dml_weight, cfg.loss.params,
                                    num_classes, self.model.hidden_size, weighting=cfg.loss.weighting).to(self.device)
         if cfg.model.freeze_embeddings:
             self.model.encoder.get_input_embeddings().weight.requires_grad_(False)
@@ -168,13 +166,19 @@ class Trainer:
         self.steps_per_epoch = t.steps_per_epoch(len(draw.train))
         self.total_steps = t.total_steps(len(draw.train))
         self.eval_every = t.eval_interval(len(draw.train))
+        self.plan = StagePlan.for_run(cfg, self.total_steps)
         from transformers import get_linear_schedule_with_warmup
 
-        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, int(t.warmup_ratio * self.total_steps),
-                                                         self.total_steps)
+        encoder_steps = self.plan.encoder_steps  # the encoder's schedule ends with its stage
+        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, int(t.warmup_ratio * encoder_steps), encoder_steps)
         self.rng = np.random.default_rng(t.seed)
         self.step = 0
-        self._batches = batch_stream(tokens, draw.train, t.batch_size, self.rng)
+        self.batches_without_positives = 0  # so far
+        self.examples_without_positive = 0  # so far
+        self.head_fit: HeadFit | None = None  # stage 2 of a two-stage run, once it has begun
+        # the sampler's generator, not a method's: a generator holding the trainer would tie it in a
+        # reference cycle, and its model's memory would outlive it
+        self._batches = self.sampler(self.rng)
         self.best: tuple[EvalResult, dict[str, dict[str, torch.Tensor]]] | None = None  # train.restore_best
 
     @contextmanager
@@ -245,14 +249,52 @@ class Trainer:
         self.model.train()
         total, parts_sum, seen = 0.0, {}, 0
         for _ in range(n):
-            batch = {k: v.to(self.device) for k, v in next(self._batches).items()}
+            if self._head_due():
+                self._start_head()
+            indices = next(self._batches)
+            labels = self.tokens.corpus.labels[indices]
+            self.batches_without_positives += not has_positive_pair(labels)
+            self.examples_without_positive += without_positive(labels)
             self.step += 1
-            loss, parts = self._step(batch)
-            total += float(loss.detach()) * len(batch["labels"])
+            loss, parts = self._step_on(indices)
+            total += float(loss.detach()) * len(indices)
             for k, v in parts.items():
-                parts_sum[k] = parts_sum.get(k, 0.0) + float(v.detach()) * len(batch["labels"])
-            seen += len(batch["labels"])
+                parts_sum[k] = parts_sum.get(k, 0.0) + float(v.detach()) * len(indices)
+            seen += len(indices)
         return total / seen, {k: v / seen for k, v in parts_sum.items()}
+
+    def _step_on(self, indices: np.ndarray) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One optimizer step on the batch ``indices``: the model's (joint, stage 1) or the head's (stage 2)."""
+        if self.head_fit is None:
+            return self._step({k: v.to(self.device) for k, v in self.tokens.batch(indices).items()})
+        labels = torch.from_numpy(self.tokens.corpus.labels[indices]).to(self.device)
+        loss, parts = self.head_fit.step(indices, labels)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(self.step, {k: float(v.detach()) for k, v in parts.items()})
+        return loss, parts
+
+    # ------------------------------------------------------------ two stages
+
+    @property
+    def stage(self) -> str:
+        """What the run trains now: ``joint``; or ``encoder`` (stage 1) until stage 2 has a head, then ``head``."""
+        if not self.plan.two_stage:
+            return JOINT
+        return HEAD if self.head_fit is not None and self.head_fit.fitted else ENCODER
+
+    def _head_due(self) -> bool:
+        return self.plan.two_stage and self.head_fit is None and self.step >= self.plan.encoder_steps
+
+    def _start_head(self) -> dict[str, float]:
+        """Stage 2 begins: the encoder and the loss's proxies are frozen, the training draw is
+        embedded once, and ``head.fit`` fits the classifier on it (a logistic head here and now)."""
+        freeze(self.model.encoder, self.loss)
+        out = self.outputs(self.draw.train)
+        embeddings = out.embeddings.clone().to(self.device)  # a normal tensor: forward_all's are inference tensors
+        labels = torch.from_numpy(out.labels).to(self.device)
+        self.head_fit = HEAD_FITS[self.cfg.head.fit](self.model, embeddings, self.draw.train, labels, self.cfg,
+                                                     self.plan.head_steps)
+        return self.head_fit.fit_parts
 
     def _step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One optimizer step on ``batch``: forward (with adversarial views), loss, backward, update."""
@@ -295,27 +337,45 @@ class Trainer:
     def outputs(self, indices: np.ndarray) -> Outputs:
         return forward_all(self.model, self.tokens, indices, self.cfg.train.eval_batch_size, self.device, self.cfg.train.bf16)
 
-    def evaluate(self, indices: np.ndarray, outputs: Outputs | None = None) -> dict[str, float]:
-        """Accuracy and macro-F1 on ``indices`` with the configured inference mode; ``outputs``: the
-        model's outputs on ``indices`` where the caller has them already (one pass over a test set)."""
+    def evaluate(self, indices: np.ndarray, outputs: Outputs | None = None, mode: str | None = None) -> dict[str, float]:
+        """Accuracy and macro-F1 on ``indices`` with the configured inference mode (or ``mode``);
+        ``outputs``: the model's outputs on ``indices`` where the caller has them already (one pass
+        over a test set)."""
         inf = self.cfg.inference
+        mode = mode or inf.mode
         centers = None
-        if inf.mode != "head" and (self.loss.dml is None or self.loss.dml.proxies() is None):
+        if mode != "head" and (self.loss.dml is None or self.loss.dml.proxies() is None):
             centers = class_centers(self.outputs(self.draw.train), self.tokens.corpus.num_classes)
         out = outputs if outputs is not None else self.outputs(indices)
-        preds = predict(inf.mode, out, self.loss, centers, inf.mix_weight, inf.proxy_scale)
+        preds = predict(mode, out, self.loss, centers, inf.mix_weight, inf.proxy_scale)
         return scores(preds, out.labels, self.tokens.corpus.num_classes)
 
+    def _dev_mode(self) -> str:
+        """Stage 1 has no trained head yet: dev is scored by the proxies (or class centers) meanwhile."""
+        return "proxy" if self.stage == ENCODER else self.cfg.inference.mode
+
+    def evaluation_steps(self) -> list[int]:
+        """The steps after which dev is evaluated: every ``eval_every`` steps, at the end of a
+        two-stage run's stage 1 (the encoder it hands over) and at the last step."""
+        steps = {*range(self.eval_every, self.total_steps, self.eval_every), self.total_steps}
+        if self.plan.encoder_steps < self.total_steps:
+            steps.add(self.plan.encoder_steps)
+        return sorted(steps)
+
     def checkpoints(self) -> Iterator[EvalResult]:
-        """Train to the end of the run, evaluating dev every ``eval_every`` steps and at the last step."""
-        while self.step < self.total_steps:
-            start = time.perf_counter()
-            upto = min(self.total_steps, (self.step // self.eval_every + 1) * self.eval_every)
+        """Train to the end of the run, evaluating dev at each of :meth:`evaluation_steps` still ahead."""
+        for upto in self.evaluation_steps():
+            if upto <= self.step:
+                continue
+            start, without = time.perf_counter(), (self.batches_without_positives, self.examples_without_positive)
             loss, parts = self.train_steps(upto - self.step)
-            dev = self.evaluate(self.draw.dev)
+            if self.step == self.total_steps and self._head_due():  # a logistic head, fitted after the last step
+                parts = {**parts, **self._start_head()}
+            dev = self.evaluate(self.draw.dev, mode=self._dev_mode())
             result = EvalResult(self.step, self.step / self.steps_per_epoch, loss, parts, dev,
-                                time.perf_counter() - start)
-            if self.cfg.train.restore_best:
+                                time.perf_counter() - start, self.stage, self.batches_without_positives - without[0],
+                                self.examples_without_positive - without[1])
+            if self.cfg.train.restore_best and result.stage != ENCODER:  # stage 1's weights come without a head
                 self._keep_if_best(result)
             yield result
 

@@ -19,6 +19,7 @@ from ..evaluate import forward_all, predict
 from ..losses import build_loss
 from ..model import build_model, load_tokenizer
 from ..results import Candidate, Comparison, DrawResult, Snapshot
+from ..stages import encoder_ce_weight
 
 MODEL_FILES = ("encoder", "head.pt", "config.yaml", "labels.json")
 
@@ -94,7 +95,7 @@ def load_model(path: str | Path) -> SavedModel:
     model = build_model(cfg.model.name, len(labels), cfg.model.pooling, cfg.model.dropout)
     weights = torch.load(folder / "head.pt", map_location="cpu", weights_only=True)
     model.head.load_state_dict(weights["head"])
-    loss = build_loss(cfg.loss.name, cfg.loss.ce_weight, cfg.loss.dml_weight, cfg.loss.params, len(labels),
+    loss = build_loss(cfg.loss.name, encoder_ce_weight(cfg), cfg.loss.dml_weight, cfg.loss.params, len(labels),
                       model.hidden_size, weighting=cfg.loss.weighting)
     loss.load_state_dict(weights["loss"])
     model.eval()

@@ -32,6 +32,7 @@ def trainable(config: dict[str, Any], tokens: Any, base: dict[str, Any], repeats
     import ray
     import torch
 
+    from ..stages import STAGE_NUMBERS
     from ..train import Trainer, draw_for, prepare_tokens
 
     cfg = from_flat({**base, **config_keys(config)}, source="trial config")
@@ -53,6 +54,9 @@ def trainable(config: dict[str, Any], tokens: Any, base: dict[str, Any], repeats
             **{f"dev_{m}": float(np.mean([r.dev[m] for r in results])) for m in METRICS},
             **({f"dev_{m}_std": float(np.std([r.dev[m] for r in results])) for m in METRICS} if repeats > 1 else {}),
             "dev_collapsed": float(np.mean([r.collapsed for r in results])),  # the share of repeats that collapsed
+            "stage": STAGE_NUMBERS[results[0].stage],  # 0 joint; two_stage: 1 encoder, 2 head
+            "batches_without_positives": float(np.mean([r.batches_without_positives for r in results])),
+            "examples_without_positive": float(np.mean([r.examples_without_positive for r in results])),
             "node_id": node,
             "threads": torch.get_num_threads(),  # what the trial really computes with
         })

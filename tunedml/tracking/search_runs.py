@@ -26,8 +26,8 @@ from .searches import BEST_CONFIG
 from .store import (ROLE_TAG, SEARCH_ROLE, TRIAL_ROLE, call, client, dataset_experiment, experiment_name, log_batch,
                     metric, param_value, quietly, reason)
 
-TRIAL_METRICS = ("train_loss",)
-RESCORE_ARTIFACT = "rescore.json"  # the re-scored leaders of a search (search --rescore)  # besides every dev_* value and loss_* part a trial reports
+TRIAL_METRICS = ("train_loss", "stage", "batches_without_positives", "examples_without_positive")  # and dev_*, loss_*
+RESCORE_ARTIFACT = "rescore.json"  # the re-scored leaders of a search (search --rescore)
 
 
 @dataclass
