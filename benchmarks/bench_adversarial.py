@@ -27,7 +27,6 @@ from tunedml.config import build_config  # noqa: E402
 from tunedml.train import Trainer, draw_for, prepare_tokens  # noqa: E402
 
 
-
 def timed(fn) -> tuple[float, float]:
     """(wall seconds, CPU seconds of this process)."""
     wall, cpu = time.perf_counter(), time.process_time()

@@ -4,11 +4,11 @@ For each task, loss configuration, learning rate and run length (``--lengths``, 
 the core ``Trainer`` (no Ray, no MLflow) fine-tunes the embedded MiniLM on ``--draws`` few-shot
 draws that no search, re-scoring or retrain uses (seed offsets 3000, 3001, ...) and scores the final
 model on the test split. Every run has its own linear schedule over its own length (warmup 10%),
-so a length is a run of that length, not a checkpoint of a longer one. Per cell: test accuracy
-mean, sample std and worst draw (%), the share of runs scoring below the test split's majority-class
-rate, and seconds per run. Results go to a JSON-lines file as they come (``--results``), so an
-interrupted run continues where it stopped; the table (Markdown, stdout) and the curves (PNG) are
-made from that file.
+so a length is a run of that length, not a checkpoint of a longer one. Per cell: dev accuracy
+mean (what a default is chosen on), test accuracy mean, sample std and worst draw (%), the share of
+runs scoring below the test split's majority-class rate, and seconds per run. Results go to a
+JSON-lines file as they come (``--results``), so an interrupted run continues where it stopped;
+the table (Markdown, stdout) and the curves (PNG) are made from that file.
 
 Runs are ordered by length, shortest first: a run cut short still has every configuration at the
 lengths it reached. ``--workers 2`` trains two runs at a time with one thread each (on 2 cores, 10%
@@ -86,8 +86,8 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
     cells: dict[tuple, list[dict]] = {}
     for r in rows:
         cells.setdefault((r["task"], r["loss"], float(r["lr"]), int(r["steps"])), []).append(r)
-    out = ["| task | loss | lr | steps | draws | test mean | std | worst | below majority | s / run |",
-           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    out = ["| task | loss | lr | steps | draws | dev mean | test mean | std | worst | below majority | s / run |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for task in args.tasks:
         for loss in args.losses:
             for lr in args.lrs:
@@ -98,7 +98,8 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
                     acc = [100 * r["test"] for r in rs]
                     below = sum(r["test"] < r["majority"] for r in rs)
                     std = statistics.stdev(acc) if len(acc) > 1 else 0.0
-                    out.append(f"| {task} | {loss} | {lr:g} | {n} | {len(rs)} | {statistics.mean(acc):.1f} | "
+                    dev = statistics.mean(100 * r["dev"] for r in rs)
+                    out.append(f"| {task} | {loss} | {lr:g} | {n} | {len(rs)} | {dev:.1f} | {statistics.mean(acc):.1f} | "
                                f"{std:.1f} | {min(acc):.1f} | {below} | {statistics.mean(r['seconds'] for r in rs):.0f} |")
     majority = {r["task"]: 100 * r["majority"] for r in rows}
     out.append("")

@@ -1,6 +1,6 @@
 """Does re-scoring the leaders give a choice that holds on test? The flow with and without it.
 
-Per task, the README's flow: a search over ``cce.yaml`` and one over ``dml.yaml`` with the same
+Per task, the flow of docs/evaluation.md: a search over ``cce.yaml`` and one over ``dml.yaml`` with the same
 budget, each re-scoring its ``--rescore`` leading trials on ``--rescore-draws`` fresh draws. Every
 search thus yields two choices per side from the very same trials: the trial with the best search
 score (the choice *without* re-scoring) and the best re-scored mean (the choice *with* it). Both

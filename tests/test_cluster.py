@@ -373,7 +373,7 @@ class Job:
 
 def submit_search(cluster: LocalCluster, workdir: Path, model: str, data_dir: str, name: str, *,
                   epochs: int, trials: int = 2) -> Job:
-    """`ray job submit --working-dir DIR -- tunedml search ... --address auto`, as the README says.
+    """`ray job submit --working-dir DIR -- tunedml search ... --address auto`, as docs/cluster.md says.
 
     Two trials at a time with one CPU each on two one-CPU nodes: Ray must place one on each node.
     The storage folder is shared by both nodes (they are on one machine), as S3 would be.
@@ -382,7 +382,7 @@ def submit_search(cluster: LocalCluster, workdir: Path, model: str, data_dir: st
     (workdir / "space.yaml").write_text(SPACE)
     storage = cluster.root / "results"
     submission_id = f"{name}-{secrets.token_hex(3)}"
-    search = ["tunedml", "search", "--dataset", "sst2", "--data-dir", data_dir, "--model", model,
+    search = ["tunedml", "search", "--datasets", "sst2", "--data-dir", data_dir, "--model", model,
               "--space", "space.yaml", "--trials", str(trials), "--concurrency", "2", "--cpus-per-trial", "1",
               "--scheduler", "none", "--set", "data.k=2", "--set", f"train.epochs={epochs}",
               "--storage", str(storage), "--name", name, "--address", "auto",

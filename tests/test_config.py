@@ -212,7 +212,11 @@ def test_inference_with_an_untrained_head_or_untrained_proxies_is_refused(sets, 
     ["loss.name=proxy_anchor", "loss.ce_weight=0", "inference.mode=proxy"],
 ])
 def test_inference_by_class_centers_or_trained_parts_is_allowed(sets):
-    build_config(sets=sets)
+    flat = build_config(sets=sets).to_flat()
+    given = dict(s.split("=", 1) for s in sets)
+    assert flat["loss.name"] == given["loss.name"]
+    assert flat["inference.mode"] == given.get("inference.mode", "head")
+    assert all(float(flat[k]) == float(v) for k, v in given.items() if k.endswith("_weight"))
 
 
 def test_untrained_inference_is_refused_in_config_files_too(tmp_path):

@@ -10,7 +10,17 @@ import numpy as np
 import pytest
 
 from tunedml.data import (
-    DATA_DIR_ENV, DEFAULT_TEST_SIZE, EMBEDDED, TASKS, Corpus, check_dataset_name, draw, fold_assignment, holdout, load_corpus, tokenize,
+    DATA_DIR_ENV,
+    DEFAULT_TEST_SIZE,
+    EMBEDDED,
+    TASKS,
+    Corpus,
+    check_dataset_name,
+    draw,
+    fold_assignment,
+    holdout,
+    load_corpus,
+    tokenize,
 )
 from tunedml.errors import DataError
 from tunedml.model import load_tokenizer

@@ -86,7 +86,7 @@ def ray_started() -> bool:
 def search(work, data_dir, tiny_roberta):
     """The arguments of a small search that would run, with a database in the working directory."""
     def args(*extra: str, dataset: str = "sst2", space: str = str(SPACES / "cce.yaml")) -> list[str]:
-        return ["search", "--dataset", dataset, "--data-dir", data_dir, "--model", tiny_roberta, "--space", space,
+        return ["search", "--datasets", dataset, "--data-dir", data_dir, "--model", tiny_roberta, "--space", space,
                 "--trials", "2", "--set", "data.k=4", "--tracking-uri", str(work / "mlflow.db"), *extra]
     return args
 
@@ -125,7 +125,10 @@ def test_gpu_requests_ray_cannot_place(refused, search):
 
 @pytest.mark.skipif("has_gpu()")
 def test_cuda_device_without_a_gpu_request(refused, search):
-    refused(*search("--set", "train.device=cuda"), fragments=("train.device=cuda with --gpus-per-trial 0",))
+    refused(*search("--set", "train.device=cuda"),
+            fragments=("train.device=cuda with --gpus-per-trial auto (no GPU on this machine)",))
+    refused(*search("--set", "train.device=cuda", "--gpus-per-trial", "0"),
+            fragments=("train.device=cuda with --gpus-per-trial 0: Ray hides the GPUs",))
 
 
 # ----------------------------------------------------------------- 2. unwritable or unreachable places
@@ -222,7 +225,7 @@ def test_names_that_would_collide(refused, search, work):
     refused(*search("--name", "taken", "--storage", str(work / "results")),
             fragments=("--name taken: a search of that name is already in", "--resume --name taken"))
     refused(*search("--name", "both", dataset="sst2,trec"), fragments=("--name names one search; with 2 datasets",))
-    refused(*search(dataset="sst2,sst2"), fragments=("--dataset lists sst2 twice",))
+    refused(*search(dataset="sst2,sst2"), fragments=("--datasets lists sst2 twice",))
 
 
 # ----------------------------------------------------------------- 5. draws checked for every dataset, first
@@ -299,22 +302,22 @@ def test_retrain_gpu_request_without_a_gpu(refused, run_config, work):
             fragments=("--gpus-per-draw 1 can never be granted: this machine has", "0 GPUs"))
 
 
-def test_retrain_cpu_and_parallel_requests_beyond_the_machine(refused, run_config, work):
+def test_retrain_cpu_and_concurrency_requests_beyond_the_machine(refused, run_config, work):
     db = str(work / "m.db")
     refused("retrain", "--config", run_config, "--baseline", "defaults", "--cpus-per-draw", str(CPUS * 50), "--tracking-uri", db,
             fragments=(f"--cpus-per-draw {CPUS * 50} can never be granted",))
-    refused("retrain", "--config", run_config, "--baseline", "defaults", "--parallel", str(CPUS + 1), "--seeds", str(CPUS + 1),
-            "--tracking-uri", db, fragments=(f"--parallel {CPUS + 1} needs {CPUS + 1} CPUs",))
-    refused("retrain", "--config", run_config, "--baseline", "defaults", "--parallel", "2", "--address", "auto", "--tracking-uri", db,
-            fragments=("--parallel has no effect on a cluster",))
+    refused("retrain", "--config", run_config, "--baseline", "defaults", "--concurrency", str(CPUS + 1), "--seeds",
+            str(CPUS + 1), "--tracking-uri", db, fragments=(f"--concurrency {CPUS + 1} needs {CPUS + 1} CPUs",))
+    refused("retrain", "--config", run_config, "--baseline", "defaults", "--concurrency", "2", "--address", "auto",
+            "--tracking-uri", db, fragments=("--concurrency has no effect on a cluster",))
 
 
-def test_retrain_parallel_beyond_the_draws(work, run_config, capsys):
+def test_retrain_concurrency_beyond_the_draws(work, run_config, capsys):
     """Known only once the configuration is read (the tracking store is opened for that)."""
-    code = main(["retrain", "--config", run_config, "--baseline", "defaults", "--seeds", "1", "--parallel", "3", "--cpus-per-draw", "0.1",
+    code = main(["retrain", "--config", run_config, "--baseline", "defaults", "--seeds", "1", "--concurrency", "3", "--cpus-per-draw", "0.1",
                  "--tracking-uri", str(work / "m.db")])
     err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and "--parallel 3 is more than the 2 draws to train" in err
+    assert code == 2 and err.count("\n") == 1 and "--concurrency 3 is more than the 2 draws to train" in err
     assert not ray_started()
 
 
@@ -340,7 +343,7 @@ def test_argparse_errors_are_one_line_from_the_shell(work):
     assert run.returncode == 2 and run.stdout == ""
     assert run.stderr == ("tunedml ui: error: argument --port: 99999 is not a port number; valid: an integer in "
                           "1..65535 (see tunedml ui --help)\n")
-    run = tunedml("search", "--dataset", "sst2", cwd=work, timeout=60)  # --space is required
+    run = tunedml("search", "--datasets", "sst2", cwd=work, timeout=60)  # --space is required
     assert run.returncode == 2 and run.stderr.count("\n") == 1 and "--space" in run.stderr
 
 
@@ -392,8 +395,8 @@ def test_blank_value_in_a_config(refused, train, tmp_path, line, fragment):
 
 
 def test_empty_name_in_a_list_of_datasets(refused, search):
-    refused(*search(dataset=","), fragments=("--dataset ',': an empty name in the list",))  # was: exit 0, no search
-    refused(*search(dataset="sst2,,trec"), fragments=("--dataset 'sst2,,trec': an empty name",))
+    refused(*search(dataset=","), fragments=("--datasets ',': an empty name in the list",))  # was: exit 0, no search
+    refused(*search(dataset="sst2,,trec"), fragments=("--datasets 'sst2,,trec': an empty name",))
 
 
 def write_rows(path: Path, rows: list[dict]) -> None:
@@ -527,7 +530,7 @@ def test_retrain_bootstrap_resamples_without_the_bootstrap_interval(refused, run
 def test_retrain_config_with_an_unused_value(work, tmp_path, data_dir, capsys):
     config = tmp_path / "best.yaml"
     config.write_text(f"data:\n  dataset: sst2\n  data_dir: {data_dir}\n  k: 4\n  folds: 3\ntrain:\n  steps: 1\n")
-    code = main(["retrain", "--config", str(config), "--baseline", "defaults", "--seeds", "1", "--parallel", "1",
+    code = main(["retrain", "--config", str(config), "--baseline", "defaults", "--seeds", "1", "--concurrency", "1",
                  "--tracking-uri", str(work / "m.db")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and f"{config}: data.folds=3 does nothing" in err, err
@@ -599,7 +602,7 @@ def test_sigterm_ends_a_search_killed_not_failed(work, tmp_path, data_dir, tiny_
     db = work / "mlflow.db"
     space = tmp_path / "long.yaml"
     space.write_text("loss.name: none\ntrain.lr: {loguniform: [1.0e-4, 1.0e-3]}\ntrain.epochs: 200\n")
-    args = ["search", "--dataset", "sst2", "--data-dir", data_dir, "--model", tiny_roberta, "--space",
+    args = ["search", "--datasets", "sst2", "--data-dir", data_dir, "--model", tiny_roberta, "--space",
             str(space), "--trials", "2", "--set", "data.k=2",
             "--scheduler", "none", "--name", "term", "--storage", str(work / "results"), "--tracking-uri", str(db)]
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
@@ -627,8 +630,8 @@ def test_sigterm_ends_a_search_killed_not_failed(work, tmp_path, data_dir, tiny_
     assert all(r.info.status != "RUNNING" for r in client.search_runs([exp.experiment_id]))
 
     # resumed with options that the saved search would ignore: refused before anything is recorded
-    run = tunedml(*args, "--resume", "--trials", "5", "--seed", "3", cwd=work, timeout=120)
+    run = tunedml(*args, "--resume", "--trials", "5", "--sampler-seed", "3", cwd=work, timeout=120)
     assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
-    assert "--resume continues term with the options it started with; leave out --trials 5 (it has 2), --seed 3" \
+    assert "--resume continues term with the options it started with; leave out --trials 5 (it has 2), --sampler-seed 3" \
         in run.stderr
     assert client.get_run(parent.info.run_id).info.status == "KILLED"

@@ -16,8 +16,16 @@ from PIL import Image
 from tunedml.errors import ConfigError
 from tunedml.report import comparison_lines, markdown, plot_embeddings, rows, write_report
 from tunedml.retrain import (
-    Candidate, Comparison, ConfigResult, DrawResult, RetrainOptions, Snapshot, apply_overrides, cce_defaults,
-    compare, retrain,
+    Candidate,
+    Comparison,
+    ConfigResult,
+    DrawResult,
+    RetrainOptions,
+    Snapshot,
+    apply_overrides,
+    cce_defaults,
+    compare,
+    retrain,
 )
 from tunedml.train import prepare_tokens
 
@@ -172,7 +180,7 @@ def comparisons(tiny_roberta, data_dir) -> list[Comparison]:
         best = Candidate("best", apply_overrides({"loss.name": loss, "loss.centers_per_class": 2} if loss == "soft_triple"
                                                  else {"loss.name": loss}, overrides, "test"), "test")
         tokens = prepare_tokens(best.run_config)
-        out.append(retrain(tokens, best, cce_defaults(overrides), RetrainOptions(seeds=2, parallel=1)))
+        out.append(retrain(tokens, best, cce_defaults(overrides), RetrainOptions(seeds=2, concurrency=1)))
     return out
 
 
@@ -214,13 +222,14 @@ def test_search_then_retrain_then_report(tmp_path, tiny_roberta, data_dir):
     from mlflow import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    common = ["--dataset", "trec", "--data-dir", data_dir, "--model", tiny_roberta, "--set", "data.k=2",
-              "--set", "data.max_length=32", "--tracking-uri", uri]
-    search = ["search", "--trials", "1", "--scheduler", "none", "--storage", str(tmp_path / "ray"), *common]
+    common = ["--data-dir", data_dir, "--model", tiny_roberta, "--set", "data.k=2", "--set", "data.max_length=32",
+              "--tracking-uri", uri]
+    search = ["search", "--datasets", "trec", "--trials", "1", "--scheduler", "none", "--storage", str(tmp_path / "ray"),
+              *common]
     tunedml(*search, "--space", os.path.join(SPACES, "cce.yaml"), cwd=str(tmp_path))
     tunedml(*search, "--space", os.path.join(SPACES, "dml.yaml"), "--set", "train.epochs=1", cwd=str(tmp_path))
 
-    run = tunedml("retrain", *common, "--seeds", "2", "--set", "train.epochs=1", "--parallel", "1", "--json",
+    run = tunedml("retrain", "--dataset", "trec", *common, "--seeds", "2", "--set", "train.epochs=1", "--concurrency", "1", "--json",
                   cwd=str(tmp_path))
     out = json.loads(run.stdout)
     assert "(space dml)" in out["best"]["source"] and "(space cce)" in out["baseline"]["source"]

@@ -17,9 +17,25 @@ from tunedml.data import draw as make_draw
 from tunedml.data import load_corpus
 from tunedml.errors import ConfigError
 from tunedml.retrain import (
-    FRESH_OFFSET, Candidate, Comparison, ConfigResult, DrawResult, RetrainOptions, align_baseline, apply_overrides,
-    bootstrap_interval, candidate_from_file, cce_defaults, compare, draw_configs, load_model, paired_differences,
-    paired_p_values, retrain, save_model, t_interval,
+    FRESH_OFFSET,
+    Candidate,
+    Comparison,
+    ConfigResult,
+    DrawResult,
+    RetrainOptions,
+    align_baseline,
+    apply_overrides,
+    bootstrap_interval,
+    candidate_from_file,
+    cce_defaults,
+    compare,
+    draw_configs,
+    load_model,
+    paired_differences,
+    paired_p_values,
+    retrain,
+    save_model,
+    t_interval,
 )
 from tunedml.train import prepare_tokens
 
@@ -192,7 +208,7 @@ def test_a_space_that_searches_the_loss_is_no_baseline():
 
 
 def test_bad_options_are_config_errors():
-    for options in (RetrainOptions(seeds=0), RetrainOptions(parallel=0), RetrainOptions(bootstrap=5)):
+    for options in (RetrainOptions(seeds=0), RetrainOptions(concurrency=0), RetrainOptions(bootstrap=5)):
         with pytest.raises(ConfigError):
             options.validate()
 
@@ -220,7 +236,7 @@ def tokens(pair):
 @pytest.fixture(scope="module")
 def compared(pair, tokens) -> Comparison:
     seen = []
-    comparison = retrain(tokens, *pair, RetrainOptions(seeds=2, parallel=1, keep_model=True),
+    comparison = retrain(tokens, *pair, RetrainOptions(seeds=2, concurrency=1, keep_model=True),
                          on_draw=lambda job, result: seen.append((job.role, result.index)))
     comparison.seen = seen
     return comparison
@@ -325,7 +341,7 @@ def test_ray_tasks_give_the_same_draws_as_one_process(pair, tokens, compared):
     init_ray(None, False)
     try:
         assert ray.cluster_resources().get("CPU", 0) >= 2, "this test needs two CPUs for two draws at a time"
-        parallel = retrain(tokens, *pair, RetrainOptions(seeds=2, parallel=2, cpus_per_draw=1))
+        parallel = retrain(tokens, *pair, RetrainOptions(seeds=2, concurrency=2, cpus_per_draw=1))
     finally:
         if started:
             ray.shutdown()
@@ -354,7 +370,7 @@ def test_retrain_from_files_records_final_runs_and_a_loadable_model(tmp_path, ti
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     run = tunedml("retrain", "--dataset", "trec", "--data-dir", data_dir, "--model", tiny_roberta,
                   "--config", str(best_yaml), "--baseline", os.path.join(SPACES, "cce.yaml"), "--seeds", "2",
-                  "--parallel", "1", "--set", "data.k=2", "--set", "train.epochs=1", "--set", "data.max_length=32",
+                  "--concurrency", "1", "--set", "data.k=2", "--set", "train.epochs=1", "--set", "data.max_length=32",
                   "--tracking-uri", uri, "--save-model", str(tmp_path / "model"), "--json")
     assert run.returncode == 0, run.stderr
     out = json.loads(run.stdout)
@@ -453,13 +469,13 @@ def test_retrain_without_a_cce_search_stops_and_names_the_command(dml_only_store
     run = tunedml("retrain", "--dataset", "sst2", "--tracking-uri", dml_only_store, cwd=str(tmp_path))
     assert run.returncode == 2 and run.stdout == "" and run.stderr.count("\n") == 1, run.stderr
     assert run.stderr.startswith("tunedml retrain: error: no CCE-only search recorded for dataset 'sst2'")
-    assert "`tunedml search --dataset sst2 --space search_spaces/cce.yaml --trials 12`" in run.stderr
+    assert "`tunedml search --datasets sst2 --space search_spaces/cce.yaml --trials 12`" in run.stderr
     assert "--baseline defaults" in run.stderr and "draw" not in run.stderr
 
 
 def test_untuned_baseline_on_request_and_one_draw_gives_scores_without_interval(dml_only_store, tmp_path):
     run = tunedml("retrain", "--dataset", "sst2", "--tracking-uri", dml_only_store, "--baseline", "defaults",
-                  "--seeds", "1", "--parallel", "1", cwd=str(tmp_path))
+                  "--seeds", "1", "--concurrency", "1", cwd=str(tmp_path))
     assert run.returncode == 0, run.stderr[-3000:]
     lines = run.stdout.splitlines()
     assert any(line.startswith("  CCE baseline (none, untuned)") for line in lines)

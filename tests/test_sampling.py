@@ -10,8 +10,7 @@ import pytest
 
 from tunedml.data import draw, load_corpus
 from tunedml.errors import DataError
-from tunedml.sampling import (MPerClassBatches, RandomBatches, auto_m, build_sampler, has_positive_pair,
-                              without_positive)
+from tunedml.sampling import MPerClassBatches, RandomBatches, auto_m, build_sampler, has_positive_pair, without_positive
 
 
 @pytest.fixture(scope="module")

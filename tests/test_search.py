@@ -16,14 +16,28 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tunedml.cli import main, print_search_result
 from tunedml.config import from_flat
 from tunedml.errors import ConfigError
-from tunedml.search import (RunBounds, SearchOptions, SearchResult, TrialSummary, best_trial, make_scheduler, repeat_config,
-                            check_per_option, describe, experiment_path, init_ray, parse_per_option, run_bounds,
-                            run_search)
+from tunedml.search import (
+    RunBounds,
+    SearchOptions,
+    SearchResult,
+    TrialSummary,
+    best_trial,
+    check_per_option,
+    describe,
+    experiment_path,
+    init_ray,
+    make_scheduler,
+    parse_per_option,
+    repeat_config,
+    run_bounds,
+    run_search,
+)
 from tunedml.space import load_space
 from tunedml.train import prepare_tokens
 
@@ -135,7 +149,7 @@ def test_two_trial_search_on_two_datasets_prints_best_configs(local_ray, tmp_pat
     monkeypatch.chdir(tmp_path)  # MLflow's default ./mlflow.db lands here
     space = tmp_path / "two.yaml"
     space.write_text(TWO_LOSSES % 2)
-    rc = main(["search", "--dataset", "sst2,trec", "--data-dir", data_dir, "--space", str(space), "--trials", "2",
+    rc = main(["search", "--datasets", "sst2,trec", "--data-dir", data_dir, "--space", str(space), "--trials", "2",
                "--model", tiny_roberta, "--set", "data.k=2", "--storage", str(tmp_path / "results"), "--json"])
     stdout, stderr = capsys.readouterr()
     assert rc == 0, stderr
@@ -166,7 +180,7 @@ def test_interrupted_and_killed_search_resumes_without_rerunning_finished_trials
                                                                                 data_dir):
     space = tmp_path / "resume.yaml"
     space.write_text(TWO_LOSSES % 8)
-    args = ["--dataset", "sst2", "--data-dir", data_dir, "--space", str(space), "--trials", "3", "--model",
+    args = ["--datasets", "sst2", "--data-dir", data_dir, "--space", str(space), "--trials", "3", "--model",
             tiny_roberta, "--set", "data.k=2", "--scheduler", "none", "--storage", str(tmp_path / "results")]
     path = tmp_path / "results" / "interrupted"
 
@@ -206,7 +220,7 @@ def test_interrupted_and_killed_search_resumes_without_rerunning_finished_trials
 def test_invalid_space_stops_with_one_line_and_exit_2(searches, tmp_path, tiny_roberta, data_dir):
     space = tmp_path / "bad.yaml"
     space.write_text("loss.name: proxy_anchor\nloss.margin: {uniform: [0.5, 0.1]}\n")
-    run = searches("--dataset", "sst2", "--data-dir", data_dir, "--space", str(space), "--model", tiny_roberta,
+    run = searches("--datasets", "sst2", "--data-dir", data_dir, "--space", str(space), "--model", tiny_roberta,
                    "--storage", str(tmp_path / "results"))
     rc, stdout, stderr = run.finish()
     assert rc == 2
@@ -304,6 +318,20 @@ def test_failing_trial_is_recorded_with_its_reason_and_the_others_finish(local_r
     last = {t.trial_id: t.last_result for t in ExperimentAnalysis(result.path).trials}[result.best.trial_id]
     assert last["threads"] == 1  # torch computes with the CPUs the trial was granted
     assert "dev_accuracy_std" in last  # two draws per trial, averaged
+    # the reported score is the mean of the two repeats, each trained here alone on its own draw and seed
+    from tunedml.search.trainable import repeat_config
+    from tunedml.train import Trainer, draw_for
+
+    cfg = from_flat({**base, "model.name": tiny_roberta, "train.epochs": 2, "train.threads": 1})
+    alone = []
+    for r in range(2):
+        c = repeat_config(cfg, r)
+        alone.append(Trainer(c, tokens, draw_for(c, tokens)).fit(evaluate_test=False).dev)
+    assert alone[0] != alone[1] or draw_for(repeat_config(cfg, 0), tokens).dev.tolist() != \
+        draw_for(repeat_config(cfg, 1), tokens).dev.tolist()  # two draws, not one twice
+    for m in ("accuracy", "macro_f1"):
+        assert last[f"dev_{m}"] == pytest.approx(np.mean([d[m] for d in alone]))
+        assert last[f"dev_{m}_std"] == pytest.approx(np.std([d[m] for d in alone]))
 
     lines = capsys.readouterr().err
     assert f"{failed.trial_id} FAILED: NonFiniteLossError: non-finite loss at step 1" in lines

@@ -112,6 +112,28 @@ def test_the_core_imports_nothing_above_it():
             assert not reached, f"core module {name} imports {sorted(reached)}"
 
 
+def test_the_command_line_reaches_search_retrain_and_tracking_only_through_the_api():
+    """cli parses and calls: preparing, checking and running a search or a retrain live beside
+    them (tunedml.search, tunedml.retrain) and are called through tunedml.api, as from Python."""
+    reached = imported("tunedml.cli", PACKAGE / "cli.py")
+    inside = sorted(m for m in reached & set(modules()) if m.startswith(("tunedml.search", "tunedml.retrain", "tunedml.tracking.",
+                                                        "tunedml.train")))
+    assert inside == [], f"tunedml/cli.py imports {inside}"  # tunedml.tracking (its facade) serves `tunedml ui`
+    assert not {m.split(".")[0] for m in reached} & {*SEARCH_AND_TRACKING, "torch", "transformers"}
+    assert "tunedml.api" in reached
+
+
+def test_each_command_checks_beside_itself():
+    """The probes in checks.py; a command's checks in its own package; one tracking-store check."""
+    mods = modules()
+    assert {"tunedml.search.checks", "tunedml.retrain.checks", "tunedml.search.prepare"} <= set(mods)
+    probes = (PACKAGE / "checks.py").read_text()
+    for moved in ("def check_search", "def check_retrain", "def check_tracking"):
+        assert moved not in probes, moved
+    defined = [name for name, path in mods.items() if "def check_tracking(" in path.read_text()]
+    assert defined == ["tunedml.tracking.uri"]
+
+
 def test_the_package_has_no_import_cycle():
     assert cycles(graph()) == []
 

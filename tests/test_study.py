@@ -17,8 +17,17 @@ from tunedml.cli import build_parser, main
 from tunedml.errors import ConfigError
 from tunedml.space import load_space
 from tunedml.study import (
-    Ledger, Settings, Stage, StudyError, plan, report_argv, retrain_argv, search_action, search_argv, search_name,
-    shipped_space, study_spaces,
+    Ledger,
+    Settings,
+    Stage,
+    plan,
+    report_argv,
+    retrain_argv,
+    search_action,
+    search_argv,
+    search_name,
+    shipped_space,
+    study_spaces,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,7 +53,7 @@ def test_plan_runs_both_searches_then_the_retrain_per_dataset_then_one_report():
 def test_the_key_follows_what_changes_results_and_nothing_else(tmp_path):
     key = settings().key()
     for change in ({"trials": 5}, {"seeds": 3}, {"repeats": 1}, {"sets": ("data.k=8",)}, {"model": "roberta-base"},
-                   {"seed": 1}, {"scheduler": "none"}, {"concurrency": 2}, {"data_dir": str(tmp_path)},
+                   {"sampler_seed": 1}, {"scheduler": "none"}, {"concurrency": 2}, {"data_dir": str(tmp_path)},
                    {"rescore": 0}, {"rescore_draws": 5}):
         assert settings(**change).key() != key, change
     for change in ({"datasets": ("trec",)}, {"address": "auto"}, {"storage": "s3://b/t"}, {"out": "elsewhere"},
@@ -83,7 +92,7 @@ def test_search_stages_are_ordinary_searches_with_a_fixed_name():
     name = search_name(s, "sst2", "dml", s.key())
     assert name == f"sst2-dml-study-{s.key()[:8]}"
     args = build_parser().parse_args(search_argv(s, "sst2", "dml.yaml", name, resume=True))
-    assert (args.command, args.dataset, args.space, args.name, args.resume) == ("search", "sst2", "dml.yaml", name, True)
+    assert (args.command, args.datasets, args.space, args.name, args.resume) == ("search", "sst2", "dml.yaml", name, True)
     assert (args.trials, args.repeats, args.storage, args.cpus_per_trial, args.set) == (4, 3, "/r", 2.0, ["data.k=4"])
     assert args.tracking_uri == "sqlite:///x.db"
     assert not build_parser().parse_args(search_argv(s, "sst2", "dml.yaml", name, resume=False)).resume
@@ -152,6 +161,52 @@ def test_a_stage_counts_as_done_only_while_its_run_is_finished(store):
     assert again.done(stage) is None
     other = settings(trials=9, tracking_uri=store)
     assert Ledger(store, other.key()).open(other.params(), create=True) is False  # another key, another study
+
+
+def test_studies_are_listed_with_their_stages_and_settings(tmp_path, capsys):
+    from mlflow import MlflowClient
+
+    from tunedml.tracking.studies import list_studies
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    s = settings(tracking_uri=store)
+    ledger = Ledger(store, s.key())
+    ledger.open(s.params(), create=True)
+    client = MlflowClient(store)
+    run = client.create_run(client.create_experiment("stage-runs")).info.run_id
+    ledger.mark(Stage("sst2", "cce", 4), run)
+    (study,) = list_studies(store)
+    assert (study.key, study.run_id, study.state) == (s.key()[:8], ledger.run_id, "RUNNING")
+    assert study.stages == ["sst2.cce"] and study.datasets == ["sst2"] and study.runs == {"sst2.cce": run}
+    assert study.settings["trials"] == "4" and study.settings["seeds"] == "2" and study.settings["sampler_seed"] == "0"
+    assert main(["searches", "--tracking-uri", store]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "no search recorded" and lines[2].split()[:3] == ["study", "datasets", "stages"]
+    assert lines[3].split() == [s.key()[:8], "sst2", "1", "4", "2", "3", "RUNNING", ledger.run_id]
+
+
+def test_a_stage_that_fails_fails_the_study_with_exit_code_1(tmp_path):
+    """A stage's command that ends non-zero (a search where no trial scored exits 1) stops the
+    study: StageFailed is a RunFailed (exit code 1, not 2: the input was fine), the study's run FAILED."""
+    from mlflow import MlflowClient
+
+    from tunedml.errors import RunFailed
+    from tunedml.study import Commands, StageFailed, run_study
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    s = settings(datasets=("sst2",), tracking_uri=store, storage=str(tmp_path / "results"))
+    ran: list[list[str]] = []
+
+    def run(argv: list[str]) -> int:
+        ran.append(argv)
+        return 1
+
+    with pytest.raises(StageFailed, match="sst2 CCE search: tunedml search exited with code 1") as failed:
+        run_study(s, Commands(run=run, check=lambda argv: None))
+    assert isinstance(failed.value, RunFailed) and not isinstance(failed.value, ConfigError)
+    assert [argv[0] for argv in ran] == ["search"]  # nothing after the failed stage
+    ledger = Ledger(store, s.key())
+    assert MlflowClient(store).get_run(ledger.find()).info.status == "FAILED"
 
 
 @pytest.mark.parametrize("args, message", [

@@ -27,8 +27,15 @@ from mlflow import MlflowClient
 from tunedml.cli import main
 from tunedml.config import build_config, from_flat
 from tunedml.errors import ConfigError, TrackingError
-from tunedml.tracking import (BEST_CONFIG, PLOTS, UI_ENV, check_tracking, experiment_name, find_best,
-                              resolve_tracking_uri)
+from tunedml.tracking import (
+    BEST_CONFIG,
+    PLOTS,
+    UI_ENV,
+    check_tracking,
+    experiment_name,
+    find_best,
+    resolve_tracking_uri,
+)
 
 SPACES = {
     # head inference on a tiny random model: a coin toss on dev
@@ -146,12 +153,12 @@ def spaces(tmp_path_factory) -> dict[str, str]:
 def run_search(ray_local, spaces, tiny_roberta, data_dir, tmp_path_factory):
     storage = tmp_path_factory.mktemp("results")
 
-    def run(uri: str, space: str, trials: int, model: str | None = None) -> dict[str, Any]:
+    def run(uri: str, space: str, trials: int, model: str | None = None, code: int = 0) -> dict[str, Any]:
         k = [] if "data.k" in SPACES[space] else ["--set", "data.k=4"]  # the command line would win
-        code, out = in_process("search", "--dataset", "sst2", "--data-dir", data_dir, "--model", model or tiny_roberta,
+        exit_code, out = in_process("search", "--datasets", "sst2", "--data-dir", data_dir, "--model", model or tiny_roberta,
                                "--space", spaces[space], "--trials", str(trials), *k,
                                "--scheduler", "none", "--storage", str(storage), "--tracking-uri", uri, "--json")
-        assert code == 0
+        assert exit_code == code  # 1: the search ran and no trial produced a score
         return json.loads(out)
     return run
 
@@ -165,7 +172,7 @@ def sqlite_uri(tmp_path_factory) -> str:
 def recorded(run_search, sqlite_uri, nan_model) -> dict[str, dict[str, Any]]:
     """Three searches of sst2 in one SQLite store: a coin toss, a better one, one where all fail."""
     return {"head": run_search(sqlite_uri, "head", 2), "proxy": run_search(sqlite_uri, "proxy", 2),
-            "broken": run_search(sqlite_uri, "broken", 1, model=nan_model)}
+            "broken": run_search(sqlite_uri, "broken", 1, model=nan_model, code=1)}
 
 
 @pytest.fixture(scope="module")
@@ -232,7 +239,9 @@ def assert_search_recorded(uri: str, summary: dict[str, Any], space_file: str, t
         local = client.download_artifacts(parent.info.run_id, BEST_CONFIG, tmp)
         assert build_config(local).to_flat() == summary["best_config"]
     assert [f.path for f in client.list_artifacts(parent.info.run_id, "space")] == [f"space/{Path(space_file).name}"]
-    plots = {Path(f.path).stem for f in client.list_artifacts(parent.info.run_id, "plots")}
+    plot_files = [Path(f.path) for f in client.list_artifacts(parent.info.run_id, "plots")]
+    assert {p.suffix for p in plot_files} == {".png"}  # images: they show in the UI without internet
+    plots = {p.stem for p in plot_files}
     skipped = {name for name in PLOTS if f"plot {name} skipped" in tags.get("tunedml.notes", "")}
     assert "optimization_history" in plots and plots | skipped == set(PLOTS)
 
@@ -286,6 +295,38 @@ def test_best_says_when_nothing_is_recorded(recorded, sqlite_uri, capsys):
         find_best(sqlite_uri, "sst2", space="dml.yaml")
 
 
+@pytest.mark.slow  # starts Ray
+def test_searches_lists_every_recorded_search_with_its_state(recorded, sqlite_uri):
+    code, out = in_process("searches", "--json", "--tracking-uri", sqlite_uri)
+    assert code == 0
+    by_run = {s["run_id"]: s for s in json.loads(out)["searches"]}
+    for space, state in (("head", "FINISHED"), ("proxy", "FINISHED"), ("broken", "FAILED")):
+        summary = recorded[space]
+        found = by_run[summary["mlflow"]["run_id"]]
+        assert (found["dataset"], found["space"], found["state"], found["name"]) == \
+            ("sst2", space, state, Path(summary["path"]).name)
+        assert found["trials"] == found["budget"] == summary["trials"]
+        assert found["best_score"] == summary["best_score"] and found["objective"] == "dev_accuracy"
+    code, out = in_process("searches", "--datasets", "sst2", "--tracking-uri", sqlite_uri)
+    header, *rows = out.splitlines()
+    assert code == 0 and header.split() == ["dataset", "search", "space", "trials", "best", "state", "run"]
+    broken = next(r.split() for r in rows if r.split()[-1] == recorded["broken"]["mlflow"]["run_id"])
+    assert broken[2:] == ["broken", "1/1", "-", "FAILED", recorded["broken"]["mlflow"]["run_id"]]
+    head = next(r.split() for r in rows if r.split()[-1] == recorded["head"]["mlflow"]["run_id"])
+    assert head[4:6] == ["dev_accuracy", f"{recorded['head']['best_score']:.4f}"]
+
+
+@pytest.mark.slow  # starts Ray
+def test_best_out_writes_what_it_would_print(recorded, sqlite_uri, tmp_path):
+    code, shown = in_process("best", "--dataset", "sst2", "--tracking-uri", sqlite_uri)
+    out = tmp_path / "configs" / "best.yaml"
+    code_out, printed = in_process("best", "--dataset", "sst2", "--tracking-uri", sqlite_uri, "--out", str(out))
+    assert code == code_out == 0
+    assert out.read_text() == shown and build_config(str(out)).to_flat() == recorded["proxy"]["best_config"]
+    assert printed.startswith("best dev_accuracy ") and printed.rstrip().endswith(
+        f"written to {out} (tunedml train --config {out})")
+
+
 @pytest.mark.slow  # starts an MLflow server
 def test_search_through_an_mlflow_server(mlflow_server, run_search, spaces, monkeypatch, capsys):
     url, _ = mlflow_server
@@ -300,7 +341,7 @@ def test_search_through_an_mlflow_server(mlflow_server, run_search, spaces, monk
 # ----------------------------------------------------------------- where it writes, and failing fast
 
 def search_args(uri: str, spaces: dict[str, str], tiny_roberta: str, data_dir: str, storage: Path) -> list[str]:
-    return ["search", "--dataset", "sst2", "--data-dir", data_dir, "--model", tiny_roberta, "--space", spaces["head"],
+    return ["search", "--datasets", "sst2", "--data-dir", data_dir, "--model", tiny_roberta, "--space", spaces["head"],
             "--trials", "2", "--storage", str(storage), "--tracking-uri", uri]
 
 
@@ -350,6 +391,39 @@ def test_optuna_names_are_recovered_from_a_trial_config():
         config = space.define_by_run(trial)
         assert space.root.params(config_keys(config), space.path) == trial.params
         study.tell(trial, 0.5)
+
+
+# ----------------------------------------------------------------- Optuna's plots, offline
+
+def test_optuna_plots_are_images_that_need_no_network(tmp_path):
+    """Each plot is a PNG that decodes, holding no script and no address to fetch (the HTML plots
+    loaded plotly.js from a CDN: blank in the MLflow UI without internet); the plots with an axis
+    per parameter show the few that mattered, so that they stay readable."""
+    import optuna
+    from PIL import Image
+
+    from tunedml.search import TrialSummary
+    from tunedml.space import config_keys, load_space
+    from tunedml.tracking.plots import SHOWN_PARAMS, write_optuna_plots
+
+    space = load_space(Path(__file__).resolve().parents[1] / "search_spaces" / "dml.yaml")
+    proposer = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    trials = []
+    for i in range(10):
+        config = config_keys(space.define_by_run(proposer.ask()))
+        trials.append(TrialSummary(f"t{i}", "KILLED" if i % 4 == 0 else "FINISHED", config, 0.5 + 0.02 * i, 20))
+    notes: list[str] = []
+    made = write_optuna_plots(space, trials, tmp_path, notes)
+    assert made == list(PLOTS) and notes == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{name}.png" for name in PLOTS)
+    for name in PLOTS:
+        data = (tmp_path / f"{name}.png").read_bytes()
+        assert data.startswith(b"\x89PNG\r\n\x1a\n")
+        assert b"http" not in data and b"<script" not in data and b"<html" not in data.lower()
+        with Image.open(tmp_path / f"{name}.png") as image:
+            image.load()  # decodes in full, here, with nothing fetched
+            width, height = image.size
+        assert 0 < height < 2000 and 0 < width < 300 * (SHOWN_PARAMS + 2), (name, image.size)
 
 
 # ----------------------------------------------------------------- the UI

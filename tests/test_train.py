@@ -59,8 +59,11 @@ def test_fit_records_one_result_per_epoch(tiny_roberta, data_dir, tokens):
 
 
 def test_fit_without_test(tiny_roberta, data_dir, tokens):
-    result = fit(config(tiny_roberta, data_dir, "train.epochs=1"), tokens, evaluate_test=False)
+    cfg = config(tiny_roberta, data_dir, "train.epochs=1")
+    trainer = Trainer(cfg, tokens, small_draw(cfg, tokens))
+    result = trainer.fit(evaluate_test=False)
     assert result.test is None and in_unit_interval(result.dev)
+    assert result.dev == trainer.evaluate(trainer.draw.dev)  # the final model's dev score, unchanged since
 
 
 def test_training_lowers_the_loss_on_its_own_examples(tiny_roberta, data_dir, tokens):
@@ -87,15 +90,36 @@ def test_another_seed_another_run(tiny_roberta, data_dir, tokens):
 @pytest.mark.parametrize("loss, mode", [("proxy_nca", "proxy"), ("supcon", "proxy"), ("none", "proxy"),
                                         ("proxy_anchor", "mixed")])
 def test_inference_modes_score_dev_and_test(tiny_roberta, data_dir, tokens, loss, mode):
+    """Each mode's test accuracy is what its rule gives on the final model's outputs, computed here
+    apart: the head's argmax, the nearest proxy (or class center of the training draw) by cosine,
+    or the mean of the head's and the scaled cosines' softmax."""
     cfg = config(tiny_roberta, data_dir, "train.epochs=1", f"loss.name={loss}", f"inference.mode={mode}")
-    result = fit(cfg, tokens)
+    trainer = Trainer(cfg, tokens, small_draw(cfg, tokens))
+    result = trainer.fit()
     assert in_unit_interval(result.dev) and in_unit_interval(result.test)
+    out = trainer.outputs(trainer.draw.test)
+    learned = trainer.loss.dml.proxies() if trainer.loss.dml is not None else None
+    if learned is not None:
+        targets = learned.detach().cpu()
+    else:
+        train = trainer.outputs(trainer.draw.train)
+        targets = class_centers(train, tokens.corpus.num_classes)
+    cosine = torch.nn.functional.normalize(out.embeddings, dim=1) @ torch.nn.functional.normalize(targets, dim=1).t()
+    if mode == "proxy":
+        predicted = cosine.argmax(1)
+    else:
+        w, scale = cfg.inference.mix_weight, cfg.inference.proxy_scale
+        predicted = (w * out.logits.softmax(1) + (1 - w) * (scale * cosine).softmax(1)).argmax(1)
+    expected = float((predicted.numpy() == out.labels).mean())
+    assert abs(result.test["accuracy"] - expected) <= 1 / len(out.labels) + 1e-9  # a near-tie may fall either way
 
 
 def test_run_training_reads_draws_and_trains(tiny_roberta, data_dir):
     cfg = config(tiny_roberta, data_dir, "train.epochs=1", "data.dataset=trec", "data.k=4", "data.max_length=32")
     result = run_training(cfg, evaluate_test=False)
     assert len(result.history) == 1 and in_unit_interval(result.dev)
+    # trec has 6 classes; k=4 per class, batch 8: 24 examples are 3 steps a pass
+    assert result.final_step == 3 and result.history[0].step == 3 and result.test is None
 
 
 def history(result: FitResult) -> list[tuple]:
@@ -334,6 +358,23 @@ def test_embedded_minilm_trains(data_dir):
     result = trainer.fit()
     assert len(result.history) == 1 and math.isfinite(result.history[0].train_loss)
     assert in_unit_interval(result.dev) and in_unit_interval(result.test)
+
+
+@pytest.mark.slow  # the real MiniLM, 40 steps: ~30 s
+def test_embedded_minilm_beats_the_majority_class_on_subj(data_dir):
+    """A short real run learns: the pretrained encoder, fine-tuned on 16 examples per class, is well
+    above the majority-class rate on SUBJ's test split (a margin of 10 points: draws vary by a few)."""
+    cfg = build_config(sets=[f"data.data_dir={data_dir}", "data.dataset=subj", "data.k=16", "data.max_length=64",
+                             "train.steps=40", "train.eval_every=40", "train.batch_size=16", "train.lr=1e-4",
+                             "train.threads=2", "loss.name=supcon", "inference.mode=mixed"])
+    tokens = tokenize(load_corpus("subj", data_dir), load_tokenizer("minilm"), cfg.data.max_length)
+    d = draw_for(cfg, tokens)
+    test = d.test[:400]
+    result = Trainer(cfg, tokens, Draw(d.train, d.dev, test)).fit()
+    labels = tokens.corpus.labels[test]
+    majority = np.bincount(labels).max() / len(labels)
+    assert result.test["accuracy"] >= majority + 0.10, (result.test, majority)
+    assert not result.test["collapsed"]
 
 
 def test_a_finished_trainer_is_freed_at_once(tiny_roberta, data_dir, tokens):

@@ -1,11 +1,12 @@
-"""Pre-flight checks: what a command will use exists and can be used, checked before any work.
+"""Pre-flight probes: what a command will use exists and can be used, checked before any work.
 
-Each check takes a second or two at most and raises a :class:`~tunedml.errors.TunedMLError`
+Each probe takes a second or two at most and raises a :class:`~tunedml.errors.TunedMLError`
 naming the option, the value and what to pass instead, so that bad input ends in one line and
 exit code 2 with nothing written: no results folder, no MLflow run, no new database file. The
-checks cover the places a command writes (tracking store, ``--storage``, output folders), names
-that become folders, ports, Ray addresses, the resources a trial or draw asks for, the models and
-the few-shot draws.
+probes cover the places a command writes (``--storage``, output folders), ports, Ray addresses,
+the nodes and the resources a trial or draw asks for (GPUs chosen for ``auto``), the models and
+the few-shot draws. Each command puts them together beside itself: :mod:`tunedml.search.checks`,
+:mod:`tunedml.retrain.checks`; the tracking store's check is :func:`tunedml.tracking.check_tracking`.
 
 Nothing here trusts a permission bit: root passes ``os.access`` everywhere, even in ``/proc``, so
 a place is writable when a file could really be created in it.
@@ -26,18 +27,16 @@ from pathlib import Path
 from typing import Any, Iterable
 from urllib.parse import urlparse
 
-from .errors import ConfigError, DataError, TrackingError
+from .choices import AUTO
+from .errors import ConfigError, DataError
 
 PROBE_TIMEOUT_S = 3  # a host that does not answer in 3 s is unreachable for a pre-flight check
 HOST_PATTERN = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]")  # a name, IPv4 or [IPv6]
 STORAGE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")  # what pyarrow (Ray's storage) opens
-DATABASE_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
-SQLITE_HEADER = b"SQLite format 3\x00"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 MODEL_ADVICE = "pass --model minilm (embedded, no network), a local model folder, or give this machine network access"
 DRAW_KEYS = ("data.protocol", "data.k", "data.sample_size", "data.folds", "data.fold", "data.seed", "data.test_size",
              "data.sampler", "data.m_per_class", "train.batch_size")  # the draw and the batches it must give
-GROWING_DRAW_KEYS = ("data.k", "data.sample_size", "data.test_size")  # the larger, the harder to draw
 # options check_blank_options leaves alone: `--save-model` without a folder (its const "") is the
 # default folder; `--name ""` gets check_name's line, which says what a name may be
 BLANK_ELSEWHERE = ("save_model", "name")
@@ -93,6 +92,21 @@ def check_output_folder(path: str | Path, what: str) -> None:
     check_writable_folder(path, f"{what} {path}")
 
 
+def check_output_file(path: str | Path, what: str) -> None:
+    """A file to write: not a folder, and its folder writable (or creatable)."""
+    file = Path(path).expanduser()
+    if file.is_dir():
+        raise ConfigError(f"{what} {path}: is a folder; name a file")
+    if file.exists():
+        try:
+            with open(file, "rb+"):  # opened for writing, nothing written
+                pass
+        except OSError as e:
+            raise ConfigError(f"{what} {path}: cannot write it ({e.strerror})") from None
+        return
+    check_writable_folder(file.parent, f"{what} {path}")
+
+
 def check_storage(storage: str | None) -> None:
     """``--storage``: a local folder that can be written, or a bucket URI that Ray's storage opens."""
     if not storage:
@@ -108,68 +122,6 @@ def check_storage(storage: str | None) -> None:
     check_output_folder(storage, "--storage")
 
 
-def check_tracking_store(uri: str, must_exist: bool = False) -> None:
-    """A local tracking store (SQLite file, file store folder) can be created and written, or for
-    ``must_exist`` (commands that only read) exists; a database server answers. In a second, where
-    MLflow itself retries for minutes. Other schemes are left to the tracking module's check."""
-    scheme = urlparse(uri).scheme.split("+")[0]
-    where = f"cannot use MLflow tracking URI {uri}"
-    if scheme == "file" and not _file_store_allowed():
-        folder = Path(urlparse(uri).path)
-        raise TrackingError(f"{where}: {folder} names a folder (an MLflow file store), which this MLflow opens only "
-                            f"with MLFLOW_ALLOW_FILE_STORE=true; name a database file, e.g. {folder}.db")
-    if scheme == "sqlite":
-        path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else uri[len("sqlite://"):]
-        if path not in ("", ":memory:"):
-            _check_sqlite_file(Path(path), uri, where, must_exist)
-    elif scheme == "file":
-        folder = Path(urlparse(uri).path)
-        if folder.is_file():
-            raise TrackingError(f"{where}: {folder} is a file; a file store is a folder")
-        if must_exist and not folder.is_dir():
-            raise TrackingError(f"nothing recorded at {uri}: {folder} does not exist; run `tunedml search` first "
-                                "or pass --tracking-uri")
-        _writable(folder, where)
-    elif scheme in DATABASE_PORTS:
-        parsed = urlparse(uri)
-        if parsed.hostname:
-            probe(parsed.hostname, parsed.port or DATABASE_PORTS[scheme], f"cannot reach MLflow at {uri}")
-
-
-def _file_store_allowed() -> bool:
-    """Whether this MLflow opens a file store (newer versions refuse one unless told to)."""
-    try:
-        from mlflow.environment_variables import MLFLOW_ALLOW_FILE_STORE
-    except ImportError:  # a version from before the switch: file stores open
-        return True
-    return bool(MLFLOW_ALLOW_FILE_STORE.get())
-
-
-def _check_sqlite_file(path: Path, uri: str, where: str, must_exist: bool) -> None:
-    if path.is_dir():
-        raise TrackingError(f"{where}: {path} is a folder; name a database file, e.g. sqlite:///{path}/mlflow.db")
-    if not path.exists():
-        if must_exist:
-            raise TrackingError(f"nothing recorded at {uri}: {path} does not exist; run `tunedml search` first "
-                                "or pass --tracking-uri")
-        _writable(path.parent, where)
-        return
-    try:
-        with open(path, "rb+") as f:  # opened for writing, nothing written
-            header = f.read(len(SQLITE_HEADER))
-    except OSError as e:
-        raise TrackingError(f"{where}: cannot write {path} ({e.strerror})") from None
-    if header and header != SQLITE_HEADER:
-        raise TrackingError(f"{where}: {path} is not an SQLite database")
-
-
-def _writable(folder: Path, where: str) -> None:
-    try:
-        check_writable_folder(folder, where)
-    except ConfigError as e:
-        raise TrackingError(str(e)) from None
-
-
 # ----------------------------------------------------------------- names, ports, addresses
 
 def port(text: str) -> int:
@@ -181,6 +133,17 @@ def port(text: str) -> int:
     if not 1 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"{value} is not a port number; valid: an integer in 1..65535")
     return value
+
+
+def gpus(text: str) -> float | str:
+    """argparse type of GPUs per trial or draw: ``auto`` (see :func:`auto_gpus`) or a number."""
+    if text == AUTO:
+        return AUTO
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of GPUs; valid: auto, 0, a share below 1 such "
+                                         "as 0.25, or a whole number") from None
 
 
 def probe(host: str, port_number: int, what: str) -> None:
@@ -243,17 +206,76 @@ def local_node() -> Node:
 
 def join_cluster(address: str | None, verbose: bool = False) -> list[Node]:
     """Connect to the cluster (as the command will anyway) and list its live nodes."""
-    import ray
-
-    from .search import init_ray
+    from .ray_init import init_ray
 
     try:
         init_ray(address, verbose)
     except (ConnectionError, RuntimeError, ValueError) as e:
         where = address or os.environ.get("RAY_ADDRESS", "")
         raise ConfigError(f"--address {where}: cannot join the Ray cluster ({str(e).splitlines()[0][:200]})") from None
+    return ray_nodes() or []
+
+
+def ray_nodes() -> list[Node] | None:
+    """The live nodes of the Ray this process already runs (its logical resources, as a test's
+    ``ray.init(num_gpus=2)`` declares them), or None when Ray is not running here."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return None
     return [Node(float(n["Resources"].get("CPU", 0)), float(n["Resources"].get("GPU", 0)))
             for n in ray.nodes() if n.get("Alive")]
+
+
+def nodes_for(cluster: bool, address: str | None, verbose: bool = False) -> list[Node]:
+    """What a command's tasks will run on: the Ray already running in this process, else the
+    cluster it joins (``cluster``), else this machine."""
+    running = ray_nodes()
+    if running is not None:
+        return running
+    return join_cluster(address, verbose) if cluster else [local_node()]
+
+
+def auto_gpus(nodes: list[Node], at_once: int, unit: str, where: str) -> tuple[float, str]:
+    """GPUs per task for ``auto``, and why: none where there is no GPU; one per task where the
+    ``at_once`` tasks each get a GPU; else an equal share, so that they all run (1/n of a GPU for n
+    tasks a GPU, rounded down to Ray's steps of 0.0001)."""
+    count = int(sum(n.gpus for n in nodes))
+    if count < 1:
+        return 0.0, f"no GPU on {where}"
+    if at_once <= count:
+        return 1.0, f"{where} has {count} GPU{'s' * (count > 1)}"
+    per_gpu = math.ceil(at_once / count)
+    share = math.floor(10_000 / per_gpu) / 10_000
+    return share, f"{at_once} {unit}s at a time share {where}'s {count} GPU{'s' * (count > 1)}"
+
+
+def autoscaler_adds_gpus() -> bool:
+    """On a cluster started by Ray's cluster launcher: whether a node type of its config has GPUs
+    (the autoscaler adds such nodes while tasks wait for a GPU, so none may be up yet)."""
+    import yaml
+
+    try:
+        config = yaml.safe_load(Path("~/ray_bootstrap_config.yaml").expanduser().read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return False
+    types = (config.get("available_node_types") or {}).values()
+    return any(float((t.get("resources") or {}).get("GPU", 0) or 0) > 0 for t in types if isinstance(t, dict))
+
+
+def choose_gpus(requested: float | str, nodes: list[Node], at_once: int, unit: str, where: str,
+                grows: bool = False) -> tuple[float, str]:
+    """GPUs per task as asked, or for ``auto`` as :func:`auto_gpus` chooses (one each where a
+    growing cluster's autoscaler adds GPU nodes: the nodes up now do not tell); and why."""
+    if requested != AUTO:
+        return float(requested), ""
+    if grows and autoscaler_adds_gpus():
+        return 1.0, "the cluster's autoscaler adds GPU nodes"
+    return auto_gpus(nodes, at_once, unit, where)
+
+
+def describe_gpus(value: float, requested: float | str, reason: str, unit: str) -> str:
+    """``1 GPU per trial (auto: this machine has 2 GPUs)``: what a command prints of its choice."""
+    return f"{_num(value)} GPU{'s' * (value != 1)} per {unit}" + (f" (auto: {reason})" if requested == AUTO else "")
 
 
 def autoscaling() -> bool:
@@ -311,40 +333,6 @@ def check_request(request: Request, nodes: list[Node], where: str, wait_ok: bool
               file=sys.stderr, flush=True)
         return
     raise ConfigError(problem)
-
-
-def check_search_resources(options: Any) -> None:
-    """The search's per-trial request against this machine, or the cluster it joins."""
-    check_quantity(options.cpus_per_trial, "--cpus-per-trial")
-    check_quantity(options.gpus_per_trial, "--gpus-per-trial")
-    if options.concurrency > options.trials:
-        raise ConfigError(f"--concurrency {options.concurrency} is more than --trials {options.trials}; "
-                          f"at most {options.trials} trials can run at once")
-    cluster = on_cluster(options.address)
-    nodes = join_cluster(options.address, options.verbose) if cluster else [local_node()]
-    cpus = options.cpus_per_trial
-    if cpus is None:  # the default: the CPUs shared among concurrent trials, at least 1
-        cpus = max(1.0, float(min(sum(n.cpus for n in nodes) // options.concurrency, max(n.cpus for n in nodes))))
-    request = Request(cpus, options.gpus_per_trial, options.concurrency, "--cpus-per-trial", "--gpus-per-trial",
-                      "--concurrency")
-    check_request(request, nodes, "the cluster" if cluster else "this machine", wait_ok=cluster and autoscaling())
-
-
-def check_retrain_resources(options: Any) -> None:
-    """Retrain's per-draw request: refused where ``retrain._plan`` would silently drop it."""
-    check_quantity(options.cpus_per_draw, "--cpus-per-draw")
-    check_quantity(options.gpus_per_draw, "--gpus-per-draw")
-    cluster = bool(options.address)  # as retrain plans it: RAY_ADDRESS alone does not make a cluster run
-    if cluster and options.parallel is not None:
-        raise ConfigError("--parallel has no effect on a cluster (--address): Ray runs as many draws as the "
-                          "nodes fit; leave it out, or set --cpus-per-draw / --gpus-per-draw")
-    nodes = join_cluster(options.address, options.verbose) if cluster else [local_node()]
-    gpus = options.gpus_per_draw
-    if gpus is None:
-        gpus = 1.0 if not cluster and nodes[0].gpus else 0.0
-    request = Request(options.cpus_per_draw or 1.0, gpus, options.parallel or 1, "--cpus-per-draw",
-                      "--gpus-per-draw", "--parallel")
-    check_request(request, nodes, "the cluster" if cluster else "this machine", wait_ok=cluster and autoscaling())
 
 
 # ----------------------------------------------------------------- models
@@ -444,20 +432,6 @@ def _loads(path: str, local_files_only: bool) -> str | None:
     return None
 
 
-def space_values(space: Any, key: str) -> set[Any]:
-    """Every value a search space can give ``key``: fixed, categorical or as a choice's option."""
-    values: set[Any] = set()
-    if key in space.fixed:
-        values.add(space.fixed[key])
-    values.update(v for d in space.dists if d.key == key and d.kind == "categorical" for v in d.choices)
-    for branch_key, (_, options) in space.branches.items():
-        if branch_key == key:
-            values.update(options)
-        for sub in options.values():
-            values |= space_values(sub, key)
-    return values
-
-
 # ----------------------------------------------------------------- few-shot draws
 
 def draw_settings(flat: dict[str, Any]) -> tuple[Any, ...]:
@@ -494,129 +468,3 @@ def _check_batches(corpus: Any, train: Any, flat: dict[str, Any]) -> None:
                       int(flat["train.batch_size"]), None if m is None else int(m))
     except DataError as e:
         raise DataError(f"{corpus.name}: {e}") from None
-
-
-def search_draws(space: Any, driver_flat: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
-    """The draws a search can ask for: each branch at both ends of its ranges, and every key that
-    grows the draw at its largest; each with a note of where the values come from."""
-    out = []
-    for example in space.root.examples(0) + space.root.examples(-1):
-        flat = {**driver_flat, **example}
-        searched = {k: flat[k] for k in DRAW_KEYS if k in example and k not in space.root.fixed}
-        out.append((flat, _note(space.path, searched)))
-    largest = {k: max(int(v) for v in space.root.largest(k, driver_flat[k])) for k in GROWING_DRAW_KEYS}
-    grown = {k: v for k, v in largest.items() if v != driver_flat[k]}
-    out.append(({**driver_flat, **grown}, _note(space.path, grown)))
-    return out
-
-
-def _note(path: str, searched: dict[str, Any]) -> str:
-    shown = ", ".join(f"{k}={v}" for k, v in searched.items())
-    return f"{path} searches {shown}" if searched else ""
-
-
-# ----------------------------------------------------------------- a whole command
-
-def check_search(prepared: list[tuple[str, dict[str, Any], Any, Any]], options: Any, uri: str) -> None:
-    """Everything `tunedml search` will use, for every dataset, before MLflow or Ray is touched:
-    where it writes, the names of its searches, its models, its data and draws, and the resources
-    its trials ask for (a cluster is joined to see its nodes)."""
-    from .data import load_corpus
-    from .search import experiment_path
-
-    check_tracking_store(uri)
-    check_storage(options.storage)
-    check_address(options.address)
-    datasets = [p[0] for p in prepared]
-    if len(set(datasets)) < len(datasets):
-        raise ConfigError(f"--dataset lists {next(d for d in datasets if datasets.count(d) > 1)} twice")
-    if options.name and len(datasets) > 1:
-        raise ConfigError(f"--name names one search; with {len(datasets)} datasets leave it out "
-                          "(each search is named <dataset>-<space>-<time>)")
-    for dataset, _, space, driver_cfg in prepared:
-        _check_search_folder(*experiment_path(driver_cfg.data.dataset, space, options), options)
-        devices = {driver_cfg.train.device} | space_values(space.root, "train.device")
-        if options.gpus_per_trial == 0 and any(str(d).startswith("cuda") for d in devices):
-            raise ConfigError("train.device=cuda with --gpus-per-trial 0: Ray hides the GPUs from a trial that asks "
-                              "for none; pass --gpus-per-trial (e.g. 1, or 0.25 to share a GPU) or train.device=auto")
-        flat = driver_cfg.to_flat()
-        for name in sorted({driver_cfg.model.name} | space_values(space.root, "model.name"), key=str):
-            check_model(str(name))
-            largest = [int(max(space.root.largest(k, flat[k]))) for k in ("model.reinit_layers", "data.max_length")]
-            check_model_fits(str(name), *largest, source=space.path)
-        d = driver_cfg.data
-        corpus = load_corpus(d.dataset, d.data_dir, d.text_column, d.label_column)
-        for settings, note in search_draws(space, flat):
-            check_draws(corpus, [settings], note)
-    check_search_resources(options)  # on a cluster: joins it, as the search would next
-
-
-def _check_search_folder(storage: str, name: str, options: Any) -> None:
-    """--resume finds the search it continues; a new search does not land in an existing one's folder."""
-    from .search import read_state
-
-    if "://" in storage and not storage.startswith("file://"):
-        return
-    folder = Path(urlparse(storage).path if storage.startswith("file://") else storage) / name
-    if options.resume:
-        from ray import tune
-
-        if not folder.is_dir() or not tune.Tuner.can_restore(str(folder)):
-            raise ConfigError(f"--resume --name {name}: no search to resume in {folder.parent} "
-                              "(run it first, or check --name and --storage)")
-        _check_resumed_options(options, read_state(str(folder)).get("options", {}), name)
-    elif folder.exists():
-        raise ConfigError(f"--name {name}: a search of that name is already in {folder.parent}; continue it "
-                          f"with --resume --name {name}, or choose another name")
-
-
-def check_retrain_start(options: Any, uri: str, save_model: str | None) -> None:
-    """What `tunedml retrain` will use, known from its options alone: where it writes (tracking
-    store, --save-model), the cluster it joins and what each draw asks for."""
-    check_tracking_store(uri)
-    check_address(options.address)
-    if save_model is not None:
-        check_output_folder(save_model or "tunedml_models", "--save-model")
-    check_retrain_resources(options)
-
-
-def check_retrain(best: Any, baseline: Any, options: Any) -> None:
-    """The rest, once its two configurations are known: their models, every draw of both (fresh
-    seeds, every fold) and their number against --parallel."""
-    from .data import load_corpus
-    from .retrain import align_baseline, draw_configs
-
-    baseline = align_baseline(best, baseline)  # as retrain will: the same draws for both
-    configs = {c.role: draw_configs(c.run_config, options.seeds) for c in (best, baseline)}
-    for candidate in (best, baseline):
-        check_model(candidate.run_config.model.name)
-        cfg = candidate.run_config
-        check_model_fits(cfg.model.name, cfg.model.reinit_layers, cfg.data.max_length,
-                         f"the {candidate.role} configuration")
-    d = best.run_config.data
-    corpus = load_corpus(d.dataset, d.data_dir, d.text_column, d.label_column)
-    for role, cfgs in configs.items():
-        check_draws(corpus, [c.to_flat() for c in cfgs], f"the {role} configuration")
-    draws = sum(len(c) for c in configs.values())
-    if options.parallel is not None and options.parallel > draws:
-        raise ConfigError(f"--parallel {options.parallel} is more than the {draws} draws to train "
-                          "(best and baseline); at most that many run at once")
-
-
-RESUMED_AS_SAVED = {"trials": "--trials", "scheduler": "--scheduler", "metric": "--metric", "repeats": "--repeats",
-                    "seed": "--seed", "concurrency": "--concurrency", "time_budget_s": "--time-budget",
-                    "rescore": "--rescore", "rescore_draws": "--rescore-draws"}
-
-
-def _check_resumed_options(options: Any, saved: dict[str, Any], name: str) -> None:
-    """--resume continues a search as Ray saved it (its searcher, scheduler, sample count, budget):
-    an option given another value than the search started with would be ignored, or (--repeats)
-    would change the search halfway. Options left at their defaults are not compared."""
-    from .search import SearchOptions
-
-    default = SearchOptions()
-    changed = [f"{flag} {getattr(options, key)} (it has {saved[key]})" for key, flag in RESUMED_AS_SAVED.items()
-               if key in saved and getattr(options, key) not in (getattr(default, key), saved[key])]
-    if changed:
-        raise ConfigError(f"--resume continues {name} with the options it started with; leave out "
-                          + ", ".join(changed))

@@ -54,3 +54,12 @@ def unknown_choice(what: str, value: object, choices: Iterable[str]) -> str:
     """The standard message for a name that is not among the valid ones."""
     choices = list(choices)
     return f"unknown {what} {value!r}{did_you_mean(str(value), choices)}; valid: {', '.join(choices)}"
+
+
+class RunFailed(Exception):
+    """A command ran on valid input and produced nothing: no trial of a search scored, every draw
+    of one side of a final evaluation failed, or a stage of a study failed. Exit code 1.
+
+    Not a :class:`TunedMLError` (exit code 2): the input was fine; the run is what failed, and its
+    record (MLflow runs, Ray's folder) says why.
+    """

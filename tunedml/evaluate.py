@@ -13,6 +13,7 @@ from .data import TokenizedCorpus
 from .losses import CombinedLoss
 from .model import EncoderClassifier
 
+
 @dataclass
 class Outputs:
     """Head logits and sentence embeddings of some examples, in the order they were asked for."""

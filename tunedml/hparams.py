@@ -17,7 +17,6 @@ import yaml
 
 from .errors import ConfigError, unknown_choice
 
-
 NULLS = ("None", "null", "~")  # an unset optional key, as str() writes it (MLflow params) and as YAML does
 
 

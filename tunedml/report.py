@@ -18,6 +18,7 @@ from typing import Callable
 
 import numpy as np
 
+from . import choices
 from .errors import ConfigError, unknown_choice
 from .losses import NO_DML
 from .metrics import METRICS, check_metric
@@ -86,8 +87,8 @@ class ReportRow:
 
 
 def check_projection(projection: str) -> None:
-    if projection not in PROJECTIONS:
-        raise ConfigError("--projection: " + unknown_choice("projection", projection, PROJECTIONS))
+    if projection not in choices.PROJECTIONS:
+        raise ConfigError("--projection: " + unknown_choice("projection", projection, choices.PROJECTIONS))
 
 
 def rows(comparisons: list[Comparison], metric: str = "accuracy") -> list[ReportRow]:
@@ -377,9 +378,8 @@ def tsne_2d(points: np.ndarray, extra: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return xy[: len(points)], xy[len(points):]
 
 
-PROJECTIONS: dict[str, Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]] = {
-    "pca": pca_2d, "tsne": tsne_2d,
-}
+PROJECTIONS: dict[str, Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]] = dict(
+    zip(choices.PROJECTIONS, (pca_2d, tsne_2d)))
 
 
 def plot_embeddings(comparison: Comparison, path: str | Path, projection: str = "pca") -> Path:
@@ -430,6 +430,24 @@ def _panel(ax, comparison: Comparison, role: str, snap: Snapshot, projection: st
 
 
 # ----------------------------------------------------------------- the whole report
+
+@dataclass
+class Report:
+    """A written report: its files, the comparisons it tabulates, and its MLflow run once logged."""
+
+    files: list[Path]
+    comparisons: list[Comparison]
+    metric: str = "accuracy"
+    run_id: str | None = None
+    tracking_uri: str | None = None
+
+    def markdown(self) -> str:
+        """The table in ``metric``, as results.md has it (without its heading and sources)."""
+        return markdown(self.comparisons, self.metric)
+
+    def rows(self) -> list[ReportRow]:
+        return rows(self.comparisons, self.metric)
+
 
 def write_report(comparisons: list[Comparison], out: str | Path, metric: str = "accuracy",
                  projection: str = "pca") -> list[Path]:

@@ -169,9 +169,17 @@ class Comparison:
     snapshots: dict[str, Snapshot] = field(default_factory=dict)  # role -> snapshot of best_draw
     seconds: float = 0.0
     run_id: str | None = None  # the best configuration's final run, once recorded
+    run_ids: dict[str, str] = field(default_factory=dict)  # role -> its final run, once recorded
+    model_dir: str | None = None  # where the best configuration's top draw was saved, if it was
+    tracking_uri: str | None = None  # the store the final runs are recorded in
 
     def result(self, role: str) -> ConfigResult:
         return self.best if role == "best" else self.baseline
+
+    @property
+    def failed_sides(self) -> list[str]:
+        """The roles whose every draw failed (diverged): nothing to compare on that side."""
+        return [role for role in ROLES if not any(d.ok for d in self.result(role).draws)]
 
     @property
     def budgets_differ(self) -> bool:

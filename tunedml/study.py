@@ -5,7 +5,7 @@ Per dataset: a search of the CCE baseline (``cce.yaml``) and a search of CCE + D
 search's best on fresh draws; at the end one ``report`` over every dataset. Each stage is the
 ordinary ``tunedml search``/``retrain``/``report`` command, run from an argument list by the CLI
 (handed in as :class:`Commands`, so that this module does not import the CLI), and records what
-that command records. The study adds one run to the MLflow experiment ``tunedml/study`` per study
+that command records; a stage that fails fails the study (exit code 1), keeping the stages done. The study adds one run to the MLflow experiment ``tunedml/study`` per study
 key (a hash of the settings that change results): a tag per completed stage names the run it
 produced. Running the same command again (or with ``--resume``) skips every stage whose run is
 recorded FINISHED, and continues an interrupted search with the search's own ``--resume``: search
@@ -22,25 +22,29 @@ import shlex
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
 
-from .errors import ConfigError, TunedMLError, unknown_choice
+from .choices import AUTO, SCHEDULERS, is_gpus
+from .errors import ConfigError, RunFailed, TunedMLError, unknown_choice
 from .progress import fmt_duration
 from .space import read_space_yaml
-from .tracking.studies import STUDY_EXPERIMENT, Ledger
+from .tracking.studies import REPORT_DATASETS_TAG, STAGE_TAG, STUDY_EXPERIMENT, Ledger
 
-STAGE_TAG = "tunedml.stage."  # + "<dataset>.<kind>" or "report": the run id that stage produced
-REPORT_DATASETS_TAG = "tunedml.stage.report_datasets"
 SEARCH_KINDS = ("cce", "dml")
 
 
 class StudyError(TunedMLError):
-    """A study cannot go on: bad settings, or a stage that ended without what the next one needs."""
+    """A study cannot start: bad settings (exit code 2)."""
+
+
+class StageFailed(RunFailed):
+    """A stage ran and ended without what the next one needs (exit code 1); the stages done are
+    kept, and the same command continues the study once the cause is fixed."""
 
 
 class StudyInterrupted(KeyboardInterrupt):
@@ -85,10 +89,10 @@ class Settings:
     model: str | None = None
     data_dir: str | None = None
     scheduler: str = "asha"
-    seed: int = 0
+    sampler_seed: int = 0  # TPE's, in both searches
     concurrency: int = 1
     cpus_per_trial: float | None = None
-    gpus_per_trial: float | None = None
+    gpus_per_trial: float | str = AUTO  # per trial and per retrain draw
     address: str | None = None
     storage: str = ""  # "" is ./tunedml_results
     tracking_uri: str = ""
@@ -113,6 +117,10 @@ class Settings:
         for space in (self.dml_space, self.cce_space):
             if not Path(space).is_file():
                 raise ConfigError(f"--space: {space} is not a file")
+        if self.scheduler not in SCHEDULERS:
+            raise ConfigError("--scheduler: " + unknown_choice("scheduler", self.scheduler, SCHEDULERS))
+        if not is_gpus(self.gpus_per_trial):
+            raise ConfigError(f"--gpus-per-trial must be auto or >= 0, got {self.gpus_per_trial}")
 
     @property
     def dml_space(self) -> str:
@@ -136,7 +144,7 @@ class Settings:
         model and data; not where it runs, where it records, nor which datasets (each has its own stages)."""
         what = {"trials": self.trials, "seeds": self.seeds, "repeats": self.repeats, "scheduler": self.scheduler,
                 **({"rescore": self.rescore, "rescore_draws": self.rescore_draws} if self.rescore else {}),
-                "seed": self.seed, "concurrency": self.concurrency, "model": self.model or "",
+                "seed": self.sampler_seed, "concurrency": self.concurrency, "model": self.model or "",
                 "data_dir": str(Path(self.data_dir).resolve()) if self.data_dir else "",
                 "set": sorted(self.overrides().items()),
                 "spaces": [_space_digest(p) for p in (self.cce_space, self.dml_space)]}
@@ -147,7 +155,7 @@ class Settings:
         return {"trials": self.trials, "seeds": self.seeds, "repeats": self.repeats, "rescore": self.rescore,
                 "rescore_draws": self.rescore_draws,
                 "space": Path(self.dml_space).name, "set": " ".join(self.sets) or "-",
-                "model": self.model or "default", "scheduler": self.scheduler, "seed": self.seed,
+                "model": self.model or "default", "scheduler": self.scheduler, "sampler_seed": self.sampler_seed,
                 "concurrency": self.concurrency}
 
     def command(self) -> str:
@@ -159,9 +167,10 @@ class Settings:
             argv += ["--set", s]
         optional = {"--space": self.space, "--model": self.model, "--data-dir": self.data_dir,
                     "--scheduler": self.scheduler if self.scheduler != "asha" else None,
-                    "--seed": str(self.seed) if self.seed else None,
+                    "--sampler-seed": str(self.sampler_seed) if self.sampler_seed else None,
                     "--concurrency": str(self.concurrency) if self.concurrency != 1 else None,
-                    "--cpus-per-trial": _num(self.cpus_per_trial), "--gpus-per-trial": _num(self.gpus_per_trial),
+                    "--cpus-per-trial": _num(self.cpus_per_trial),
+                    "--gpus-per-trial": None if self.gpus_per_trial == AUTO else _num(self.gpus_per_trial),
                     "--address": self.address, "--storage": self.storage, "--tracking-uri": self.tracking_uri,
                     "--out": self.out if self.out != "report" else None}
         for option, value in optional.items():
@@ -170,8 +179,8 @@ class Settings:
         return shlex.join(argv)
 
 
-def _num(value: float | None) -> str | None:
-    return None if value is None else f"{value:g}"
+def _num(value: float | str | None) -> str | None:
+    return None if value is None else value if isinstance(value, str) else f"{value:g}"
 
 
 # ----------------------------------------------------------------- the plan
@@ -246,9 +255,10 @@ def study_spaces(settings: Settings, key: str, folder: Path) -> dict[str, str]:
 
 
 def search_argv(settings: Settings, dataset: str, space: str, name: str, resume: bool) -> list[str]:
-    argv = ["search", "--dataset", dataset, "--space", space, "--trials", str(settings.trials),
+    argv = ["search", "--datasets", dataset, "--space", space, "--trials", str(settings.trials),
             "--repeats", str(settings.repeats), "--rescore", str(settings.rescore),
-            "--rescore-draws", str(settings.rescore_draws), "--scheduler", settings.scheduler, "--seed", str(settings.seed),
+            "--rescore-draws", str(settings.rescore_draws), "--scheduler", settings.scheduler,
+            "--sampler-seed", str(settings.sampler_seed),
             "--concurrency", str(settings.concurrency), "--storage", settings.storage_path, "--name", name,
             "--tracking-uri", settings.tracking_uri]
     argv += ["--resume"] if resume else []
@@ -337,15 +347,32 @@ class Study:
         self.runs: dict[tuple[str, str], str] = {}  # (dataset, kind) -> the run that stage produced
         self.spaces: dict[str, str] = {}
 
-    def prepare(self) -> None:
-        """Before anything runs or is recorded: each search's space file, and every search's
-        arguments checked as `tunedml search` checks them."""
+    def prepare(self, folder: Path | None = None) -> None:
+        """Before anything runs or is recorded: each search's space file (written under ``folder``
+        where --set takes keys out of it), and every search checked as `tunedml search --dry-run`
+        checks it."""
         s = self.settings
         local = Path(s.storage_path) if "://" not in s.storage_path else Path(tempfile.gettempdir()) / "tunedml-study"
-        self.spaces = study_spaces(s, self.key, local)
+        self.spaces = study_spaces(s, self.key, folder or local)
         for dataset in s.datasets:
             for kind in SEARCH_KINDS:
                 self.commands.check(search_argv(s, dataset, self.spaces[kind], "check", resume=False))
+
+    def dry_run(self) -> int:
+        """The plan after every check: each stage, done before or to run; nothing run or recorded."""
+        from .tracking import store_exists
+
+        s = self.settings
+        ledger = Ledger(s.tracking_uri, self.key) if store_exists(s.tracking_uri) else None
+        known = ledger is not None and ledger.find() is not None
+        self.say(f"study {self.key[:8]}: {', '.join(s.datasets)}; {s.trials} + {s.trials} trials (repeats {s.repeats}), "
+                 f"{s.seeds} draws; " + ("recorded before" if known else "a new study"))
+        for index, stage in enumerate(self.stages):
+            recorded = ledger.done(stage) if known else None
+            self.say(f"study {stage.title}: " + (f"done before (run {recorded[:8]})" if recorded else "to run")
+                     + f"  [{index + 1}/{len(self.stages)}]")
+        self.say("dry run: every check passed; nothing was run or recorded")
+        return 0
 
     def run(self) -> int:
         s = self.settings
@@ -406,11 +433,12 @@ class Study:
         action = search_action(finished, previous is not None,
                                previous is not None and not finished and restorable(s.storage_path, name))
         if action != "skip":
-            self.command(search_argv(s, stage.dataset, self.spaces[stage.kind], name, resume=action == "resume"))
+            self.command(search_argv(s, stage.dataset, self.spaces[stage.kind], name, resume=action == "resume"),
+                         stage.title)
             previous = self.ledger.search_run(stage.dataset, name)
         if previous is None or previous.info.status != "FINISHED":
             status = previous.info.status if previous else "not recorded"
-            raise StudyError(f"{stage.title}: search {name} did not finish ({status}); every trial failed or "
+            raise StageFailed(f"{stage.title}: search {name} did not finish ({status}); every trial failed or "
                              f"none scored: see its MLflow run{f' {previous.info.run_id}' if previous else ''}")
         tags = previous.data.tags
         counts = [tags.get(f"tunedml.trials_{k}", "?") for k in ("finished", "stopped_early", "failed")]
@@ -420,18 +448,18 @@ class Study:
 
     def retrain(self, stage: Stage, start_ms: int) -> tuple[str, str]:
         dml, cce = self.runs[(stage.dataset, "dml")], self.runs[(stage.dataset, "cce")]
-        self.command(retrain_argv(self.settings, stage.dataset, dml, cce))
+        self.command(retrain_argv(self.settings, stage.dataset, dml, cce), stage.title)
         run_id = self.ledger.final_run(stage.dataset, dml, start_ms)
         if run_id is None:
-            raise StudyError(f"{stage.title}: the retrain of search run {dml} recorded no finished final run")
+            raise StageFailed(f"{stage.title}: the retrain of search run {dml} recorded no finished final run")
         diff = self.ledger.client.get_run(run_id).data.metrics.get("diff_accuracy_pp")
         return run_id, f"{self.settings.seeds} draws each" + (f", DML - CCE {diff:+.2f} pp accuracy" if diff is not None else "")
 
     def report(self, start_ms: int) -> tuple[str, str]:
-        self.command(report_argv(self.settings))
+        self.command(report_argv(self.settings), "report")
         run = self.ledger.report_run(start_ms)
         if run is None:
-            raise StudyError("report: no finished report run recorded")
+            raise StageFailed("report: no finished report run recorded")
         finals = {self.runs.get((d, "retrain")) for d in self.settings.datasets}
         used = set(run.data.tags.get("tunedml.final_runs", "").split(","))
         note = "" if finals <= used else "; note: it shows a later retrain than this study's for some dataset"
@@ -442,12 +470,16 @@ class Study:
         return (self.ledger.tag(REPORT_DATASETS_TAG) == ",".join(self.settings.datasets)
                 and (Path(self.settings.out) / "results.md").is_file())
 
-    def command(self, argv: list[str]) -> None:
-        """Run one tunedml command; its summary on stdout is not shown (the study prints its own)."""
-        with contextlib.redirect_stdout(io.StringIO()):
-            code = self.commands.run(argv)
+    def command(self, argv: list[str], title: str) -> None:
+        """Run one tunedml command; its summary on stdout is not shown (the study prints its own).
+        Whatever stops it (bad input found late, a run that produced nothing) fails the stage."""
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                code = self.commands.run(argv)
+        except (TunedMLError, RunFailed) as e:
+            raise StageFailed(f"{title}: {e}") from None
         if code != 0:
-            raise StudyError(f"tunedml {argv[0]} exited with code {code}: {shlex.join(['tunedml', *argv])}")
+            raise StageFailed(f"{title}: tunedml {argv[0]} exited with code {code}: {shlex.join(['tunedml', *argv])}")
 
     def line(self, index: int, stage: Stage, text: str) -> None:
         left = sum(self.stages[i].units for i in self.pending if i > index)
@@ -465,11 +497,20 @@ class Study:
               f"in experiment {STUDY_EXPERIMENT} at {self.settings.tracking_uri}")
 
 
-def run_study(settings: Settings, commands: Commands, check_store: Callable[[], None] = lambda: None) -> int:
-    """Validate everything (settings, then every search's arguments), then ``check_store`` (the
-    tracking store is touched only after that), then run the study."""
+def run_study(settings: Settings, commands: Commands, dry_run: bool = False) -> int:
+    """Validate everything (settings, then every search as its --dry-run does), then the tracking
+    store (``settings.tracking_uri``, else $MLFLOW_TRACKING_URI or ./mlflow.db: opened only after
+    that, and not at all for a dry run), then run the study, or for ``dry_run`` show its stages."""
+    from .tracking import check_tracking, resolve_tracking_uri
+
     settings.validate()
+    settings = replace(settings, tracking_uri=resolve_tracking_uri(settings.tracking_uri or None))
     study = Study(settings, commands)
+    if dry_run:
+        with tempfile.TemporaryDirectory() as tmp:
+            study.prepare(Path(tmp))
+        check_tracking(settings.tracking_uri, connect=False)
+        return study.dry_run()
     study.prepare()
-    check_store()
+    check_tracking(settings.tracking_uri)
     return study.run()

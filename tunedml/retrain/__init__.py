@@ -18,12 +18,32 @@ import time
 from typing import Any
 
 from ..results import ROLES, Candidate, Comparison, ConfigResult, DrawResult, Interval, Snapshot
-from .draws import (DEFAULT_DRAWS, FRESH_OFFSET, DrawCallback, Job, describe_protocol, draw_configs,
-                    drop_weaker_state, fetch, plan, run_local, run_ray, train_draw)
+from .draws import (
+    DEFAULT_DRAWS,
+    FRESH_OFFSET,
+    DrawCallback,
+    Job,
+    describe_protocol,
+    draw_configs,
+    drop_weaker_state,
+    fetch,
+    plan,
+    run_local,
+    run_ray,
+    train_draw,
+)
 from .options import INTERVALS, RetrainOptions
 from .saved import SavedModel, load_model, save_model, save_top_model
-from .selection import (UNTUNED, Selection, align_baseline, apply_overrides, candidate_from_file, cce_defaults,
-                     read_yaml_config, select)
+from .selection import (
+    UNTUNED,
+    Selection,
+    align_baseline,
+    apply_overrides,
+    candidate_from_file,
+    cce_defaults,
+    read_yaml_config,
+    select,
+)
 from .stats import MIN_PAIRED, bootstrap_interval, compare, paired_differences, paired_p_values, t_interval
 
 

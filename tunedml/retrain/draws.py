@@ -104,18 +104,20 @@ class Plan:
 
 
 def plan(options: RetrainOptions, jobs: int) -> Plan:
-    """Ray only when two or more draws fit at once (or a cluster is named); a local GPU is used."""
-    import torch
+    """Ray only when two or more draws fit at once (or a cluster is named); GPUs used where there
+    are (``auto``: see :func:`tunedml.checks.choose_gpus`), one draw at a time per GPU asked for."""
+    from ..checks import autoscaling, choose_gpus, nodes_for
 
-    local_gpus = torch.cuda.device_count() if not options.address else 0
-    gpus = options.gpus_per_draw if options.gpus_per_draw is not None else (1.0 if local_gpus else 0.0)
-    if options.address:
+    cluster = bool(options.address)
+    nodes = nodes_for(cluster, options.address, options.verbose)  # a cluster is joined, as run_ray would next
+    gpus = choose_gpus(options.gpus_per_draw, nodes, options.concurrency or 1, "draw", "", cluster and autoscaling())[0]
+    if cluster:
         return Plan(True, options.cpus_per_draw or 1.0, gpus)
     cpus = granted_threads()
-    per = options.cpus_per_draw or max(1.0, float(cpus // min(jobs, options.parallel or cpus)))
-    at_once = min(jobs, int(cpus // per), options.parallel or jobs)
+    per = options.cpus_per_draw or max(1.0, float(cpus // min(jobs, options.concurrency or cpus)))
+    at_once = min(jobs, int(cpus // per), options.concurrency or jobs)
     if gpus > 0:
-        at_once = min(at_once, int(local_gpus // gpus))
+        at_once = min(at_once, int(sum(n.gpus for n in nodes) // gpus))
     return Plan(at_once > 1, per, gpus)
 
 
@@ -128,7 +130,7 @@ def run_local(jobs: list[Job], tokens: Any, keep_state: bool) -> Iterator[Finish
 def run_ray(jobs: list[Job], tokens: Any, keep_state: bool, options: RetrainOptions, how: Plan) -> Iterator[Finished]:
     import ray
 
-    from ..search import init_ray
+    from ..ray_init import init_ray
 
     init_ray(options.address, options.verbose)
     task = ray.remote(num_cpus=how.cpus, num_gpus=how.gpus, num_returns=2, max_retries=0)(train_draw)

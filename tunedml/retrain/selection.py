@@ -184,5 +184,5 @@ def _select_baseline(sel: Selection, overrides: dict[str, Any], cce: Any, best: 
 def _no_baseline_search(dataset: str, uri: str, trials: int | None) -> str:
     budget = f" --trials {trials}" if trials else ""
     return (f"no CCE-only search recorded for dataset {dataset!r} at {uri}, so the CCE baseline would be untuned; "
-            f"record it with `tunedml search --dataset {dataset} --space {CCE_SPACE}{budget}` (the same budget "
+            f"record it with `tunedml search --datasets {dataset} --space {CCE_SPACE}{budget}` (the same budget "
             f"as the DML search), or pass --baseline {UNTUNED} to compare against untuned CCE")

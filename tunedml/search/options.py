@@ -6,13 +6,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..choices import AUTO, SCHEDULERS, is_gpus
 from ..errors import ConfigError, unknown_choice
 from ..metrics import check_metric
 from ..space import SearchSpace
 
 MAX_RESCORE_DRAWS = 500  # re-scoring draws use seed offsets 500 + j: below retrain's 1000
-
-SCHEDULERS = ("asha", "hyperband", "none")
 DEFAULT_STORAGE = "tunedml_results"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=@-]{0,199}")  # a search's folder name
 
@@ -31,7 +30,7 @@ class SearchOptions:
     trials: int = 20
     concurrency: int = 1
     cpus_per_trial: float | None = None  # None: the cluster's CPUs shared among concurrent trials
-    gpus_per_trial: float = 0.0
+    gpus_per_trial: float | str = AUTO  # auto: 1 where the machine or cluster has GPUs, else 0 (checks.auto_gpus)
     scheduler: str = "asha"
     metric: str = "accuracy"  # on dev; reported as dev_<metric>
     repeats: int = 1
@@ -41,7 +40,7 @@ class SearchOptions:
     resume: bool = False
     address: str | None = None
     max_failures: int | None = None  # restarts of a failed trial; None: 1 on a cluster (--address), else 0
-    seed: int = 0
+    sampler_seed: int = 0  # TPE's seed
     verbose: bool = False
     points: list[dict[str, Any]] = field(default_factory=list)  # configs (flat keys) to try first, in order
     # The first trials cycle through every option of this top-level choice, per_option_start times
@@ -58,7 +57,7 @@ class SearchOptions:
             (self.trials >= 1, f"--trials must be >= 1, got {self.trials}"),
             (self.concurrency >= 1, f"--concurrency must be >= 1, got {self.concurrency}"),
             (self.cpus_per_trial is None or self.cpus_per_trial > 0, f"--cpus-per-trial must be > 0, got {self.cpus_per_trial}"),
-            (self.gpus_per_trial >= 0, f"--gpus-per-trial must be >= 0, got {self.gpus_per_trial}"),
+            (is_gpus(self.gpus_per_trial), f"--gpus-per-trial must be auto or >= 0, got {self.gpus_per_trial}"),
             (1 <= self.repeats <= MAX_RESCORE_DRAWS, f"--repeats must be between 1 and {MAX_RESCORE_DRAWS}, got {self.repeats}"),
             (self.time_budget_s is None or self.time_budget_s > 0, f"--time-budget must be > 0, got {self.time_budget_s}"),
             (self.max_failures is None or self.max_failures >= 0, f"--max-failures must be >= 0, got {self.max_failures}"),

@@ -60,6 +60,7 @@ class SearchResult:
     def search_best(self) -> TrialSummary | None:
         """The trial with the best search score (the choice without re-scoring)."""
         return best_trial(self.trials)
+    mlflow: dict[str, str] = field(default_factory=dict)  # tracking_uri, experiment, run_id, once recorded
 
     @property
     def failures(self) -> list[TrialSummary]:
@@ -106,6 +107,7 @@ class SearchResult:
             "rescored": [r.to_dict(self.metric) for r in self.rescored] or None,
             "rescore_seconds": round(self.rescore_seconds, 1),
             "seconds": round(self.seconds, 1),
+            **({"mlflow": self.mlflow} if self.mlflow else {}),
         }
 
     @property

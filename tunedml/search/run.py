@@ -15,6 +15,7 @@ from ray import tune
 
 from ..config import from_flat
 from ..errors import ConfigError
+from ..ray_init import init_ray
 from ..space import SearchSpace, config_keys
 from .lines import Relay, TrialLines, saved_error, trial_status
 from .options import DEFAULT_STORAGE, SearchOptions, check_per_option
@@ -25,30 +26,6 @@ from .trainable import trainable
 
 STATE_FILE = "tunedml_search.json"  # what the search was, so --resume and `tunedml best` can read it
 CHECKPOINT_EVERY_S = "2"  # TUNE_GLOBAL_CHECKPOINT_S unless set: how often Ray saves the search's state
-
-
-def init_ray(address: str | None, verbose: bool) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    kwargs: dict[str, Any] = {"log_to_driver": verbose, "configure_logging": True,
-                              "logging_level": "INFO" if verbose else "ERROR"}
-    if address:
-        ray.init(address=address, **kwargs)
-    elif os.environ.get("RAY_ADDRESS"):  # set by `ray job submit`: the job runs on its cluster
-        ray.init(**kwargs)
-    else:  # "local": without it Ray joins whatever cluster `ray start` last left on this machine
-        ray.init(address="local", include_dashboard=False, **kwargs)
-    from ..interrupt import sigterm_as_ctrl_c
-
-    sigterm_as_ctrl_c()  # ray.init replaced it with a handler that exits: a search would end FAILED
-    if not verbose:  # failed trials are summarised by tunedml; Ray's tracebacks stay in the results folder
-        import logging
-
-        for name in ("ray", "ray.tune", "ray.train"):
-            logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def experiment_path(dataset: str, space: SearchSpace, options: SearchOptions) -> tuple[str, str]:
@@ -81,7 +58,7 @@ def run_search(tokens: Any, base: dict[str, Any], space: SearchSpace, options: S
     cpus = options.cpus_per_trial or _default_cpus(options.concurrency)
     fn = tune.with_resources(tune.with_parameters(trainable, tokens=tokens, base=base, repeats=options.repeats,
                                                   threads=max(1, int(cpus))),
-                             {"cpu": cpus, "gpu": options.gpus_per_trial})
+                             {"cpu": cpus, "gpu": gpus_per_trial(options)})
     objective = options.objective
     total = int(read_state(path).get("options", {}).get("trials", options.trials)) if options.resume else options.trials
     lines = TrialLines(total, objective, hide=set(space.root.fixed))
@@ -143,6 +120,15 @@ def _train_size(tokens: Any, base: dict[str, Any], space: SearchSpace) -> int:
     from ..train import draw_for
 
     return len(draw_for(from_flat({**base, **space.root.fixed}, source=space.path), tokens).train)
+
+
+def gpus_per_trial(options: SearchOptions) -> float:
+    """The GPUs each trial asks for; ``auto`` chosen from the Ray this search runs on, by the rule
+    of the pre-flight checks (:func:`tunedml.checks.choose_gpus`)."""
+    from ..checks import autoscaling, choose_gpus, on_cluster, ray_nodes
+
+    grows = on_cluster(options.address) and autoscaling()
+    return choose_gpus(options.gpus_per_trial, ray_nodes() or [], options.concurrency, "trial", "", grows)[0]
 
 
 def _default_cpus(concurrency: int) -> float:

@@ -62,7 +62,7 @@ def make_searcher(space: SearchSpace, options: SearchOptions):
     from ray.tune.search.optuna import OptunaSearch
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    sampler = optuna.samplers.TPESampler(seed=options.seed, multivariate=True, group=True,
+    sampler = optuna.samplers.TPESampler(seed=options.sampler_seed, multivariate=True, group=True,
                                          n_startup_trials=min(10, max(2, options.trials // 3)))
     optuna.logging.set_verbosity(optuna.logging.DEBUG if options.verbose else optuna.logging.WARNING)
     points = [space.optuna_params(p) for p in options.points]

@@ -43,6 +43,7 @@ def trainable(config: dict[str, Any], tokens: Any, base: dict[str, Any], repeats
     runs = [repeat_config(cfg, r) for r in range(repeats)]
     trainers = [Trainer(c, tokens, draw_for(c, tokens)) for c in runs]
     node = ray.get_runtime_context().get_node_id()
+    gpus = len(ray.get_gpu_ids())  # the GPUs Ray granted the trial (logical ones count, as on a test's Ray)
     for results in zip(*(t.checkpoints() for t in trainers)):
         tune.report({
             "step": results[0].step,
@@ -58,5 +59,6 @@ def trainable(config: dict[str, Any], tokens: Any, base: dict[str, Any], repeats
             "batches_without_positives": float(np.mean([r.batches_without_positives for r in results])),
             "examples_without_positive": float(np.mean([r.examples_without_positive for r in results])),
             "node_id": node,
+            "gpus": gpus,
             "threads": torch.get_num_threads(),  # what the trial really computes with
         })

@@ -25,8 +25,20 @@ from ..data import TASKS
 from ..errors import TrackingError
 from ..results import ROLES, Comparison, Snapshot
 from .searches import TRIALS_TAG
-from .store import (EXPERIMENT_PREFIX, FINAL_ROLE, REPORT_ROLE, ROLE_TAG, call, client, dataset_experiment,
-                    ensure_experiment, experiment_name, log_batch, metric, quietly)
+from .store import (
+    EXPERIMENT_PREFIX,
+    FINAL_ROLE,
+    REPORT_ROLE,
+    ROLE_TAG,
+    call,
+    client,
+    dataset_experiment,
+    ensure_experiment,
+    experiment_name,
+    log_batch,
+    metric,
+    quietly,
+)
 
 FINAL_ROLE_TAG = "tunedml.final_role"
 COMPARISON_FILE, EMBEDDINGS_FILE, FINAL_CONFIG = "comparison.json", "embeddings.npz", "config.yaml"

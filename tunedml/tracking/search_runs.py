@@ -23,8 +23,20 @@ from ..search import experiment_path, read_state, trial_error, trial_status
 from ..space import config_keys
 from .plots import write_optuna_plots
 from .searches import BEST_CONFIG
-from .store import (ROLE_TAG, SEARCH_ROLE, TRIAL_ROLE, call, client, dataset_experiment, experiment_name, log_batch,
-                    metric, param_value, quietly, reason)
+from .store import (
+    ROLE_TAG,
+    SEARCH_ROLE,
+    TRIAL_ROLE,
+    call,
+    client,
+    dataset_experiment,
+    experiment_name,
+    log_batch,
+    metric,
+    param_value,
+    quietly,
+    reason,
+)
 
 TRIAL_METRICS = ("train_loss", "stage", "batches_without_positives", "examples_without_positive")  # and dev_*, loss_*
 RESCORE_ARTIFACT = "rescore.json"  # the re-scored leaders of a search (search --rescore)
@@ -138,8 +150,8 @@ class SearchTracker:
                                                             tags={k: str(v) for k, v in tags.items()}))
         self.run_id = run.info.run_id
         params = {f"search.{k}": getattr(o, k) for k in ("trials", "scheduler", "metric", "repeats", "concurrency",
-                                                         "seed", "cpus_per_trial", "gpus_per_trial", "time_budget_s",
-                                                         "rescore", "rescore_draws")}
+                                                         "sampler_seed", "cpus_per_trial", "gpus_per_trial",
+                                                         "time_budget_s", "rescore", "rescore_draws")}
         self._log_params({**params, **{f"base.{k}": v for k, v in self.base.items()}})
         for path, text in self.space.sources or [(self.space.path, self.space.text)]:  # the file and its includes
             self.client.log_text(self.run_id, text, f"space/{Path(path).name}")

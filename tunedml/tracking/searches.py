@@ -1,6 +1,7 @@
-"""Reading recorded searches back: the best configuration of a dataset (`tunedml best`), the best
-searches on each side of the DML-vs-CCE comparison, the configuration of any recorded run, and
-how many trials a search had."""
+"""Reading recorded searches back: every search of every dataset (`tunedml searches`), the best
+configuration of a dataset (`tunedml best`), the best searches on each side of the DML-vs-CCE
+comparison, the configuration of any recorded run, and how many trials a search had. Reading
+never creates a store: where none exists, nothing is recorded."""
 
 from __future__ import annotations
 
@@ -14,7 +15,17 @@ from ..errors import ConfigError, TrackingError
 from ..losses import NO_DML
 from ..metrics import check_metric
 from ..space import read_space_yaml
-from .store import FINAL_ROLE, ROLE_TAG, SEARCH_ROLE, TRIAL_ROLE, call, client, experiment_name, reason
+from .store import (
+    EXPERIMENT_PREFIX,
+    FINAL_ROLE,
+    ROLE_TAG,
+    SEARCH_ROLE,
+    TRIAL_ROLE,
+    call,
+    client,
+    experiment_name,
+    reason,
+)
 
 BEST_CONFIG = "best_config.yaml"
 MAX_SEARCHES = 1000  # searches of one dataset looked at when choosing the default configurations
@@ -47,6 +58,64 @@ class BestRecord:
                 "trials": self.trials, "search_score": self.search_score,
                 "rescored": dict(zip(("mean", "std", "draws"), self.rescored)) if self.rescored else None,
                 "config": self.config}
+
+
+@dataclass(frozen=True)
+class SearchRecord:
+    """One recorded search, as `tunedml searches` lists it."""
+
+    dataset: str
+    name: str  # the search's name (its Ray experiment folder)
+    space: str
+    state: str  # MLflow's run status: RUNNING, FINISHED, FAILED (no trial scored, or it raised), KILLED
+    trials: int | None  # trials that ended (finished, stopped early or failed); while running, its --trials
+    budget: int | None  # its --trials
+    objective: str  # e.g. dev_accuracy
+    best_score: float | None
+    run_id: str
+    started: str  # local time, YYYY-MM-DD HH:MM
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def list_searches(uri: str, datasets: list[str] | None = None) -> list[SearchRecord]:
+    """Every search recorded at ``uri`` (any state), per dataset in the usual order of the tasks,
+    oldest first; ``datasets`` keeps those (None: every dataset with a recorded search)."""
+    import time
+
+    from .uri import store_exists
+
+    if not store_exists(uri):
+        return []
+    mlflow = client(uri)
+    experiments = call(uri, lambda: mlflow.search_experiments(filter_string=f"name LIKE '{EXPERIMENT_PREFIX}%'"))
+    by_dataset = {e.name[len(EXPERIMENT_PREFIX):]: e.experiment_id for e in experiments}
+    wanted = datasets if datasets is not None else _task_order(list(by_dataset))
+    out = []
+    for dataset in wanted:
+        key = Path(str(dataset).rstrip("/")).name  # a data file's experiment is named by its last component
+        if key not in by_dataset:
+            continue
+        runs = call(uri, lambda: mlflow.search_runs([by_dataset[key]], f"tags.`{ROLE_TAG}` = '{SEARCH_ROLE}'",
+                                                    max_results=MAX_SEARCHES, order_by=["attributes.start_time ASC"]))
+        for run in runs:
+            tags, metrics = run.data.tags, run.data.metrics
+            objective = tags.get("tunedml.objective", "dev_accuracy")
+            out.append(SearchRecord(
+                tags.get("tunedml.dataset", key), run.info.run_name or tags.get("tunedml.search", ""),
+                tags.get("tunedml.space", ""), run.info.status, trials_run(run),
+                _int(run.data.params.get("search.trials")), objective,
+                metrics.get(f"best_{objective}", metrics.get("best_score")), run.info.run_id,
+                time.strftime("%Y-%m-%d %H:%M", time.localtime(run.info.start_time / 1000))))
+    return out
+
+
+def _task_order(names: list[str]) -> list[str]:
+    """Registered tasks in their usual order, then the rest by name (the report's order)."""
+    from ..data import TASKS
+
+    return [t for t in TASKS if t in names] + sorted(n for n in names if n not in TASKS and n not in ("report", "study"))
 
 
 def space_name(space: str) -> str:
@@ -143,11 +212,14 @@ def best_searches(uri: str, dataset: str, metric: str = "accuracy", filters: dic
     set it either), like search_spaces/cce.yaml; the best configuration of any other space is
     taken as "the best configuration", even where the search found plain CCE best.
     """
+    runs = _ranked_searches(uri, dataset, metric, MAX_SEARCHES) or []
+    if not runs:
+        return None, None
     mlflow = client(uri)
     anchor = _get_run(mlflow, uri, like) if like else None
     if anchor is not None and anchor.data.tags.get(ROLE_TAG) != SEARCH_ROLE:
         anchor = None  # a trial or final run: no search settings to match
-    runs = comparable(_ranked_searches(uri, dataset, metric, MAX_SEARCHES) or [], dataset, filters, anchor)
+    runs = comparable(runs, dataset, filters, anchor)
     found: dict[bool, BestRecord] = {}
     for run in runs:
         cce = _searches_only_cce(mlflow, uri, run)
@@ -172,6 +244,10 @@ class RecordedConfig:
 def run_config(uri: str, run_id: str) -> RecordedConfig:
     """The configuration of a recorded run: a search (its best configuration), a trial or a final
     run. TrackingError when there is no such run or it holds no configuration."""
+    from .uri import store_exists
+
+    if not store_exists(uri):
+        raise TrackingError(f"run {run_id!r} not found at {uri}: nothing is recorded there")
     mlflow = client(uri)
     run = _get_run(mlflow, uri, run_id)
     role = run.data.tags.get(ROLE_TAG, "")
@@ -217,6 +293,10 @@ def _get_run(mlflow: Any, uri: str, run_id: str) -> Any:
 
 def _ranked_searches(uri: str, dataset: str, metric: str, limit: int, space: str | None = None) -> list[Any] | None:
     """Finished searches of ``dataset``, best dev score first; None when the dataset has no experiment."""
+    from .uri import store_exists
+
+    if not store_exists(uri):
+        return None
     mlflow = client(uri)
     experiment = call(uri, lambda: mlflow.get_experiment_by_name(experiment_name(dataset)))
     if experiment is None:

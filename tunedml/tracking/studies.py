@@ -1,11 +1,14 @@
 """The record of a `tunedml study`: one run per study (keyed by its settings) in the experiment
 ``tunedml/study``, with a tag per completed stage naming the run that stage produced, and look-ups
-of the search, final and report runs that the stages wrote (by the tags every such run carries).
+of the search, final and report runs that the stages wrote (by the tags every such run carries);
+every study recorded, as `tunedml searches` lists them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
@@ -13,6 +16,47 @@ from .store import client
 
 STUDY_EXPERIMENT = "tunedml/study"
 KEY_TAG = "tunedml.study_key"
+STAGE_TAG = "tunedml.stage."  # + "<dataset>.<kind>" or "report": the run id that stage produced
+REPORT_DATASETS_TAG = STAGE_TAG + "report_datasets"
+
+
+@dataclass(frozen=True)
+class StudyRecord:
+    """One recorded study, as `tunedml searches` lists it."""
+
+    key: str
+    state: str  # MLflow's run status: RUNNING, FINISHED, FAILED or KILLED (Ctrl-C)
+    datasets: list[str]  # those with a stage done
+    stages: list[str]  # the stages done: sst2.cce, sst2.dml, sst2.retrain, report
+    settings: dict[str, str]  # trials, seeds, repeats, space, set, model, scheduler, sampler seed, concurrency
+    run_id: str
+    started: str  # local time, YYYY-MM-DD HH:MM
+    runs: dict[str, str] = field(default_factory=dict)  # stage -> the run it produced
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def list_studies(uri: str) -> list[StudyRecord]:
+    """Every study recorded at ``uri``, oldest first (none where no store exists)."""
+    from .uri import store_exists
+
+    if not store_exists(uri):
+        return []
+    mlflow = client(uri)
+    experiment = mlflow.get_experiment_by_name(STUDY_EXPERIMENT)
+    if experiment is None:
+        return []
+    out = []
+    for run in mlflow.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"], max_results=1000):
+        tags = run.data.tags
+        stages = {k[len(STAGE_TAG):]: v for k, v in tags.items() if k.startswith(STAGE_TAG) and k != REPORT_DATASETS_TAG}
+        datasets = list(dict.fromkeys(s.rsplit(".", 1)[0] for s in stages if s != "report"))
+        settings = {k[len("study."):]: v for k, v in run.data.params.items() if k.startswith("study.")}
+        out.append(StudyRecord(tags.get(KEY_TAG, "")[:8], run.info.status, datasets, list(stages), settings,
+                               run.info.run_id, time.strftime("%Y-%m-%d %H:%M", time.localtime(run.info.start_time / 1000)),
+                               stages))
+    return out
 
 
 class Ledger:
@@ -22,6 +66,16 @@ class Ledger:
         self.uri, self.key = uri, key
         self.client = client(uri)
         self.run_id: str | None = None
+
+    def find(self) -> str | None:
+        """This key's study run, if recorded; nothing is created (a dry run's look)."""
+        experiment = self.client.get_experiment_by_name(STUDY_EXPERIMENT)
+        if experiment is None:
+            return None
+        runs = self.client.search_runs([experiment.experiment_id], f"tags.`{KEY_TAG}` = '{self.key}'",
+                                       order_by=["attributes.start_time DESC"], max_results=1)
+        self.run_id = runs[0].info.run_id if runs else None
+        return self.run_id
 
     def open(self, params: dict[str, Any], create: bool) -> bool:
         """Find this key's study run (True), or start one if ``create`` (False)."""
