@@ -15,7 +15,6 @@ far dev can be trusted at this size.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import statistics
 import sys
@@ -43,7 +42,7 @@ def main() -> None:
     tokens = prepare_tokens(base)
     print(f"{args.dataset}, {' '.join(args.set) or 'defaults'}; {args.draws} draws (seed offsets {OFFSET}+), "
           "accuracy in %.\n")
-    print("| point | steps | dev mean | dev worst | test mean | test worst | collapsed |")
+    print("| point | steps | dev mean ± std | dev worst | test mean ± std | test worst | collapsed |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for point, cfg0 in points.items():
         dev, test, collapsed = [], [], 0
@@ -53,9 +52,14 @@ def main() -> None:
             test.append(100 * fit.test["accuracy"])
             collapsed += int(fit.test["collapsed"])
             print(f"  {point} draw {i}: dev {dev[-1]:.1f} test {test[-1]:.1f}", file=sys.stderr, flush=True)
-        steps = cfg0.train.epochs * math.ceil(len(draw_for(cfg0, tokens).train) / cfg0.train.batch_size)
-        print(f"| {point} | {steps} | {statistics.mean(dev):.1f} | {min(dev):.1f} | {statistics.mean(test):.1f} | "
+        steps = cfg0.train.total_steps(len(draw_for(cfg0, tokens).train))
+        print(f"| {point} | {steps} | {mean_std(dev)} | {min(dev):.1f} | {mean_std(test)} | "
               f"{min(test):.1f} | {collapsed} / {args.draws} |", flush=True)
+
+
+def mean_std(values: list[float]) -> str:
+    """Mean ± sample standard deviation over the draws."""
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.1f}"
 
 if __name__ == "__main__":
     from tunedml.errors import TunedMLError

@@ -338,6 +338,16 @@ def test_huge_proxy_gradients_do_not_shrink_the_encoder_update(tiny_roberta, dat
     assert float(proxies.grad.norm()) == pytest.approx(1.0, rel=1e-4)  # clipped on their own
 
 
+def test_compile_wraps_the_encoder_in_place(tiny_roberta, data_dir, tokens):
+    """train.compile compiles the encoder's forward in place (lazily, at its first call): the module,
+    its parameter names (layer decay, restore_best and saved models use them) and the head stay."""
+    plain = Trainer(config(tiny_roberta, data_dir), tokens, small_draw(config(tiny_roberta, data_dir), tokens))
+    cfg = config(tiny_roberta, data_dir, "train.compile=true")
+    compiled = Trainer(cfg, tokens, small_draw(cfg, tokens))
+    assert compiled.model.encoder._compiled_call_impl is not None and plain.model.encoder._compiled_call_impl is None
+    assert [n for n, _ in compiled.model.named_parameters()] == [n for n, _ in plain.model.named_parameters()]
+
+
 def test_plain_cce_has_no_proxy_group(tiny_roberta, data_dir, tokens):
     cfg = config(tiny_roberta, data_dir)
     trainer = Trainer(cfg, tokens, small_draw(cfg, tokens))

@@ -161,6 +161,8 @@ class TrainConfig:
     device: str = _hp("auto", str, help="auto, cpu, cuda or cuda:N")
     bf16: bool = _hp(True, bool, help="bf16 autocast on a GPU (ignored on the CPU)")
     threads: int = _hp(0, int, 0, 1024, help="torch threads; 0 = the CPUs granted to this process")
+    compile: bool = _hp(False, bool, help="torch.compile the encoder (dynamic shapes): its compile time is paid once "
+                                          "per process and run; measured in docs/speed.md")
 
     def steps_per_epoch(self, train_size: int) -> int:
         """Optimizer steps of one pass over ``train_size`` examples (the last batch may be short)."""

@@ -156,6 +156,8 @@ class Trainer:
                                    num_classes, self.model.hidden_size, weighting=cfg.loss.weighting).to(self.device)
         if cfg.model.freeze_embeddings:
             self.model.encoder.get_input_embeddings().weight.requires_grad_(False)
+        if cfg.train.compile:  # in place: the module and its parameter names stay as they are
+            self.model.encoder.compile(dynamic=True)
         self.adversary = build_adversary(cfg.adversarial)
         self.shared_parameters = [p for p in self.model.parameters() if p.requires_grad]
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]  # clipped in this order
