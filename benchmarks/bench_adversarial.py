@@ -39,7 +39,7 @@ def measure(trainers: dict[str, Trainer], repeats: int) -> dict[str, list[tuple[
     names = list(trainers)
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
     for repeat in range(repeats + 1):
-        for name in names[repeat % len(names):] + names[:repeat % len(names)]:  # rotate who goes first
+        for name in names[repeat % len(names) :] + names[: repeat % len(names)]:  # rotate who goes first
             seconds = timed(trainers[name].train_epoch)
             if repeat:
                 times[name].append(seconds)
@@ -52,14 +52,19 @@ def print_table(times: dict[str, list[tuple[float, float]]], labels: dict[str, s
     print("| adversarial views | epoch wall (s) | per step (ms) | epoch CPU (s) | ratio to none (wall) | ratio (CPU) |")
     print("|---|---:|---:|---:|---:|---:|")
     for name in times:
-        print(f"| {labels[name]} | {wall[name]:.2f} | {1000 * wall[name] / steps:.0f} | {cpu[name]:.2f} | "
-              f"{wall[name] / wall['none']:.2f} | {cpu[name] / cpu['none']:.2f} |")
+        print(
+            f"| {labels[name]} | {wall[name]:.2f} | {1000 * wall[name] / steps:.0f} | {cpu[name]:.2f} | "
+            f"{wall[name] / wall['none']:.2f} | {cpu[name] / cpu['none']:.2f} |"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default=None,
-                        help="SentEval folder (default: $TUNEDML_DATA_DIR, else the copy inside the package)")
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="SentEval folder (default: $TUNEDML_DATA_DIR, else the copy inside the package)",
+    )
     parser.add_argument("--dataset", default="sst2")
     parser.add_argument("--model", default="minilm")
     parser.add_argument("--k", type=int, default=16, help="examples per class in the training draw")
@@ -71,11 +76,22 @@ def main() -> None:
     args = parser.parse_args()
 
     data_dir = [f"data.data_dir={os.path.abspath(args.data_dir)}"] if args.data_dir else []
-    common = [*data_dir, f"data.dataset={args.dataset}", f"data.k={args.k}",
-              f"model.name={args.model}", f"train.batch_size={args.batch_size}", f"train.epochs={args.repeats + 1}",
-              f"train.threads={args.threads}", f"train.device={args.device}", "loss.name=supcon"]
-    modes = {"none": [], "fgm": ["adversarial.mode=fgm"],
-             "pgd": ["adversarial.mode=pgd", f"adversarial.steps={args.pgd_steps}"]}
+    common = [
+        *data_dir,
+        f"data.dataset={args.dataset}",
+        f"data.k={args.k}",
+        f"model.name={args.model}",
+        f"train.batch_size={args.batch_size}",
+        f"train.epochs={args.repeats + 1}",
+        f"train.threads={args.threads}",
+        f"train.device={args.device}",
+        "loss.name=supcon",
+    ]
+    modes = {
+        "none": [],
+        "fgm": ["adversarial.mode=fgm"],
+        "pgd": ["adversarial.mode=pgd", f"adversarial.steps={args.pgd_steps}"],
+    }
     labels = {"none": "none", "fgm": "fgm", "pgd": f"pgd, {args.pgd_steps} steps"}
     configs = {name: build_config(sets=common + extra) for name, extra in modes.items()}
     tokens = prepare_tokens(configs["none"])
@@ -86,10 +102,14 @@ def main() -> None:
     examples = len(trainer.draw.train)
     steps = -(-examples // args.batch_size)
     machine = platform.processor() or platform.machine()
-    where = f"{trainer.device}" if trainer.device.type != "cpu" else f"CPU ({machine}), {torch.get_num_threads()} threads"
-    print(f"One training epoch, CCE + SupCon: {args.dataset} k={args.k} ({examples} examples, {steps} steps of "
-          f"{args.batch_size}), {args.model}, torch {torch.__version__} on {where}; median of {args.repeats} "
-          f"epochs after a warm-up.\n")
+    where = (
+        f"{trainer.device}" if trainer.device.type != "cpu" else f"CPU ({machine}), {torch.get_num_threads()} threads"
+    )
+    print(
+        f"One training epoch, CCE + SupCon: {args.dataset} k={args.k} ({examples} examples, {steps} steps of "
+        f"{args.batch_size}), {args.model}, torch {torch.__version__} on {where}; median of {args.repeats} "
+        f"epochs after a warm-up.\n"
+    )
     print_table(times, labels, steps)
 
 

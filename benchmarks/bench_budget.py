@@ -49,9 +49,19 @@ def run_one(job: dict, threads: int) -> dict:
     from tunedml.retrain.draws import fresh_config
     from tunedml.train import Trainer, draw_for, prepare_tokens
 
-    cfg = build_config(None, [f"data.dataset={job['task']}", *COMMON, *LOSSES[job["loss"]], f"train.lr={job['lr']}",
-                              f"train.steps={job['steps']}", f"train.eval_every={job['steps']}",
-                              f"train.threads={threads}", "train.device=cpu"])
+    cfg = build_config(
+        None,
+        [
+            f"data.dataset={job['task']}",
+            *COMMON,
+            *LOSSES[job["loss"]],
+            f"train.lr={job['lr']}",
+            f"train.steps={job['steps']}",
+            f"train.eval_every={job['steps']}",
+            f"train.threads={threads}",
+            "train.device=cpu",
+        ],
+    )
     if job["task"] not in _tokens:
         _tokens[job["task"]] = prepare_tokens(cfg)
     tokens = _tokens[job["task"]]
@@ -61,15 +71,27 @@ def run_one(job: dict, threads: int) -> dict:
     fit = trainer.fit()
     labels = tokens.corpus.labels[trainer.draw.test]
     majority = float(max((labels == c).mean() for c in range(tokens.corpus.num_classes)))
-    return {**job, "test": fit.test["accuracy"], "test_f1": fit.test["macro_f1"], "dev": fit.dev["accuracy"],
-            "collapsed": fit.test["collapsed"], "majority": majority, "seconds": time.perf_counter() - start,
-            "threads": threads}
+    return {
+        **job,
+        "test": fit.test["accuracy"],
+        "test_f1": fit.test["macro_f1"],
+        "dev": fit.dev["accuracy"],
+        "collapsed": fit.test["collapsed"],
+        "majority": majority,
+        "seconds": time.perf_counter() - start,
+        "threads": threads,
+    }
 
 
 def jobs(args: argparse.Namespace) -> list[dict]:
-    return [{"task": t, "loss": loss, "lr": lr, "steps": n, "draw": d}
-            for n in args.lengths for t in args.tasks for loss in args.losses for lr in args.lrs
-            for d in range(args.draws)]
+    return [
+        {"task": t, "loss": loss, "lr": lr, "steps": n, "draw": d}
+        for n in args.lengths
+        for t in args.tasks
+        for loss in args.losses
+        for lr in args.lrs
+        for d in range(args.draws)
+    ]
 
 
 def key(job: dict) -> tuple:
@@ -86,8 +108,10 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
     cells: dict[tuple, list[dict]] = {}
     for r in rows:
         cells.setdefault((r["task"], r["loss"], float(r["lr"]), int(r["steps"])), []).append(r)
-    out = ["| task | loss | lr | steps | draws | dev mean | test mean | std | worst | below majority | s / run |",
-           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    out = [
+        "| task | loss | lr | steps | draws | dev mean | test mean | std | worst | below majority | s / run |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for task in args.tasks:
         for loss in args.losses:
             for lr in args.lrs:
@@ -99,12 +123,16 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
                     below = sum(r["test"] < r["majority"] for r in rs)
                     std = statistics.stdev(acc) if len(acc) > 1 else 0.0
                     dev = statistics.mean(100 * r["dev"] for r in rs)
-                    out.append(f"| {task} | {loss} | {lr:g} | {n} | {len(rs)} | {dev:.1f} | {statistics.mean(acc):.1f} | "
-                               f"{std:.1f} | {min(acc):.1f} | {below} | {statistics.mean(r['seconds'] for r in rs):.0f} |")
+                    out.append(
+                        f"| {task} | {loss} | {lr:g} | {n} | {len(rs)} | {dev:.1f} | {statistics.mean(acc):.1f} | "
+                        f"{std:.1f} | {min(acc):.1f} | {below} | {statistics.mean(r['seconds'] for r in rs):.0f} |"
+                    )
     majority = {r["task"]: 100 * r["majority"] for r in rows}
     out.append("")
-    out.append("Majority-class rate of each test split (%): "
-               + ", ".join(f"{t} {majority[t]:.1f}" for t in args.tasks if t in majority))
+    out.append(
+        "Majority-class rate of each test split (%): "
+        + ", ".join(f"{t} {majority[t]:.1f}" for t in args.tasks if t in majority)
+    )
     return "\n".join(out)
 
 
@@ -120,12 +148,17 @@ def plot(rows: list[dict], args: argparse.Namespace, path: Path) -> None:
             for lr in args.lrs:
                 points = []
                 for n in args.lengths:
-                    acc = [100 * r["test"] for r in rows if (r["task"], r["loss"], float(r["lr"]), int(r["steps"]))
-                           == (task, loss, float(lr), n)]
+                    acc = [
+                        100 * r["test"]
+                        for r in rows
+                        if (r["task"], r["loss"], float(r["lr"]), int(r["steps"])) == (task, loss, float(lr), n)
+                    ]
                     if acc:
                         points.append((n, statistics.mean(acc), min(acc)))
                 if points:
-                    line, = ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=f"{loss} lr {lr:g}")
+                    (line,) = ax.plot(
+                        [p[0] for p in points], [p[1] for p in points], marker="o", label=f"{loss} lr {lr:g}"
+                    )
                     ax.plot([p[0] for p in points], [p[2] for p in points], ls=":", color=line.get_color(), alpha=0.6)
         majority = [100 * r["majority"] for r in rows if r["task"] == task]
         if majority:
@@ -147,7 +180,9 @@ def main() -> int:
     parser.add_argument("--lrs", default="2e-5,1e-4")
     parser.add_argument("--lengths", default="25,50,100,200,400")
     parser.add_argument("--draws", type=int, default=5)
-    parser.add_argument("--workers", type=int, default=2, help="runs at a time, one thread each (1: one run, all threads)")
+    parser.add_argument(
+        "--workers", type=int, default=2, help="runs at a time, one thread each (1: one run, all threads)"
+    )
     parser.add_argument("--results", default="docs/budget.jsonl")
     parser.add_argument("--plot", default="docs/budget.png")
     parser.add_argument("--table-only", action="store_true")
@@ -164,8 +199,11 @@ def main() -> int:
 
     bad = [t for t in args.tasks if t not in TASKS] + [x for x in args.losses if x not in LOSSES]
     if bad or args.draws < 1 or args.workers < 1 or min(args.lengths) < 1:
-        print(f"bench_budget: error: unknown task or loss {', '.join(bad) or '-'} (valid: {', '.join(TASKS)}; "
-              f"{', '.join(LOSSES)}), or --draws/--workers/--lengths below 1", file=sys.stderr)
+        print(
+            f"bench_budget: error: unknown task or loss {', '.join(bad) or '-'} (valid: {', '.join(TASKS)}; "
+            f"{', '.join(LOSSES)}), or --draws/--workers/--lengths below 1",
+            file=sys.stderr,
+        )
         return 2
     results = Path(args.results)
     done = {key(r) for r in read(results)}
@@ -181,8 +219,12 @@ def main() -> int:
                 out.write(json.dumps(r) + "\n")
                 out.flush()
                 left = (time.perf_counter() - start) / i * (len(todo) - i)
-                print(f"run {i}/{len(todo)}  {r['task']} {r['loss']} lr {r['lr']:g} {r['steps']} steps draw {r['draw']}: "
-                      f"test {100 * r['test']:.1f}  {r['seconds']:.0f}s  ETA {left / 60:.0f} min", file=sys.stderr, flush=True)
+                print(
+                    f"run {i}/{len(todo)}  {r['task']} {r['loss']} lr {r['lr']:g} {r['steps']} steps draw {r['draw']}: "
+                    f"test {100 * r['test']:.1f}  {r['seconds']:.0f}s  ETA {left / 60:.0f} min",
+                    file=sys.stderr,
+                    flush=True,
+                )
     rows = [r for r in read(results) if key(r) in {key(j) for j in jobs(args)}]
     print(table(rows, args))
     plot(rows, args, Path(args.plot))

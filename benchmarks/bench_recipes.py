@@ -57,7 +57,8 @@ def recipes(losses: list[str], heads: list[str]) -> dict[str, list[str]]:
     for loss in losses:
         schedules = [("joint", SCHEDULES["joint"])] + [
             ("two_stage" if head == "linear" else f"two_stage+{head}", SCHEDULES["two_stage"] + HEADS[head])
-            for head in heads]
+            for head in heads
+        ]
         for schedule, keys in schedules:
             for sampler in SAMPLERS:
                 out[f"{loss} {schedule} {sampler}"] = [f"loss.name={loss}", *keys, f"data.sampler={sampler}"]
@@ -70,9 +71,19 @@ def run_one(job: dict, sets: list[str], threads: int) -> dict:
     from tunedml.retrain.draws import fresh_config
     from tunedml.train import Trainer, draw_for, prepare_tokens
 
-    cfg = build_config(None, [f"data.dataset={job['task']}", *COMMON, *sets, f"train.lr={job['lr']}",
-                              f"train.steps={job['steps']}", f"train.eval_every={job['steps']}",
-                              f"train.threads={threads}", "train.device=cpu"])
+    cfg = build_config(
+        None,
+        [
+            f"data.dataset={job['task']}",
+            *COMMON,
+            *sets,
+            f"train.lr={job['lr']}",
+            f"train.steps={job['steps']}",
+            f"train.eval_every={job['steps']}",
+            f"train.threads={threads}",
+            "train.device=cpu",
+        ],
+    )
     if job["task"] not in _tokens:
         _tokens[job["task"]] = prepare_tokens(cfg)
     tokens = _tokens[job["task"]]
@@ -82,16 +93,27 @@ def run_one(job: dict, sets: list[str], threads: int) -> dict:
     fit = trainer.fit()
     labels = tokens.corpus.labels[trainer.draw.test]
     majority = float(max((labels == c).mean() for c in range(tokens.corpus.num_classes)))
-    return {**job, "test": fit.test["accuracy"], "test_f1": fit.test["macro_f1"], "dev": fit.dev["accuracy"],
-            "collapsed": fit.test["collapsed"], "majority": majority, "seconds": time.perf_counter() - start,
-            "without_positives": sum(e.batches_without_positives for e in fit.history),
-            "alone": sum(e.examples_without_positive for e in fit.history) / (trainer.total_steps * cfg.train.batch_size),
-            "threads": threads}
+    return {
+        **job,
+        "test": fit.test["accuracy"],
+        "test_f1": fit.test["macro_f1"],
+        "dev": fit.dev["accuracy"],
+        "collapsed": fit.test["collapsed"],
+        "majority": majority,
+        "seconds": time.perf_counter() - start,
+        "without_positives": sum(e.batches_without_positives for e in fit.history),
+        "alone": sum(e.examples_without_positive for e in fit.history) / (trainer.total_steps * cfg.train.batch_size),
+        "threads": threads,
+    }
 
 
 def jobs(args: argparse.Namespace) -> list[dict]:
-    return [{"task": t, "recipe": r, "lr": args.lr, "steps": args.steps, "draw": d}
-            for d in range(args.draws) for t in args.tasks for r in args.recipes]
+    return [
+        {"task": t, "recipe": r, "lr": args.lr, "steps": args.steps, "draw": d}
+        for d in range(args.draws)
+        for t in args.tasks
+        for r in args.recipes
+    ]
 
 
 def key(job: dict) -> tuple:
@@ -108,10 +130,13 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
     cells: dict[tuple, dict[int, dict]] = {}
     for r in rows:
         cells.setdefault((r["task"], r["recipe"]), {})[int(r["draw"])] = r
-    out = [f"{args.steps} steps, lr {args.lr:g}, k=16, batch 16; test accuracy (%) over the draws; Δ: mean paired "
-           "difference to CCE on the same draws (pp)", "",
-           "| task | recipe | draws | test mean | std | worst | Δ vs CCE | batches w/o positives | examples w/o (%) | s / run |",
-           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    out = [
+        f"{args.steps} steps, lr {args.lr:g}, k=16, batch 16; test accuracy (%) over the draws; Δ: mean paired "
+        "difference to CCE on the same draws (pp)",
+        "",
+        "| task | recipe | draws | test mean | std | worst | Δ vs CCE | batches w/o positives | examples w/o (%) | s / run |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for task in args.tasks:
         base = cells.get((task, BASELINE), {})
         for recipe in args.recipes:
@@ -124,12 +149,16 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
             delta = "" if recipe == BASELINE or not paired else f"{statistics.mean(paired):+.1f}"
             without = statistics.mean(r["without_positives"] for r in runs.values())
             alone = 100 * statistics.mean(r["alone"] for r in runs.values())
-            out.append(f"| {task} | {recipe} | {len(acc)} | {statistics.mean(acc):.1f} | {std:.1f} | {min(acc):.1f} | "
-                       f"{delta} | {without:.1f} | {alone:.1f} | {statistics.mean(r['seconds'] for r in runs.values()):.0f} |")
+            out.append(
+                f"| {task} | {recipe} | {len(acc)} | {statistics.mean(acc):.1f} | {std:.1f} | {min(acc):.1f} | "
+                f"{delta} | {without:.1f} | {alone:.1f} | {statistics.mean(r['seconds'] for r in runs.values()):.0f} |"
+            )
     majority = {r["task"]: 100 * r["majority"] for r in rows}
     out.append("")
-    out.append("Majority-class rate of each test split (%): "
-               + ", ".join(f"{t} {majority[t]:.1f}" for t in args.tasks if t in majority))
+    out.append(
+        "Majority-class rate of each test split (%): "
+        + ", ".join(f"{t} {majority[t]:.1f}" for t in args.tasks if t in majority)
+    )
     return "\n".join(out)
 
 
@@ -138,10 +167,14 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tasks", default="sst2,trec,mpqa")
     parser.add_argument("--losses", default=",".join(LOSSES), help="DML losses to run each recipe with")
     parser.add_argument("--heads", default="linear", help="two-stage heads: linear, logistic or both (comma list)")
-    parser.add_argument("--steps", type=int, default=100, help="run length in optimizer steps (the default of train.steps)")
+    parser.add_argument(
+        "--steps", type=int, default=100, help="run length in optimizer steps (the default of train.steps)"
+    )
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--draws", type=int, default=5)
-    parser.add_argument("--workers", type=int, default=2, help="runs at a time, one thread each (1: one run, all threads)")
+    parser.add_argument(
+        "--workers", type=int, default=2, help="runs at a time, one thread each (1: one run, all threads)"
+    )
     parser.add_argument("--results", default="docs/recipes.jsonl")
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args(argv)
@@ -156,11 +189,16 @@ def check(args: argparse.Namespace) -> str | None:
     from tunedml.data import TASKS
     from tunedml.losses import LOSSES as REGISTERED
 
-    bad = [t for t in args.tasks if t not in TASKS] + [x for x in args.losses if x not in REGISTERED] + \
-          [h for h in args.heads if h not in HEADS]
+    bad = (
+        [t for t in args.tasks if t not in TASKS]
+        + [x for x in args.losses if x not in REGISTERED]
+        + [h for h in args.heads if h not in HEADS]
+    )
     if bad:
-        return (f"unknown task, loss or head {', '.join(bad)} (valid: {', '.join(TASKS)}; {', '.join(REGISTERED)}; "
-                f"{', '.join(HEADS)})")
+        return (
+            f"unknown task, loss or head {', '.join(bad)} (valid: {', '.join(TASKS)}; {', '.join(REGISTERED)}; "
+            f"{', '.join(HEADS)})"
+        )
     if args.draws < 1 or args.workers < 1 or args.steps < 2:
         return "--draws and --workers must be 1 or more, --steps 2 or more (a step for each stage)"
     return None
@@ -189,8 +227,12 @@ def main(argv: list[str] | None = None) -> int:
                 out.write(json.dumps(r) + "\n")
                 out.flush()
                 left = (time.perf_counter() - start) / i * (len(todo) - i)
-                print(f"run {i}/{len(todo)}  {r['task']} {r['recipe']} draw {r['draw']}: test {100 * r['test']:.1f}  "
-                      f"{r['seconds']:.0f}s  ETA {left / 60:.0f} min", file=sys.stderr, flush=True)
+                print(
+                    f"run {i}/{len(todo)}  {r['task']} {r['recipe']} draw {r['draw']}: test {100 * r['test']:.1f}  "
+                    f"{r['seconds']:.0f}s  ETA {left / 60:.0f} min",
+                    file=sys.stderr,
+                    flush=True,
+                )
     wanted = {key(j) for j in jobs(args)}
     print(table([r for r in read(results) if key(r) in wanted], args))
     return 0

@@ -27,12 +27,24 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
 SPACE = REPO / "search_spaces" / "dml.yaml"
-COMMON = {"loss.ce_weight": 1.0, "loss.dml_weight": 0.1, "train.lr": 5e-5, "train.proxy_lr": 1e-2, "model.pooling": "mean"}
+COMMON = {
+    "loss.ce_weight": 1.0,
+    "loss.dml_weight": 0.1,
+    "train.lr": 5e-5,
+    "train.proxy_lr": 1e-2,
+    "model.pooling": "mean",
+}
 CONFIGS = [
     {**COMMON, "loss.name": "none", "inference.mode": "head"},
     {**COMMON, "loss.name": "proxy_anchor", "loss.margin": 0.1, "loss.alpha": 32.0, "inference.mode": "mixed"},
-    {**COMMON, "loss.name": "soft_triple", "loss.centers_per_class": 3, "loss.la": 20.0, "loss.gamma": 0.1,
-     "inference.mode": "proxy"},
+    {
+        **COMMON,
+        "loss.name": "soft_triple",
+        "loss.centers_per_class": 3,
+        "loss.la": 20.0,
+        "loss.gamma": 0.1,
+        "inference.mode": "proxy",
+    },
     {**COMMON, "loss.name": "supcon", "loss.temperature": 0.1, "inference.mode": "head"},
 ]
 
@@ -63,13 +75,18 @@ class Clock:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default=None,
-                        help="SentEval folder (default: $TUNEDML_DATA_DIR, else the copy inside the package)")
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="SentEval folder (default: $TUNEDML_DATA_DIR, else the copy inside the package)",
+    )
     parser.add_argument("--dataset", default="sst2")
     parser.add_argument("--model", default="minilm")
     parser.add_argument("--k", type=int, default=8, help="examples per class (train and dev)")
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=2, help="bare trials then a search, this many times; best of each")
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="bare trials then a search, this many times; best of each"
+    )
     args = parser.parse_args()
 
     import ray
@@ -108,8 +125,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as storage:
         for r in range(args.rounds):
             bare.append([bare_seconds(c) for c in CONFIGS])
-            options = SearchOptions(trials=len(CONFIGS), scheduler="none", storage=storage, name=f"bench{r}",
-                                    points=CONFIGS)
+            options = SearchOptions(
+                trials=len(CONFIGS), scheduler="none", storage=storage, name=f"bench{r}", points=CONFIGS
+            )
             clock = Clock()
             start = time.perf_counter()
             result = run_search(tokens, base, space, options, callbacks=[clock.callback])
@@ -119,17 +137,20 @@ def main() -> None:
                 raise SystemExit(f"the search did not run the four points: {result.to_dict()}")
             saved = {t.trial_id: t.last_result for t in ExperimentAnalysis(result.path).trials}
             last = [saved[t.trial_id] for t in result.trials]
-            searches.append((wall, [x["time_total_s"] for x in last], [x["threads"] for x in last],
-                             clock.split(start, stop)))
+            searches.append(
+                (wall, [x["time_total_s"] for x in last], [x["threads"] for x in last], clock.split(start, stop))
+            )
     ray.shutdown()
 
     best_bare = [min(b[i] for b in bare) for i in range(len(CONFIGS))]
     wall, inside, threads, (first, between, after) = min(searches)
     bare_total = sum(best_bare)
     cpu = platform.processor() or platform.machine()
-    print(f"Search overhead: {args.dataset} k={args.k}, {args.model}, {args.epochs} epochs per trial, "
-          f"{len(CONFIGS)} trials one at a time on {cpus} CPUs ({cpu}, torch {torch.__version__}); "
-          f"best of {args.rounds} rounds.\n")
+    print(
+        f"Search overhead: {args.dataset} k={args.k}, {args.model}, {args.epochs} epochs per trial, "
+        f"{len(CONFIGS)} trials one at a time on {cpus} CPUs ({cpu}, torch {torch.__version__}); "
+        f"best of {args.rounds} rounds.\n"
+    )
     print("| trial | threads in the trial | trainable in the search (s) | bare Trainer (s) |")
     print("|---|---:|---:|---:|")
     for config, b, t, n in zip(CONFIGS, best_bare, inside, threads):
@@ -143,8 +164,10 @@ def main() -> None:
     print(f"| ... until the first trial starts (Tune setup, trial process start, imports) | {first:.1f} |")
     print(f"| ... between trials ({len(CONFIGS) - 1} gaps) | {between:.1f} |")
     print(f"| ... after the last trial (Tune teardown, summary) | {after:.1f} |")
-    print(f"| first trial's trainable minus its bare time (imports, first model load in a new process) | "
-          f"{inside[0] - best_bare[0]:.1f} |")
+    print(
+        f"| first trial's trainable minus its bare time (imports, first model load in a new process) | "
+        f"{inside[0] - best_bare[0]:.1f} |"
+    )
     print(f"| sum of bare training times | {bare_total:.1f} |")
     print(f"| **ratio search / bare** | **{wall / bare_total:.2f}** |")
     print(f"| ratio with Ray's start | {(wall + ray_start) / bare_total:.2f} |")

@@ -36,8 +36,13 @@ def tunedml(args: list[str], log: Path) -> dict:
     with log.open("a") as err:
         err.write(f"$ tunedml {' '.join(args)}\n")
         err.flush()
-        done = subprocess.run([sys.executable, "-m", "tunedml.cli", *args, "--json"], stdout=subprocess.PIPE,
-                              stderr=err, text=True, cwd=REPO)
+        done = subprocess.run(
+            [sys.executable, "-m", "tunedml.cli", *args, "--json"],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            cwd=REPO,
+        )
     if done.returncode != 0:
         raise SystemExit(f"bench_selection: `tunedml {' '.join(args)}` exited {done.returncode}; see {log}")
     return json.loads(done.stdout)
@@ -60,8 +65,9 @@ def trial_run_id(uri: str, search_run: str, trial: str) -> str:
 
     client = MlflowClient(uri)
     parent = client.get_run(search_run)
-    runs = client.search_runs([parent.info.experiment_id],
-                              f"tags.`mlflow.parentRunId` = '{search_run}' and tags.`ray.trial_id` = '{trial}'")
+    runs = client.search_runs(
+        [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{search_run}' and tags.`ray.trial_id` = '{trial}'"
+    )
     return runs[0].info.run_id
 
 
@@ -70,20 +76,45 @@ def run_task(task: str, args: argparse.Namespace, work: Path) -> dict:
     common = ["--tracking-uri", uri, "--set", f"data.k={args.k}", *sum((["--set", s] for s in args.set), [])]
     searches = {}
     for side in SIDES:
-        searches[side] = step(work, f"{task}-{side}-search", [
-            "search", "--datasets", task, "--space", str(REPO / "search_spaces" / f"{side}.yaml"),
-            "--trials", str(args.trials), "--rescore", str(args.rescore), "--rescore-draws", str(args.rescore_draws),
-            "--concurrency", str(args.concurrency), "--storage", str(work / "results"), "--name", f"{task}-{side}",
-            *common])
+        searches[side] = step(
+            work,
+            f"{task}-{side}-search",
+            [
+                "search",
+                "--datasets",
+                task,
+                "--space",
+                str(REPO / "search_spaces" / f"{side}.yaml"),
+                "--trials",
+                str(args.trials),
+                "--rescore",
+                str(args.rescore),
+                "--rescore-draws",
+                str(args.rescore_draws),
+                "--concurrency",
+                str(args.concurrency),
+                "--storage",
+                str(work / "results"),
+                "--name",
+                f"{task}-{side}",
+                *common,
+            ],
+        )
     # without re-scoring: the trial with the best search score; with it: the search's choice
     plain = {side: trial_run_id(uri, s["mlflow"]["run_id"], s["search_best_trial"]) for side, s in searches.items()}
     chosen = {side: s["mlflow"]["run_id"] for side, s in searches.items()}
     retrain = ["--seeds", str(args.seeds), "--concurrency", str(args.concurrency), *common]
     finals = {
-        "without": step(work, f"{task}-retrain-without", ["retrain", "--dataset", task, "--run-id", plain["dml"],
-                                                         "--baseline", plain["cce"], *retrain]),
-        "with": step(work, f"{task}-retrain-with", ["retrain", "--dataset", task, "--run-id", chosen["dml"],
-                                                   "--baseline", chosen["cce"], *retrain]),
+        "without": step(
+            work,
+            f"{task}-retrain-without",
+            ["retrain", "--dataset", task, "--run-id", plain["dml"], "--baseline", plain["cce"], *retrain],
+        ),
+        "with": step(
+            work,
+            f"{task}-retrain-with",
+            ["retrain", "--dataset", task, "--run-id", chosen["dml"], "--baseline", chosen["cce"], *retrain],
+        ),
     }
     return {"searches": searches, "finals": finals}
 
@@ -92,7 +123,9 @@ def rows(task: str, outcome: dict) -> list[str]:
     out = []
     for recipe, final in outcome["finals"].items():
         diff = final["differences_pp"]["accuracy"]
-        verdict = f"{diff['mean']:+.1f}" + (f" [{diff['low']:+.1f}, {diff['high']:+.1f}]" if diff["low"] is not None else "")
+        verdict = f"{diff['mean']:+.1f}" + (
+            f" [{diff['low']:+.1f}, {diff['high']:+.1f}]" if diff["low"] is not None else ""
+        )
         for role, side in (("baseline", "cce"), ("best", "dml")):
             r = final[role]
             s = r["summary"]["accuracy"]
@@ -100,15 +133,24 @@ def rows(task: str, outcome: dict) -> list[str]:
             selection = r.get("selection_score")
             rescored = r.get("rescored")
             extra = search.get("rescore_seconds") if recipe == "with" else None
-            out.append(" | ".join([
-                f"| {task}", recipe, side.upper(), r["loss"],
-                "–" if selection is None else f"{100 * selection:.1f}",
-                "–" if not rescored else f"{100 * rescored[0]:.1f} ± {100 * rescored[1]:.1f}",
-                f"{100 * s['mean']:.1f} ± {100 * s['std']:.1f}", f"{100 * s['worst']:.1f}",
-                "–" if selection is None else f"{100 * (selection - s['mean']):+.1f}",
-                verdict if role == "best" else "",
-                f"{search['wall_s'] / 60:.0f} min" + (f" (+{extra / 60:.1f} re-scoring)" if extra else ""),
-            ]) + " |")
+            out.append(
+                " | ".join(
+                    [
+                        f"| {task}",
+                        recipe,
+                        side.upper(),
+                        r["loss"],
+                        "–" if selection is None else f"{100 * selection:.1f}",
+                        "–" if not rescored else f"{100 * rescored[0]:.1f} ± {100 * rescored[1]:.1f}",
+                        f"{100 * s['mean']:.1f} ± {100 * s['std']:.1f}",
+                        f"{100 * s['worst']:.1f}",
+                        "–" if selection is None else f"{100 * (selection - s['mean']):+.1f}",
+                        verdict if role == "best" else "",
+                        f"{search['wall_s'] / 60:.0f} min" + (f" (+{extra / 60:.1f} re-scoring)" if extra else ""),
+                    ]
+                )
+                + " |"
+            )
     return out
 
 
@@ -130,13 +172,19 @@ def main() -> int:
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     bad = [t for t in tasks if t not in TASKS]
     if bad or min(args.trials, args.rescore, args.rescore_draws, args.seeds, args.concurrency, args.k) < 1:
-        print(f"bench_selection: error: unknown task {', '.join(bad) or '-'} (valid: {', '.join(TASKS)}), "
-              "or a count below 1", file=sys.stderr)
+        print(
+            f"bench_selection: error: unknown task {', '.join(bad) or '-'} (valid: {', '.join(TASKS)}), "
+            "or a count below 1",
+            file=sys.stderr,
+        )
         return 2
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    lines = ["| task | recipe | side | loss | dev at selection | re-scored dev | test | worst | optimism (pp) | "
-             "Δ DML − CCE [95% t] | search wall time |", "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| task | recipe | side | loss | dev at selection | re-scored dev | test | worst | optimism (pp) | "
+        "Δ DML − CCE [95% t] | search wall time |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for task in tasks:
         if args.table_only and not (work / f"{task}-retrain-with.json").exists():
             continue

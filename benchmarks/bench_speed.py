@@ -39,9 +39,20 @@ def run(variant: str, draw: int, args: argparse.Namespace, tokens):
     from tunedml.config import build_config
     from tunedml.retrain.draws import fresh_config
 
-    cfg = build_config(None, [f"data.dataset={args.dataset}", f"data.k={args.k}", f"train.batch_size={args.batch_size}",
-                              f"train.steps={args.steps}", f"train.eval_every={args.steps}", f"train.lr={args.lr}",
-                              f"train.threads={args.threads}", "train.device=cpu", *VARIANTS[variant]])
+    cfg = build_config(
+        None,
+        [
+            f"data.dataset={args.dataset}",
+            f"data.k={args.k}",
+            f"train.batch_size={args.batch_size}",
+            f"train.steps={args.steps}",
+            f"train.eval_every={args.steps}",
+            f"train.lr={args.lr}",
+            f"train.threads={args.threads}",
+            "train.device=cpu",
+            *VARIANTS[variant],
+        ],
+    )
     cfg = fresh_config(cfg, OFFSET + draw)
     impl = train.ADAMW_IMPL
     train.ADAMW_IMPL = {"foreach": False} if variant == "single_tensor" else impl
@@ -80,9 +91,11 @@ def main() -> None:
             seconds[v].append(s)
             accuracy[v].append(100 * acc)
             print(f"draw {d} {v}: {s:.1f}s  test {100 * acc:.1f}", flush=True)
-    print(f"\n{args.dataset}, k={args.k}, batch {args.batch_size}, {args.steps} steps, lr {args.lr:g}, "
-          f"{args.draws} draws, {args.threads} threads; torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs\n")
+    print(
+        f"\n{args.dataset}, k={args.k}, batch {args.batch_size}, {args.steps} steps, lr {args.lr:g}, "
+        f"{args.draws} draws, {args.threads} threads; torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPUs\n"
+    )
     print("| variant | s / run | × baseline | test mean | Δ test vs baseline (pp) [95% t] |")
     print("|---|---:|---:|---:|---|")
     base_s = statistics.mean(seconds["baseline"]) if "baseline" in seconds else None

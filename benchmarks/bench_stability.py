@@ -65,10 +65,30 @@ def run_recipe(recipe: str, dataset: str, args: argparse.Namespace, out: Path) -
     start = time.perf_counter()
     with open(where / "log.txt", "a") as log:
         for space, trials in (("cce", args.cce_trials), ("dml", args.dml_trials)):
-            tunedml(["search", "--datasets", dataset, *common, "--space", str(SPACES / f"{space}.yaml"),
-                     "--trials", str(trials), "--repeats", str(REPEATS[recipe]), "--concurrency", str(args.concurrency),
-                     "--sampler-seed", str(args.sampler_seed), "--storage", str(where / "searches"),
-                     "--name", f"{dataset}-{space}"], where, log)
+            tunedml(
+                [
+                    "search",
+                    "--datasets",
+                    dataset,
+                    *common,
+                    "--space",
+                    str(SPACES / f"{space}.yaml"),
+                    "--trials",
+                    str(trials),
+                    "--repeats",
+                    str(REPEATS[recipe]),
+                    "--concurrency",
+                    str(args.concurrency),
+                    "--sampler-seed",
+                    str(args.sampler_seed),
+                    "--storage",
+                    str(where / "searches"),
+                    "--name",
+                    f"{dataset}-{space}",
+                ],
+                where,
+                log,
+            )
         tunedml(["retrain", "--dataset", dataset, *common, "--seeds", str(args.draws)], where, log)
         tunedml(["report", "--tracking-uri", store(out, recipe, dataset), "--out", str(where / "report")], where, log)
     seconds = time.perf_counter() - start
@@ -88,8 +108,9 @@ def sides(uri: str, dataset: str) -> tuple[Comparison, dict[str, float]]:
 
     quiet_libraries(verbose=False)  # no MLflow download bars between the table's lines
     comparison = final_comparisons(uri, [dataset])[0]
-    dev = {role: 100 * find_best(uri, dataset, space=space).score
-           for role, space in (("baseline", "cce"), ("best", "dml"))}
+    dev = {
+        role: 100 * find_best(uri, dataset, space=space).score for role, space in (("baseline", "cce"), ("best", "dml"))
+    }
     return comparison, dev
 
 
@@ -105,8 +126,9 @@ def main() -> None:
     parser.add_argument("--recipes", default="before,after")
     parser.add_argument("--set", action="append", help="KEY=VALUE for both recipes (e.g. train.epochs=10)")
     parser.add_argument("--after-set", action="append", help="KEY=VALUE for the after recipe only")
-    parser.add_argument("--out", default="bench_stability",
-                        help="folder for the runs (reused: finished recipes are kept)")
+    parser.add_argument(
+        "--out", default="bench_stability", help="folder for the runs (reused: finished recipes are kept)"
+    )
     args = parser.parse_args()
 
     out = Path(args.out).resolve()
@@ -118,16 +140,36 @@ def main() -> None:
             print(f"{dataset} {recipe}: done in {seconds / 60:.1f} min", file=sys.stderr, flush=True)
 
     after = ", ".join(args.after_set or []) or "no training keys changed"
-    print(f"Stability at k={args.k}: {args.cce_trials} CCE + {args.dml_trials} DML trials (TPE seed {args.sampler_seed}), "
-          f"then both best configurations retrained on the same {args.draws} fresh draws. before = one draw per "
-          f"trial (--repeats 1); after = mean of 3 draws per trial (--repeats 3, ties by lower spread; {after}).\n")
-    print("| task | recipe | side | loss | dev at selection | test accuracy per draw | mean | std | worst | "
-          "collapsed | Δ (pp) [95% t] | wall time |")
+    print(
+        f"Stability at k={args.k}: {args.cce_trials} CCE + {args.dml_trials} DML trials (TPE seed {args.sampler_seed}), "
+        f"then both best configurations retrained on the same {args.draws} fresh draws. before = one draw per "
+        f"trial (--repeats 1); after = mean of 3 draws per trial (--repeats 3, ties by lower spread; {after}).\n"
+    )
+    print(
+        "| task | recipe | side | loss | dev at selection | test accuracy per draw | mean | std | worst | "
+        "collapsed | Δ (pp) [95% t] | wall time |"
+    )
     print("|---|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|")
     with open(out / "stability.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["dataset", "recipe", "side", "loss", "dev_at_selection", "draws", "mean", "std", "worst",
-                    "collapsed", "diff_pp", "diff_low", "diff_high", "seconds"])
+        w.writerow(
+            [
+                "dataset",
+                "recipe",
+                "side",
+                "loss",
+                "dev_at_selection",
+                "draws",
+                "mean",
+                "std",
+                "worst",
+                "collapsed",
+                "diff_pp",
+                "diff_low",
+                "diff_high",
+                "seconds",
+            ]
+        )
         for dataset, recipe, seconds in runs:
             comparison, dev = sides(store(out, recipe, dataset), dataset)
             d = comparison.differences["accuracy"]
@@ -136,15 +178,30 @@ def main() -> None:
                 result = comparison.result(role)
                 per_draw = 100 * result.scores("accuracy")
                 s = {k: 100 * v for k, v in result.summary()["accuracy"].items()}
-                print(f"| {dataset} | {recipe} | {side} | {result.candidate.loss} | {dev[role]:.1f} | "
-                      f"{' '.join(f'{v:.1f}' for v in per_draw)} | {s['mean']:.1f} | {s['std']:.1f} | "
-                      f"{s['worst']:.1f} | {result.collapsed} / {len(result.draws)} | "
-                      f"{diff if role == 'best' else ''} | {seconds / 60:.0f} min |")
-                w.writerow([dataset, recipe, role, result.candidate.loss, f"{dev[role]:.2f}",
-                            " ".join(f"{v:.2f}" for v in per_draw), f"{s['mean']:.3f}", f"{s['std']:.3f}",
-                            f"{s['worst']:.3f}", result.collapsed, f"{d.mean:.3f}",
-                            "" if d.low is None else f"{d.low:.3f}", "" if d.high is None else f"{d.high:.3f}",
-                            f"{seconds:.0f}"])
+                print(
+                    f"| {dataset} | {recipe} | {side} | {result.candidate.loss} | {dev[role]:.1f} | "
+                    f"{' '.join(f'{v:.1f}' for v in per_draw)} | {s['mean']:.1f} | {s['std']:.1f} | "
+                    f"{s['worst']:.1f} | {result.collapsed} / {len(result.draws)} | "
+                    f"{diff if role == 'best' else ''} | {seconds / 60:.0f} min |"
+                )
+                w.writerow(
+                    [
+                        dataset,
+                        recipe,
+                        role,
+                        result.candidate.loss,
+                        f"{dev[role]:.2f}",
+                        " ".join(f"{v:.2f}" for v in per_draw),
+                        f"{s['mean']:.3f}",
+                        f"{s['std']:.3f}",
+                        f"{s['worst']:.3f}",
+                        result.collapsed,
+                        f"{d.mean:.3f}",
+                        "" if d.low is None else f"{d.low:.3f}",
+                        "" if d.high is None else f"{d.high:.3f}",
+                        f"{seconds:.0f}",
+                    ]
+                )
 
 
 if __name__ == "__main__":

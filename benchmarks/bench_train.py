@@ -44,11 +44,12 @@ class BareLoop:
         self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
         self.rng = np.random.default_rng(seed)
 
-    def batches(self, input_ids: list[np.ndarray], labels: np.ndarray, indices: np.ndarray, batch_size: int,
-                pad_id: int):
+    def batches(
+        self, input_ids: list[np.ndarray], labels: np.ndarray, indices: np.ndarray, batch_size: int, pad_id: int
+    ):
         order = self.rng.permutation(indices)  # the same permutations as the Trainer's seeded generator
         for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
+            chunk = order[start : start + batch_size]
             seqs = [torch.from_numpy(input_ids[i]) for i in chunk]
             ids = nn.utils.rnn.pad_sequence(seqs, batch_first=True, padding_value=pad_id)
             mask = nn.utils.rnn.pad_sequence([torch.ones_like(s) for s in seqs], batch_first=True)
@@ -102,8 +103,11 @@ def print_table(times: dict[str, list[tuple[float, float]]], steps: int) -> None
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default=None,
-                        help="SentEval folder (default: $TUNEDML_DATA_DIR, else the copy inside the package)")
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="SentEval folder (default: $TUNEDML_DATA_DIR, else the copy inside the package)",
+    )
     parser.add_argument("--dataset", default="sst2")
     parser.add_argument("--model", default="minilm")
     parser.add_argument("--k", type=int, default=64, help="examples per class in the training draw")
@@ -113,9 +117,18 @@ def main() -> None:
     args = parser.parse_args()
 
     data_dir = [f"data.data_dir={args.data_dir}"] if args.data_dir else []
-    cfg = build_config(sets=[*data_dir, f"data.dataset={args.dataset}", f"data.k={args.k}",
-                             f"model.name={args.model}", f"train.batch_size={args.batch_size}",
-                             f"train.epochs={args.repeats + 1}", f"train.threads={args.threads}", "train.device=cpu"])
+    cfg = build_config(
+        sets=[
+            *data_dir,
+            f"data.dataset={args.dataset}",
+            f"data.k={args.k}",
+            f"model.name={args.model}",
+            f"train.batch_size={args.batch_size}",
+            f"train.epochs={args.repeats + 1}",
+            f"train.threads={args.threads}",
+            "train.device=cpu",
+        ]
+    )
     tokens = prepare_tokens(cfg)
     trainer = Trainer(cfg, tokens, draw_for(cfg, tokens))  # sets torch's thread count for both loops
     bare = BareLoop(cfg.model.name, tokens.corpus.num_classes, cfg.train.lr, cfg.train.weight_decay, cfg.train.seed)
@@ -124,9 +137,11 @@ def main() -> None:
     examples = len(trainer.draw.train)
     steps = -(-examples // args.batch_size)
     machine = platform.processor() or platform.machine()
-    print(f"One training epoch: {args.dataset} k={args.k} ({examples} examples, {steps} step{'s' * (steps != 1)} "
-          f"of {args.batch_size}), {args.model}, torch {torch.__version__} on CPU ({machine}), "
-          f"{torch.get_num_threads()} threads; median of {args.repeats} epochs after a warm-up.\n")
+    print(
+        f"One training epoch: {args.dataset} k={args.k} ({examples} examples, {steps} step{'s' * (steps != 1)} "
+        f"of {args.batch_size}), {args.model}, torch {torch.__version__} on CPU ({machine}), "
+        f"{torch.get_num_threads()} threads; median of {args.repeats} epochs after a warm-up.\n"
+    )
     print_table(times, steps)
 
 

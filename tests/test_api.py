@@ -31,8 +31,14 @@ def readme_python_example() -> str:
 def test_the_readme_example_runs(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("TUNEDML_DATA_DIR", "MLFLOW_TRACKING_URI")}
     env.update(HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
-    run = subprocess.run([sys.executable, "-c", readme_python_example()], capture_output=True, text=True, env=env,
-                         cwd=tmp_path, timeout=900)
+    run = subprocess.run(
+        [sys.executable, "-c", readme_python_example()],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=900,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     assert re.fullmatch(r"dev accuracy [01]\.\d{3}, test accuracy [01]\.\d{3}\n", run.stdout), run.stdout
     assert list(tmp_path.iterdir()) == []  # training writes nothing
@@ -49,8 +55,19 @@ def test_fit_gives_what_tunedml_train_prints(tiny_roberta, data_dir, capsys):
 
     sets = {"data.k": 4, "train.epochs": 2, "loss.name": "proxy_anchor", "data.max_length": 32}
     result = tunedml.fit(dataset="trec", model=tiny_roberta, data_dir=data_dir, sets=sets)
-    code = main(["train", "--json", "--dataset", "trec", "--model", tiny_roberta, "--data-dir", data_dir,
-                 *(x for k, v in sets.items() for x in ("--set", f"{k}={v}"))])
+    code = main(
+        [
+            "train",
+            "--json",
+            "--dataset",
+            "trec",
+            "--model",
+            tiny_roberta,
+            "--data-dir",
+            data_dir,
+            *(x for k, v in sets.items() for x in ("--set", f"{k}={v}")),
+        ]
+    )
     printed = json.loads(capsys.readouterr().out)
     assert code == 0
     assert printed["dev"] == result.dev and printed["test"] == result.test
@@ -64,17 +81,20 @@ def test_a_run_config_is_taken_as_it_is(tiny_roberta, data_dir):
     assert again.data.k == 3 and again.data.dataset == "trec" and cfg.data.k == 2
 
 
-@pytest.mark.parametrize("call, error, message", [
-    (lambda: tunedml.fit(sets={"data.k": 0}), ConfigError, "data.k=0 is out of range"),
-    (lambda: tunedml.fit(dataset="sst-2"), TunedMLError, "did you mean 'sst2'"),
-    (lambda: tunedml.optimize("nowhere.yaml", trials=0), ConfigError, "--trials must be >= 1"),
-    (lambda: tunedml.optimize("nowhere.yaml", scheduler="pbt"), ConfigError, "unknown scheduler 'pbt'"),
-    (lambda: tunedml.optimize("nowhere.yaml", gpus_per_trial="two"), ConfigError, "--gpus-per-trial must be auto"),
-    (lambda: tunedml.compare(seeds=0), ConfigError, "--seeds must be >= 1"),
-    (lambda: tunedml.compare(interval="z"), ConfigError, "unknown interval 'z'"),
-    (lambda: tunedml.make_report(metric="f1"), ConfigError, "unknown metric 'f1'"),
-    (lambda: tunedml.best("sst2", metric="f1"), ConfigError, "unknown metric 'f1'"),
-])
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (lambda: tunedml.fit(sets={"data.k": 0}), ConfigError, "data.k=0 is out of range"),
+        (lambda: tunedml.fit(dataset="sst-2"), TunedMLError, "did you mean 'sst2'"),
+        (lambda: tunedml.optimize("nowhere.yaml", trials=0), ConfigError, "--trials must be >= 1"),
+        (lambda: tunedml.optimize("nowhere.yaml", scheduler="pbt"), ConfigError, "unknown scheduler 'pbt'"),
+        (lambda: tunedml.optimize("nowhere.yaml", gpus_per_trial="two"), ConfigError, "--gpus-per-trial must be auto"),
+        (lambda: tunedml.compare(seeds=0), ConfigError, "--seeds must be >= 1"),
+        (lambda: tunedml.compare(interval="z"), ConfigError, "unknown interval 'z'"),
+        (lambda: tunedml.make_report(metric="f1"), ConfigError, "unknown metric 'f1'"),
+        (lambda: tunedml.best("sst2", metric="f1"), ConfigError, "unknown metric 'f1'"),
+    ],
+)
 def test_bad_input_raises_a_tunedml_error_naming_it(call, error, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(error, match=re.escape(message)):
@@ -83,10 +103,17 @@ def test_bad_input_raises_a_tunedml_error_naming_it(call, error, message, tmp_pa
 
 
 def test_import_tunedml_loads_no_heavy_library():
-    code = ("import sys, tunedml; print(sorted(m for m in ('torch', 'ray', 'mlflow', 'optuna', 'transformers', "
-            "'numpy') if m in sys.modules))")
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    code = (
+        "import sys, tunedml; print(sorted(m for m in ('torch', 'ray', 'mlflow', 'optuna', 'transformers', "
+        "'numpy') if m in sys.modules))"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert run.returncode == 0 and run.stdout.strip() == "[]", run.stderr
 
 

@@ -15,8 +15,9 @@ from tunedml.losses import LOSS_NAMES
 
 def tunedml(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "tunedml.cli", *args], capture_output=True, text=True, env=env,
-                          timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "tunedml.cli", *args], capture_output=True, text=True, env=env, timeout=600
+    )
 
 
 def progress_lines(run: subprocess.CompletedProcess) -> list[str]:
@@ -26,7 +27,7 @@ def progress_lines(run: subprocess.CompletedProcess) -> list[str]:
 def test_datasets_lists_every_task():
     run = tunedml("datasets")
     assert run.returncode == 0, run.stderr
-    names = [line.split()[0] for line in run.stdout.splitlines()[:len(TASKS)]]
+    names = [line.split()[0] for line in run.stdout.splitlines()[: len(TASKS)]]
     assert names == list(TASKS)
     assert "trec   6 classes (DESC, ENTY, ABBR, HUM, LOC, NUM); official test" in run.stdout
     assert "mr     2 classes (negative, positive); hold-out test" in run.stdout
@@ -52,15 +53,33 @@ def test_losses_json():
     by_name = {r["name"]: r for r in rows}
     assert by_name["none"]["hyperparameters"] == {}
     assert by_name["soft_triple"]["proxies"] is True and by_name["supcon"]["proxies"] is False
-    assert by_name["soft_triple"]["hyperparameters"]["centers_per_class"] == {"default": 10, "valid": "int in [1, 50]",
-                                                                              "help": ""}
+    assert by_name["soft_triple"]["hyperparameters"]["centers_per_class"] == {
+        "default": 10,
+        "valid": "int in [1, 50]",
+        "help": "",
+    }
     assert by_name["arcface"]["hyperparameters"]["margin"]["help"] == "degrees"
 
 
 def test_train_json_prints_one_object_with_dev_and_test(tiny_roberta, data_dir):
-    run = tunedml("train", "--json", "--dataset", "trec", "--data-dir", data_dir, "--model", tiny_roberta,
-                  "--set", "data.k=4", "--set", "train.epochs=2", "--set", "loss.name=proxy_anchor",
-                  "--set", "data.max_length=32")
+    run = tunedml(
+        "train",
+        "--json",
+        "--dataset",
+        "trec",
+        "--data-dir",
+        data_dir,
+        "--model",
+        tiny_roberta,
+        "--set",
+        "data.k=4",
+        "--set",
+        "train.epochs=2",
+        "--set",
+        "loss.name=proxy_anchor",
+        "--set",
+        "data.max_length=32",
+    )
     assert run.returncode == 0, run.stderr
     [line] = run.stdout.splitlines()
     result = json.loads(line)
@@ -74,38 +93,78 @@ def test_train_json_prints_one_object_with_dev_and_test(tiny_roberta, data_dir):
 
 
 def test_train_progress_shows_the_stage_and_the_batches_without_positives(tiny_roberta, data_dir):
-    run = tunedml("train", "--json", "--dataset", "trec", "--data-dir", data_dir, "--model", tiny_roberta,
-                  "--set", "data.k=4", "--set", "train.steps=4", "--set", "train.eval_every=3", "--set", "loss.name=supcon",
-                  "--set", "train.schedule=two_stage", "--set", "data.sampler=m_per_class", "--set", "train.batch_size=12",
-                  "--set", "data.max_length=32")
+    run = tunedml(
+        "train",
+        "--json",
+        "--dataset",
+        "trec",
+        "--data-dir",
+        data_dir,
+        "--model",
+        tiny_roberta,
+        "--set",
+        "data.k=4",
+        "--set",
+        "train.steps=4",
+        "--set",
+        "train.eval_every=3",
+        "--set",
+        "loss.name=supcon",
+        "--set",
+        "train.schedule=two_stage",
+        "--set",
+        "data.sampler=m_per_class",
+        "--set",
+        "train.batch_size=12",
+        "--set",
+        "data.max_length=32",
+    )
     assert run.returncode == 0, run.stderr
     progress = progress_lines(run)  # stage 1 ends at step 2: dev there, at 3 and at the last step
-    assert [line.split("  ")[1:3] for line in progress] == [["step 2/4 (epoch 1.0)", "stage encoder"],
-                                                             ["step 3/4 (epoch 1.5)", "stage head"],
-                                                             ["step 4/4 (epoch 2.0)", "stage head"]]
+    assert [line.split("  ")[1:3] for line in progress] == [
+        ["step 2/4 (epoch 1.0)", "stage encoder"],
+        ["step 3/4 (epoch 1.5)", "stage head"],
+        ["step 4/4 (epoch 2.0)", "stage head"],
+    ]
     assert progress[0].startswith("eval 1/3") and "(dml " in progress[0] and "(ce " in progress[1]
     assert all("without positives: 0 batches, 0 examples" in line for line in progress)  # 2 of each of 6 classes
 
 
 @pytest.mark.slow  # ~12 s; test_train_json_prints_one_object... keeps the train command in the fast tier
 def test_train_prints_a_readable_summary(tiny_roberta, data_dir):
-    run = tunedml("train", "--dataset", "sst2", "--data-dir", data_dir, "--model", tiny_roberta,
-                  "--set", "data.k=4", "--set", "train.epochs=1", "--set", "data.max_length=32")
+    run = tunedml(
+        "train",
+        "--dataset",
+        "sst2",
+        "--data-dir",
+        data_dir,
+        "--model",
+        tiny_roberta,
+        "--set",
+        "data.k=4",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "data.max_length=32",
+    )
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()
     assert lines[0].startswith("sst2  loss=none")
     assert lines[1].startswith("  dev   acc ") and lines[2].startswith("  test  acc ")
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--dataset", "sst-2"], "unknown dataset 'sst-2' (did you mean 'sst2'?)"),
-    (["--set", "loss.name=supcn"], "loss.name: unknown loss 'supcn' (did you mean 'supcon'?)"),
-    (["--set", "train.lrr=0.1"], "unknown key 'train.lrr' (did you mean 'train.lr'?)"),
-    (["--set", "data.k=0"], "data.k=0 is out of range; valid: int in [1, 100000]"),
-    (["--set", "loss.name=proxy_nca", "--set", "loss.margin=0.1"], "not a hyperparameter of loss 'proxy_nca'"),
-    (["--set", "data.k"], "expected KEY=VALUE"),
-    (["--model", "./no-such-model"], "model.name: './no-such-model' is not an existing folder"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--dataset", "sst-2"], "unknown dataset 'sst-2' (did you mean 'sst2'?)"),
+        (["--set", "loss.name=supcn"], "loss.name: unknown loss 'supcn' (did you mean 'supcon'?)"),
+        (["--set", "train.lrr=0.1"], "unknown key 'train.lrr' (did you mean 'train.lr'?)"),
+        (["--set", "data.k=0"], "data.k=0 is out of range; valid: int in [1, 100000]"),
+        (["--set", "loss.name=proxy_nca", "--set", "loss.margin=0.1"], "not a hyperparameter of loss 'proxy_nca'"),
+        (["--set", "data.k"], "expected KEY=VALUE"),
+        (["--model", "./no-such-model"], "model.name: './no-such-model' is not an existing folder"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_code_2_before_any_training(data_dir, args, message):
     run = tunedml("train", "--data-dir", data_dir, *args)
     assert run.returncode == 2
@@ -142,12 +201,15 @@ def test_keys_lists_every_config_key_with_its_range_and_help():
 
 # ----------------------------------------------------------------- one vocabulary (issue 23)
 
+
 def options_of() -> dict:
     """Every command's options, by option string."""
     from tunedml.cli import build_parser
 
-    return {name: {s: a for a in parser._actions for s in a.option_strings}
-            for name, parser in build_parser()._commands().items()}
+    return {
+        name: {s: a for a in parser._actions for s in a.option_strings}
+        for name, parser in build_parser()._commands().items()
+    }
 
 
 def test_one_name_and_one_meaning_per_option():
@@ -163,8 +225,12 @@ def test_one_name_and_one_meaning_per_option():
             assert "not a seed" in opts["--seeds"].help, name
         if "--sampler-seed" in opts:
             assert "TPE sampler" in opts["--sampler-seed"].help, name
-        for option, choices in (("--scheduler", SCHEDULERS), ("--metric", METRICS), ("--interval", INTERVALS),
-                                ("--projection", PROJECTIONS)):
+        for option, choices in (
+            ("--scheduler", SCHEDULERS),
+            ("--metric", METRICS),
+            ("--interval", INTERVALS),
+            ("--projection", PROJECTIONS),
+        ):
             if option in opts:
                 assert tuple(opts[option].choices) == tuple(choices), (name, option)
     for name in ("search", "study", "report", "searches"):  # several datasets: --datasets, with all
@@ -176,13 +242,16 @@ def test_one_name_and_one_meaning_per_option():
         assert "--dry-run" in options[name], name
 
 
-@pytest.mark.parametrize("command, shown", [
-    ("search", ["{asha,hyperband,none}", "{accuracy,macro_f1}", "--sampler-seed N", "--gpus-per-trial auto|N"]),
-    ("retrain", ["{t,bootstrap}", "--concurrency CONCURRENCY", "--gpus-per-draw auto|N"]),
-    ("report", ["{accuracy,macro_f1}", "{pca,tsne}"]),
-    ("study", ["{asha,hyperband,none}", "--sampler-seed N", "--dry-run"]),
-    ("best", ["{accuracy,macro_f1}", "--out FILE"]),
-])
+@pytest.mark.parametrize(
+    "command, shown",
+    [
+        ("search", ["{asha,hyperband,none}", "{accuracy,macro_f1}", "--sampler-seed N", "--gpus-per-trial auto|N"]),
+        ("retrain", ["{t,bootstrap}", "--concurrency CONCURRENCY", "--gpus-per-draw auto|N"]),
+        ("report", ["{accuracy,macro_f1}", "{pca,tsne}"]),
+        ("study", ["{asha,hyperband,none}", "--sampler-seed N", "--dry-run"]),
+        ("best", ["{accuracy,macro_f1}", "--out FILE"]),
+    ],
+)
 def test_help_lists_the_choices(command, shown, capsys):
     from tunedml.cli import main
 
@@ -194,16 +263,25 @@ def test_help_lists_the_choices(command, shown, capsys):
         assert text in out, (command, text)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["search", "--space", "s.yaml", "--dataset", "sst2"], "--dataset is now --datasets"),
-    (["study", "--datasets", "sst2", "--seed", "3"], "--seed is now --sampler-seed: the TPE sampler's seed; --seeds is"),
-    (["search", "--space", "s.yaml", "--seed", "3"], "--seed is now --sampler-seed"),
-    (["retrain", "--parallel", "2"], "--parallel is now --concurrency"),
-    (["search", "--space", "s.yaml", "--trails", "3"], "did you mean '--trials'?"),
-    (["study", "--datasets", "sst2", "--seed=3"], "--seed is now --sampler-seed"),
-    (["search", "--space", "s.yaml", "--scheduler", "pbt"], "invalid choice: 'pbt' (choose from 'asha', 'hyperband', 'none')"),
-    (["retrain", "--gpus-per-draw", "two"], "'two' is not a number of GPUs; valid: auto"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["search", "--space", "s.yaml", "--dataset", "sst2"], "--dataset is now --datasets"),
+        (
+            ["study", "--datasets", "sst2", "--seed", "3"],
+            "--seed is now --sampler-seed: the TPE sampler's seed; --seeds is",
+        ),
+        (["search", "--space", "s.yaml", "--seed", "3"], "--seed is now --sampler-seed"),
+        (["retrain", "--parallel", "2"], "--parallel is now --concurrency"),
+        (["search", "--space", "s.yaml", "--trails", "3"], "did you mean '--trials'?"),
+        (["study", "--datasets", "sst2", "--seed=3"], "--seed is now --sampler-seed"),
+        (
+            ["search", "--space", "s.yaml", "--scheduler", "pbt"],
+            "invalid choice: 'pbt' (choose from 'asha', 'hyperband', 'none')",
+        ),
+        (["retrain", "--gpus-per-draw", "two"], "'two' is not a number of GPUs; valid: auto"),
+    ],
+)
 def test_an_option_not_there_is_one_line_with_its_name_here(args, message, capsys):
     """No abbreviations either: `--seed 3` in a study would otherwise set --seeds."""
     from tunedml.cli import main
@@ -216,6 +294,7 @@ def test_an_option_not_there_is_one_line_with_its_name_here(args, message, capsy
 
 
 # ----------------------------------------------------------------- dry runs: every check, nothing started or recorded
+
 
 @pytest.fixture
 def work(tmp_path, monkeypatch):
@@ -236,8 +315,22 @@ def test_search_dry_run_checks_and_writes_nothing(work, data_dir, tiny_roberta, 
     from tunedml.cli import main
 
     space = os.path.join(os.path.dirname(__file__), "..", "search_spaces", "dml.yaml")
-    args = ["search", "--datasets", "sst2,trec", "--data-dir", data_dir, "--model", tiny_roberta, "--space", space,
-            "--trials", "3", "--set", "data.k=4", "--dry-run"]
+    args = [
+        "search",
+        "--datasets",
+        "sst2,trec",
+        "--data-dir",
+        data_dir,
+        "--model",
+        tiny_roberta,
+        "--space",
+        space,
+        "--trials",
+        "3",
+        "--set",
+        "data.k=4",
+        "--dry-run",
+    ]
     assert main(args) == 0
     out, err = capsys.readouterr()
     lines = err.splitlines()
@@ -257,10 +350,29 @@ def test_retrain_dry_run_reads_both_configurations_and_writes_nothing(work, data
     config = work.parent / "best.yaml"
     config.write_text(f"data:\n  dataset: sst2\n  data_dir: {data_dir}\n  k: 4\nloss:\n  name: supcon\n")
     db = work / "m.db"
-    assert main(["retrain", "--config", str(config), "--baseline", "defaults", "--seeds", "3", "--tracking-uri",
-                 str(db), "--dry-run"]) == 0
+    assert (
+        main(
+            [
+                "retrain",
+                "--config",
+                str(config),
+                "--baseline",
+                "defaults",
+                "--seeds",
+                "3",
+                "--tracking-uri",
+                str(db),
+                "--dry-run",
+            ]
+        )
+        == 0
+    )
     out, err = capsys.readouterr()
-    assert out == "" and "retrain sst2: 3 draws of best = supcon" in err and "baseline = none (CCE defaults, untuned)" in err
+    assert (
+        out == ""
+        and "retrain sst2: 3 draws of best = supcon" in err
+        and "baseline = none (CCE defaults, untuned)" in err
+    )
     assert err.splitlines()[-1] == "dry run: every check passed; nothing was trained or recorded"
     assert not db.exists() and list(work.iterdir()) == [] and not ray_started()
     # the configurations come from the store: none there, nothing to retrain, and still no database
@@ -272,18 +384,43 @@ def test_retrain_dry_run_reads_both_configurations_and_writes_nothing(work, data
 def test_study_dry_run_lists_its_stages_and_writes_nothing(work, capsys):
     from tunedml.cli import main
 
-    assert main(["study", "--datasets", "sst2,mr", "--trials", "2", "--seeds", "2", "--set", "data.k=4",
-                 "--set", "train.lr=1e-4", "--dry-run"]) == 0
+    assert (
+        main(
+            [
+                "study",
+                "--datasets",
+                "sst2,mr",
+                "--trials",
+                "2",
+                "--seeds",
+                "2",
+                "--set",
+                "data.k=4",
+                "--set",
+                "train.lr=1e-4",
+                "--dry-run",
+            ]
+        )
+        == 0
+    )
     out, err = capsys.readouterr()
     stages = [ln.split(":")[0] for ln in err.splitlines() if ln.endswith("]")]
-    assert stages == ["study sst2 CCE search", "study sst2 DML search", "study sst2 retrain",
-                      "study mr CCE search", "study mr DML search", "study mr retrain", "study report"]
+    assert stages == [
+        "study sst2 CCE search",
+        "study sst2 DML search",
+        "study sst2 retrain",
+        "study mr CCE search",
+        "study mr DML search",
+        "study mr retrain",
+        "study report",
+    ]
     assert all(": to run  [" in ln for ln in err.splitlines() if ln.endswith("]"))
     assert err.splitlines()[-1] == "dry run: every check passed; nothing was run or recorded"
     assert out == "" and list(work.iterdir()) == [] and not ray_started()  # no store, no results, no space copies
 
 
 # ----------------------------------------------------------------- searches, best --out
+
 
 def test_reading_commands_say_when_nothing_is_recorded(work, capsys):
     from tunedml.cli import main
@@ -308,6 +445,7 @@ def test_searches_on_a_store_without_searches(work, capsys):
 
 # ----------------------------------------------------------------- exit code 1: a run that produced nothing
 
+
 def test_retrain_whose_every_draw_fails_exits_1_and_says_so(work, data_dir, nan_model, capsys):
     from mlflow import MlflowClient
 
@@ -316,12 +454,29 @@ def test_retrain_whose_every_draw_fails_exits_1_and_says_so(work, data_dir, nan_
     config = work.parent / "best.yaml"
     config.write_text(f"data:\n  dataset: sst2\n  data_dir: {data_dir}\n  k: 2\n  max_length: 32\ntrain:\n  steps: 2\n")
     db = work / "m.db"
-    code = main(["retrain", "--config", str(config), "--baseline", "defaults", "--model", nan_model, "--seeds", "1",
-                 "--concurrency", "1", "--tracking-uri", str(db)])
+    code = main(
+        [
+            "retrain",
+            "--config",
+            str(config),
+            "--baseline",
+            "defaults",
+            "--model",
+            nan_model,
+            "--seeds",
+            "1",
+            "--concurrency",
+            "1",
+            "--tracking-uri",
+            str(db),
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 1, err
-    assert err.splitlines()[-1] == ("tunedml retrain: every draw of the best and the baseline configuration failed: "
-                                    "nothing to compare (recorded in MLflow, with each draw's error)")
+    assert err.splitlines()[-1] == (
+        "tunedml retrain: every draw of the best and the baseline configuration failed: "
+        "nothing to compare (recorded in MLflow, with each draw's error)"
+    )
     assert "draws failed" in out or "failed" in out
     client = MlflowClient(f"sqlite:///{db}")
     runs = client.search_runs([client.get_experiment_by_name("tunedml/sst2").experiment_id])

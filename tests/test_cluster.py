@@ -35,6 +35,7 @@ ON_PREMISE_MARKER = "on-premise variant"
 
 # ----------------------------------------------------------------- cluster.yaml and Ray's validator
 
+
 def ray_validate(config: dict[str, Any]) -> dict[str, Any]:
     """What `ray up` does before it touches a cloud: fill Ray's defaults, then validate the result."""
     from ray.autoscaler._private.util import prepare_config, validate_config
@@ -71,7 +72,9 @@ def test_cluster_yaml_passes_rays_validator():
     assert any(w["resources"].get("GPU", 0) >= 1 and w["max_workers"] >= w["min_workers"] for w in workers.values())
     assert any("pip install" in c and "tunedml" in c for c in full["worker_setup_commands"])
     assert "~/tunedml" in full["file_mounts"] and "~/.ray/auth_token" in full["file_mounts"]
-    assert all("RAY_AUTH_MODE=token" in " ".join(full[k]) for k in ("head_start_ray_commands", "worker_start_ray_commands"))
+    assert all(
+        "RAY_AUTH_MODE=token" in " ".join(full[k]) for k in ("head_start_ray_commands", "worker_start_ray_commands")
+    )
 
 
 def test_on_premise_variant_in_the_comments_passes_rays_validator():
@@ -90,6 +93,7 @@ def test_rays_validator_rejects_a_misspelt_key():
 
 
 # ----------------------------------------------------------------- restarts of lost trials
+
 
 def test_failed_trials_are_restarted_once_on_a_cluster_and_never_on_one_machine():
     from tunedml.search import SearchOptions
@@ -143,8 +147,15 @@ class Process:
     def start(cls, name: str, cmd: list[str], env: dict[str, str], log: Path, cwd: Path | None = None) -> "Process":
         out = open(log, "w")
         try:
-            popen = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+            popen = subprocess.Popen(
+                cmd,
+                env=env,
+                cwd=cwd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         finally:
             out.close()
         return cls(name, popen, log)
@@ -202,8 +213,14 @@ class LocalCluster:
     def env(self) -> dict[str, str]:
         """The environment of every cluster process and client: the token, no outside RAY_*."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-        env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token, RAY_USAGE_STATS_ENABLED="0",
-                   HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+        env.update(
+            RAY_AUTH_MODE="token",
+            RAY_AUTH_TOKEN=self.token,
+            RAY_USAGE_STATS_ENABLED="0",
+            HF_HUB_OFFLINE="1",
+            TOKENIZERS_PARALLELISM="false",
+            PYTHONUNBUFFERED="1",
+        )
         return env
 
     @property
@@ -221,22 +238,48 @@ class LocalCluster:
         return path
 
     def _ray_start(self, name: str, args: list[str]) -> None:
-        cmd = ["ray", "start", "--block", "--node-ip-address", LOOPBACK, "--num-cpus", "1",
-               "--object-store-memory", str(200 * 1024 * 1024), "--temp-dir", self._temp_dir(name),
-               "--dashboard-agent-listen-port", str(free_port()), "--disable-usage-stats", *args]
+        cmd = [
+            "ray",
+            "start",
+            "--block",
+            "--node-ip-address",
+            LOOPBACK,
+            "--num-cpus",
+            "1",
+            "--object-store-memory",
+            str(200 * 1024 * 1024),
+            "--temp-dir",
+            self._temp_dir(name),
+            "--dashboard-agent-listen-port",
+            str(free_port()),
+            "--disable-usage-stats",
+            *args,
+        ]
         self.processes[name] = Process.start(name, cmd, self.env, self.root / f"{name}.log")
 
     def start_head(self) -> None:
         self.gcs_port, self.dashboard_port = free_port(), free_port()
-        self._ray_start("head", ["--head", "--port", str(self.gcs_port), "--dashboard-host", LOOPBACK,
-                                 "--dashboard-port", str(self.dashboard_port),
-                                 "--ray-client-server-port", str(free_port())])
+        self._ray_start(
+            "head",
+            [
+                "--head",
+                "--port",
+                str(self.gcs_port),
+                "--dashboard-host",
+                LOOPBACK,
+                "--dashboard-port",
+                str(self.dashboard_port),
+                "--ray-client-server-port",
+                str(free_port()),
+            ],
+        )
         self.node_ids["head"] = wait_for("the head node", lambda: self._check_alive("head") and self._new_node())
 
     def start_worker(self) -> None:
         self._ray_start("worker", ["--address", f"{LOOPBACK}:{self.gcs_port}"])
-        self.node_ids["worker"] = wait_for("the worker node to join",
-                                           lambda: self._check_alive("worker") and self._new_node())
+        self.node_ids["worker"] = wait_for(
+            "the worker node to join", lambda: self._check_alive("worker") and self._new_node()
+        )
 
     def _new_node(self) -> str | None:
         """The id of an alive node not seen before, if one has joined."""
@@ -247,9 +290,20 @@ class LocalCluster:
         self.mlflow_port = free_port()
         store = self.root / "mlflow"
         store.mkdir()
-        cmd = ["mlflow", "server", "--host", LOOPBACK, "--port", str(self.mlflow_port), "--workers", "1",
-               "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
-               "--artifacts-destination", str(store / "artifacts")]
+        cmd = [
+            "mlflow",
+            "server",
+            "--host",
+            LOOPBACK,
+            "--port",
+            str(self.mlflow_port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{store / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(store / "artifacts"),
+        ]
         self.processes["mlflow"] = Process.start("mlflow", cmd, self.env, self.root / "mlflow.log", cwd=store)
 
     def wait_mlflow(self) -> None:
@@ -349,9 +403,11 @@ class Job:
 
     def wait(self, timeout: float = 600) -> str:
         """Block until the job ends; its final status (SUCCEEDED, FAILED or STOPPED)."""
+
         def ended() -> str | None:
             status = self.status()
             return status if status in ("SUCCEEDED", "FAILED", "STOPPED") else None
+
         return wait_for(f"job {self.submission_id} to end", ended, timeout=timeout)
 
     def logs(self) -> str:
@@ -367,12 +423,15 @@ class Job:
     def trial_results(self) -> dict[str, list[dict[str, Any]]]:
         """Every trial's reported results (Ray's result.json lines), by trial folder."""
         folders = [p for p in (self.storage / self.name).iterdir() if (p / "result.json").exists()]
-        return {p.name: [json.loads(ln) for ln in (p / "result.json").read_text().splitlines() if ln.strip()]
-                for p in folders}
+        return {
+            p.name: [json.loads(ln) for ln in (p / "result.json").read_text().splitlines() if ln.strip()]
+            for p in folders
+        }
 
 
-def submit_search(cluster: LocalCluster, workdir: Path, model: str, data_dir: str, name: str, *,
-                  epochs: int, trials: int = 2) -> Job:
+def submit_search(
+    cluster: LocalCluster, workdir: Path, model: str, data_dir: str, name: str, *, epochs: int, trials: int = 2
+) -> Job:
     """`ray job submit --working-dir DIR -- tunedml search ... --address auto`, as docs/cluster.md says.
 
     Two trials at a time with one CPU each on two one-CPU nodes: Ray must place one on each node.
@@ -382,13 +441,52 @@ def submit_search(cluster: LocalCluster, workdir: Path, model: str, data_dir: st
     (workdir / "space.yaml").write_text(SPACE)
     storage = cluster.root / "results"
     submission_id = f"{name}-{secrets.token_hex(3)}"
-    search = ["tunedml", "search", "--datasets", "sst2", "--data-dir", data_dir, "--model", model,
-              "--space", "space.yaml", "--trials", str(trials), "--concurrency", "2", "--cpus-per-trial", "1",
-              "--scheduler", "none", "--set", "data.k=2", "--set", f"train.epochs={epochs}",
-              "--storage", str(storage), "--name", name, "--address", "auto",
-              "--tracking-uri", cluster.tracking_uri, "--json"]
-    cluster.ray("job", "submit", "--address", cluster.dashboard, "--submission-id", submission_id,
-                "--working-dir", str(workdir), "--no-wait", "--", *search)
+    search = [
+        "tunedml",
+        "search",
+        "--datasets",
+        "sst2",
+        "--data-dir",
+        data_dir,
+        "--model",
+        model,
+        "--space",
+        "space.yaml",
+        "--trials",
+        str(trials),
+        "--concurrency",
+        "2",
+        "--cpus-per-trial",
+        "1",
+        "--scheduler",
+        "none",
+        "--set",
+        "data.k=2",
+        "--set",
+        f"train.epochs={epochs}",
+        "--storage",
+        str(storage),
+        "--name",
+        name,
+        "--address",
+        "auto",
+        "--tracking-uri",
+        cluster.tracking_uri,
+        "--json",
+    ]
+    cluster.ray(
+        "job",
+        "submit",
+        "--address",
+        cluster.dashboard,
+        "--submission-id",
+        submission_id,
+        "--working-dir",
+        str(workdir),
+        "--no-wait",
+        "--",
+        *search,
+    )
     return Job(cluster, submission_id, name, storage)
 
 
@@ -399,7 +497,9 @@ def mlflow_search(cluster: LocalCluster, search: str) -> tuple[Any, dict[str, An
 
     client = MlflowClient(tracking_uri=cluster.tracking_uri)
     experiment = client.get_experiment_by_name("tunedml/sst2")
-    parents = client.search_runs([experiment.experiment_id], f"tags.`tunedml.search` = '{search}'") if experiment else []
+    parents = (
+        client.search_runs([experiment.experiment_id], f"tags.`tunedml.search` = '{search}'") if experiment else []
+    )
     if not parents:
         return None, {}
     assert len(parents) == 1, f"{len(parents)} MLflow runs for search {search}"
@@ -412,7 +512,9 @@ def recorded_trials(cluster: LocalCluster, search: str) -> dict[str, Any]:
 
 
 @pytest.mark.slow
-def test_search_job_spreads_trials_over_both_nodes_and_records_each_in_mlflow(cluster, tiny_roberta, data_dir, tmp_path):
+def test_search_job_spreads_trials_over_both_nodes_and_records_each_in_mlflow(
+    cluster, tiny_roberta, data_dir, tmp_path
+):
     cluster.ensure_worker()
     nodes = dict(cluster.node_ids)
     job = submit_search(cluster, tmp_path / "job", tiny_roberta, data_dir, "spread", epochs=EPOCHS)

@@ -48,6 +48,7 @@ def corpora(sst2, mr, trec) -> dict[str, Corpus]:
 
 # ---------------------------------------------------------------- registered tasks
 
+
 def test_sst2_keeps_its_official_test_split(sst2):
     assert sst2.label_names == ["negative", "positive"]
     assert len(sst2.texts) == 6920 + 872 + 1821
@@ -111,8 +112,10 @@ def test_a_data_folder_takes_precedence_over_the_package(tmp_path, monkeypatch):
         return str(tmp_path / name)
 
     env, given = folder("env", "from the environment"), folder("arg", "from --data-dir")
-    assert load_corpus("sst2").texts[0] == "a stirring , funny and finally transporting re-imagining of " \
-                                            "beauty and the beast and 1930s horror films"
+    assert (
+        load_corpus("sst2").texts[0] == "a stirring , funny and finally transporting re-imagining of "
+        "beauty and the beast and 1930s horror films"
+    )
     monkeypatch.setenv(DATA_DIR_ENV, env)
     assert load_corpus("sst2").texts[0] == "from the environment 0"
     assert load_corpus("sst2", given).texts[0] == "from --data-dir 0"
@@ -135,6 +138,7 @@ def test_data_dir_without_the_task_folder(tmp_path):
 
 
 # ---------------------------------------------------------------- kshot
+
 
 @pytest.mark.parametrize("name, k", [("sst2", 8), ("mr", 16), ("trec", 4)])
 def test_kshot_draw_is_disjoint_and_stratified(corpora, name, k):
@@ -177,6 +181,7 @@ def test_unknown_protocol(mr):
 
 # ---------------------------------------------------------------- kfold
 
+
 def test_folds_partition_the_data_stratified(trec):
     assignment = fold_assignment(trec, folds=5)
     assert sorted(set(assignment[trec.train_idx].tolist())) == [0, 1, 2, 3, 4, 5]  # 5 test folds and the draw part
@@ -214,8 +219,9 @@ def test_kfold_test_folds_never_hold_what_a_search_selected_on(corpora, name):
     corpus = corpora[name]
     search = [draw(corpus, "kfold", folds=5, fold=0, sample_size=32, seed=s) for s in range(10)]
     seen = np.concatenate([np.concatenate([d.train, d.dev]) for d in search])
-    final_tests = np.concatenate([draw(corpus, "kfold", folds=5, fold=f, sample_size=32, seed=1000 + f).test
-                                  for f in range(5)])
+    final_tests = np.concatenate(
+        [draw(corpus, "kfold", folds=5, fold=f, sample_size=32, seed=1000 + f).test for f in range(5)]
+    )
     assert not np.intersect1d(seen, final_tests).size
     if corpus.test_idx is not None:  # the official test split is in no fold, nor in any draw
         assert not np.intersect1d(np.concatenate([final_tests, seen]), corpus.test_idx).size
@@ -229,8 +235,16 @@ def test_kfold_sample_larger_than_the_training_folds(trec):
 
 # ---------------------------------------------------------------- user files
 
-ROWS = [("great fun", "pos"), ("dull and slow", "neg"), ("a joy", "pos"), ("boring", "neg"),
-        ("loved it", "pos"), ("awful", "neg"), ("superb acting", "pos"), ("a mess", "neg")]
+ROWS = [
+    ("great fun", "pos"),
+    ("dull and slow", "neg"),
+    ("a joy", "pos"),
+    ("boring", "neg"),
+    ("loved it", "pos"),
+    ("awful", "neg"),
+    ("superb acting", "pos"),
+    ("a mess", "neg"),
+]
 
 
 def write_csv(path, rows, header=("sentence", "category")):
@@ -344,6 +358,7 @@ def test_unreadable_file(tmp_path):
 
 
 # ---------------------------------------------------------------- tokens and batches
+
 
 @pytest.fixture(scope="module")
 def tokens(sst2, tiny_roberta):

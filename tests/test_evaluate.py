@@ -40,6 +40,7 @@ def set_proxies(loss, proxies: torch.Tensor) -> None:
 
 # ---------------------------------------------------------------- learned proxies
 
+
 @pytest.mark.parametrize("name", ["proxy_anchor", "proxy_nca"])
 def test_nearest_proxy_wins_for_similarity_and_distance_losses(name):
     """ProxyAnchor scores by cosine similarity, ProxyNCA by (negated) distance: both pick the nearest."""
@@ -70,6 +71,7 @@ def test_soft_triple_scores_a_class_by_its_best_center():
 
 # ---------------------------------------------------------------- class centers
 
+
 def test_class_centers_are_mean_embeddings_per_class():
     embeddings = torch.tensor([[1.0, 0.0], [3.0, 2.0], [0.0, 4.0], [2.0, 2.0]])
     centers = class_centers(outputs(embeddings, [0, 0, 1, 1]), num_classes=2)
@@ -89,6 +91,7 @@ def test_losses_without_proxies_classify_by_class_centers(name):
 
 
 # ---------------------------------------------------------------- mixed
+
 
 def test_mixed_mode_weights_head_and_proxy_probabilities():
     """Head: P = (0.6, 0.4) for every example. Proxies (cosine, scale 1): softmax(1, 0) = (0.731, 0.269).
@@ -111,6 +114,7 @@ def test_mixed_mode_weights_head_and_proxy_probabilities():
 
 # ---------------------------------------------------------------- metrics
 
+
 def test_scores_accuracy_and_macro_f1_by_hand():
     predictions = np.array([0, 0, 1, 1, 2, 0])
     labels = np.array([0, 1, 1, 1, 2, 2])
@@ -129,19 +133,23 @@ def test_scores_of_perfect_and_constant_predictions():
     assert s["accuracy"] == 0.5 and s["macro_f1"] == pytest.approx(1 / 3)
 
 
-@pytest.mark.parametrize("predictions, labels, collapsed", [
-    ([1, 1, 1, 1, 1, 1], [0, 1, 0, 1, 2, 1], 1.0),  # one class predicted, three present
-    ([0, 0, 0, 0], [0, 1, 1, 1], 1.0),  # even when the one class is the minority
-    ([0, 1, 1, 1], [0, 1, 1, 1], 0.0),
-    ([0, 2, 2, 2], [1, 1, 1, 1], 0.0),  # two classes predicted: wrong, not collapsed
-    ([1, 1, 1], [1, 1, 1], 0.0),  # a one-class split cannot show a collapse
-])
+@pytest.mark.parametrize(
+    "predictions, labels, collapsed",
+    [
+        ([1, 1, 1, 1, 1, 1], [0, 1, 0, 1, 2, 1], 1.0),  # one class predicted, three present
+        ([0, 0, 0, 0], [0, 1, 1, 1], 1.0),  # even when the one class is the minority
+        ([0, 1, 1, 1], [0, 1, 1, 1], 0.0),
+        ([0, 2, 2, 2], [1, 1, 1, 1], 0.0),  # two classes predicted: wrong, not collapsed
+        ([1, 1, 1], [1, 1, 1], 0.0),  # a one-class split cannot show a collapse
+    ],
+)
 def test_collapsed_flags_predictions_that_fell_to_one_class(predictions, labels, collapsed):
     s = scores(np.array(predictions), np.array(labels), 3)
     assert s["collapsed"] == collapsed
 
 
 # ---------------------------------------------------------------- forward_all
+
 
 def test_forward_all_returns_results_in_the_order_asked(data_dir, tiny_roberta):
     tokens = tokenize(load_corpus("sst2", data_dir), load_tokenizer(tiny_roberta), max_length=48)

@@ -31,12 +31,21 @@ def small_draw(tokens) -> Draw:
 
 
 def trainer(tiny_roberta, tokens, small_draw, *sets: str) -> Trainer:
-    cfg = build_config(sets=[f"model.name={tiny_roberta}", "train.epochs=1", "train.batch_size=8",
-                             "train.warmup_ratio=0", "train.threads=2", *sets])
+    cfg = build_config(
+        sets=[
+            f"model.name={tiny_roberta}",
+            "train.epochs=1",
+            "train.batch_size=8",
+            "train.warmup_ratio=0",
+            "train.threads=2",
+            *sets,
+        ]
+    )
     return Trainer(cfg, tokens, small_draw)
 
 
 # ---------------------------------------------------------------- the registry
+
 
 def test_registry_names_are_the_config_choices():
     assert LOSS_NAMES == (NO_DML, *LOSSES)
@@ -65,6 +74,7 @@ def test_proxies_are_class_major_rows_of_embedding_size(name):
 
 # ---------------------------------------------------------------- every loss trains
 
+
 @pytest.mark.parametrize("name", LOSSES)
 def test_every_loss_trains_a_step_with_its_defaults(name, tiny_roberta, tokens, small_draw):
     t = trainer(tiny_roberta, tokens, small_draw, f"loss.name={name}")
@@ -87,8 +97,9 @@ def test_every_loss_trains_a_step_with_its_defaults(name, tiny_roberta, tokens, 
 def test_the_metric_learning_part_alone_reaches_the_encoder(name, tiny_roberta, tokens, small_draw):
     torch.manual_seed(0)
     model = build_model(tiny_roberta, num_classes=2)
-    loss_fn = build_loss(name, ce_weight=0.0, dml_weight=1.0, params={}, num_classes=2,
-                         embedding_size=model.hidden_size)
+    loss_fn = build_loss(
+        name, ce_weight=0.0, dml_weight=1.0, params={}, num_classes=2, embedding_size=model.hidden_size
+    )
     batch = tokens.batch(small_draw.train)
     out = model(batch["input_ids"], batch["attention_mask"])
     total, parts = loss_fn(out.logits, batch["labels"], out.pooled, batch["labels"])
@@ -107,6 +118,7 @@ def test_loss_hyperparameters_reach_the_pytorch_metric_learning_loss():
 
 
 # ---------------------------------------------------------------- the combined objective
+
 
 @pytest.fixture
 def toy():
@@ -159,6 +171,7 @@ def test_plain_cce_needs_a_positive_ce_weight():
 
 # ---------------------------------------------------------------- token mode
 
+
 @pytest.mark.parametrize("name", ["supcon", "proxy_anchor"])
 def test_token_mode_trains_on_every_real_token(name, tiny_roberta, tokens, small_draw):
     loss, parts = trainer(tiny_roberta, tokens, small_draw, f"loss.name={name}", "model.token_mode=true").train_epoch()
@@ -188,6 +201,7 @@ def test_token_mode_labels_follow_their_sentence(tiny_roberta, tokens, small_dra
 
 # ---------------------------------------------------------------- single-loss configs: a set of one is the loss itself
 
+
 # Compared in this process, never against numbers recorded on another machine: thread counts and
 # CPUs change the order of float reductions, so only runs made here side by side may be equal bit
 # for bit. A loss set whose other member weighs 0 must train exactly as the single loss does (the
@@ -196,8 +210,16 @@ def _two_epochs(tiny_roberta, tokens, *sets: str):
     labels = tokens.corpus.labels
     train = np.concatenate([np.flatnonzero(labels == c)[:4] for c in (0, 1)])
     dev = np.concatenate([np.flatnonzero(labels == c)[4:12] for c in (0, 1)])
-    cfg = build_config(sets=[f"model.name={tiny_roberta}", "train.epochs=2", "train.batch_size=4", "train.warmup_ratio=0",
-                             "train.threads=2", *sets])
+    cfg = build_config(
+        sets=[
+            f"model.name={tiny_roberta}",
+            "train.epochs=2",
+            "train.batch_size=4",
+            "train.warmup_ratio=0",
+            "train.threads=2",
+            *sets,
+        ]
+    )
     t = Trainer(cfg, tokens, Draw(train, dev, dev))
     before = sum(float(p.detach().double().sum()) for p in t.model.parameters())
     history = [(e.train_loss, e.loss_parts) for e in t.checkpoints()]
@@ -238,10 +260,17 @@ def test_linear_single_loss_total_is_exactly_the_weighted_sum(toy):
 
 # ---------------------------------------------------------------- several DML losses
 
+
 def test_a_set_of_losses_adds_a_weighted_term_per_loss(toy):
     logits, embeddings, labels = toy
-    loss = build_loss("proxy_anchor+supcon", 0.5, 2.0, {"proxy_anchor.margin": 0.2, "supcon.temperature": 0.3,
-                                                         "supcon.weight": 0.25}, 2, 4)
+    loss = build_loss(
+        "proxy_anchor+supcon",
+        0.5,
+        2.0,
+        {"proxy_anchor.margin": 0.2, "supcon.temperature": 0.3, "supcon.weight": 0.25},
+        2,
+        4,
+    )
     assert list(loss.terms) == ["proxy_anchor", "supcon"]
     assert loss.terms["proxy_anchor"].loss.margin == 0.2 and loss.terms["supcon"].loss.temperature == 0.3
     total, parts = loss(logits, labels, embeddings, labels)
@@ -252,7 +281,9 @@ def test_a_set_of_losses_adds_a_weighted_term_per_loss(toy):
 
 def test_a_zero_weight_leaves_its_loss_out(toy):
     logits, embeddings, labels = toy
-    _, parts = build_loss("proxy_anchor+supcon", 1.0, 1.0, {"supcon.weight": 0.0}, 2, 4)(logits, labels, embeddings, labels)
+    _, parts = build_loss("proxy_anchor+supcon", 1.0, 1.0, {"supcon.weight": 0.0}, 2, 4)(
+        logits, labels, embeddings, labels
+    )
     assert set(parts) == {"ce", "dml_proxy_anchor"}
 
 
@@ -266,7 +297,9 @@ def test_every_loss_of_a_set_trains_and_its_proxies_are_in_the_proxies_group(tin
     proxies = [t.loss.terms[n].proxies() for n in ("proxy_anchor", "soft_triple")]
     before = [p.detach().clone() for p in proxies]
     group = t.optimizer.param_groups[-1]
-    assert group["lr"] == 0.05 and {p.data_ptr() for p in group["params"]} == {p.data_ptr() for p in t.loss.parameters()}
+    assert group["lr"] == 0.05 and {p.data_ptr() for p in group["params"]} == {
+        p.data_ptr() for p in t.loss.parameters()
+    }
     loss, parts = t.train_epoch()
     assert set(parts) == {"ce", "dml_proxy_anchor", "dml_soft_triple", "dml_supcon"}
     assert loss == pytest.approx(sum(parts.values()), rel=1e-5)
@@ -275,9 +308,16 @@ def test_every_loss_of_a_set_trains_and_its_proxies_are_in_the_proxies_group(tin
 
 # ---------------------------------------------------------------- uncertainty weighting
 
+
 def test_uncertainty_weights_receive_gradients_and_move(tiny_roberta, tokens, small_draw):
-    t = trainer(tiny_roberta, tokens, small_draw, "loss.name=proxy_anchor+supcon", "loss.weighting=uncertainty",
-                "train.epochs=3")
+    t = trainer(
+        tiny_roberta,
+        tokens,
+        small_draw,
+        "loss.name=proxy_anchor+supcon",
+        "loss.weighting=uncertainty",
+        "train.epochs=3",
+    )
     s = t.loss.log_vars
     assert torch.equal(s, torch.zeros(3)) and any(s is p for p in t.optimizer.param_groups[-1]["params"])
     history = []
@@ -303,9 +343,16 @@ def test_uncertainty_total_is_the_kendall_objective(toy):
 
 # ---------------------------------------------------------------- EPO weighting
 
+
 def test_epo_backward_gives_the_gradient_of_the_alpha_weighted_terms(tiny_roberta, tokens, small_draw):
-    t = trainer(tiny_roberta, tokens, small_draw, "loss.name=proxy_anchor+supcon", "loss.weighting=epo",
-                "loss.proxy_anchor.weight=0.1")
+    t = trainer(
+        tiny_roberta,
+        tokens,
+        small_draw,
+        "loss.name=proxy_anchor+supcon",
+        "loss.weighting=epo",
+        "loss.proxy_anchor.weight=0.1",
+    )
     batch = tokens.batch(small_draw.train)
 
     def forward():
@@ -338,7 +385,9 @@ def test_epo_trains_and_reports_its_weights(tiny_roberta, tokens, small_draw):
     assert not torch.equal(t.model.encoder.embeddings.word_embeddings.weight, before)
 
 
-@pytest.mark.parametrize("name, ce, weighting", [("none", 1.0, "epo"), ("supcon", 0.0, "epo"), ("none", 1.0, "uncertainty")])
+@pytest.mark.parametrize(
+    "name, ce, weighting", [("none", 1.0, "epo"), ("supcon", 0.0, "epo"), ("none", 1.0, "uncertainty")]
+)
 def test_a_weighting_of_one_term_is_refused(name, ce, weighting):
     with pytest.raises(ConfigError, match=f"loss.weighting={weighting} combines several terms"):
         build_loss(name, ce, 1.0, {}, 2, 4, weighting=weighting)

@@ -32,22 +32,53 @@ from tunedml.train import prepare_tokens
 SPACES = os.path.join(os.path.dirname(__file__), "..", "search_spaces")
 
 
-def hand_made(dataset: str, best: list[float], baseline: list[float], loss: str = "proxy_anchor",
-              options: RetrainOptions | None = None, untuned: bool = False, trials: tuple = (None, None),
-              collapsed: tuple = ((), ()), selection: tuple = (None, None), rescored: tuple = (None, None)) -> Comparison:
+def hand_made(
+    dataset: str,
+    best: list[float],
+    baseline: list[float],
+    loss: str = "proxy_anchor",
+    options: RetrainOptions | None = None,
+    untuned: bool = False,
+    trials: tuple = (None, None),
+    collapsed: tuple = ((), ()),
+    selection: tuple = (None, None),
+    rescored: tuple = (None, None),
+) -> Comparison:
     """A comparison with given per-draw test accuracies (macro-F1 = accuracy), no training;
     ``trials``/``collapsed``: (baseline, best) search budgets and indices of collapsed draws."""
+
     def result(role: str, scores: list[float], name: str, side: int) -> ConfigResult:
-        draws = [DrawResult(i, 1000 + i, 1000 + i, None, {"accuracy": s, "macro_f1": s,
-                                                          "collapsed": float(i in collapsed[side])}, None, 1.0)
-                 for i, s in enumerate(scores)]
-        candidate = Candidate(role, {"loss.name": name, "data.dataset": dataset}, "test",
-                              untuned=untuned and role == "baseline", trials=trials[side],
-                              selection_score=selection[side], rescored=rescored[side])
+        draws = [
+            DrawResult(
+                i,
+                1000 + i,
+                1000 + i,
+                None,
+                {"accuracy": s, "macro_f1": s, "collapsed": float(i in collapsed[side])},
+                None,
+                1.0,
+            )
+            for i, s in enumerate(scores)
+        ]
+        candidate = Candidate(
+            role,
+            {"loss.name": name, "data.dataset": dataset},
+            "test",
+            untuned=untuned and role == "baseline",
+            trials=trials[side],
+            selection_score=selection[side],
+            rescored=rescored[side],
+        )
         return ConfigResult(candidate, draws)
 
-    return compare(dataset, ["negative", "positive"], "kshot k=16", result("best", best, loss, 1),
-                   result("baseline", baseline, "none", 0), options or RetrainOptions())
+    return compare(
+        dataset,
+        ["negative", "positive"],
+        "kshot k=16",
+        result("best", best, loss, 1),
+        result("baseline", baseline, "none", 0),
+        options or RetrainOptions(),
+    )
 
 
 def opens_as_image(path) -> tuple[int, int]:
@@ -59,6 +90,7 @@ def opens_as_image(path) -> tuple[int, int]:
 
 
 # ----------------------------------------------------------------- the table
+
 
 def test_rows_are_percent_and_the_difference_is_paired():
     c = hand_made("sst2", [0.80, 0.82, 0.84], [0.78, 0.80, 0.82])
@@ -74,17 +106,27 @@ def test_rows_are_percent_and_the_difference_is_paired():
 def test_markdown_has_one_row_per_dataset():
     table = markdown([hand_made("sst2", [0.80, 0.82], [0.78, 0.84]), hand_made("mr", [0.7, 0.7], [0.7, 0.7], "supcon")])
     lines = table.splitlines()
-    assert lines[2] == ("| Dataset | Protocol | Draws | CCE baseline | Best configuration | Loss | Worst draw | "
-                        "Collapsed | Trials | Δ (pp) | p (t / Wilcoxon) |")
+    assert lines[2] == (
+        "| Dataset | Protocol | Draws | CCE baseline | Best configuration | Loss | Worst draw | "
+        "Collapsed | Trials | Δ (pp) | p (t / Wilcoxon) |"
+    )
     # two draws: scores and spread, but no interval, no p-value and no star
-    assert lines[4] == ("| sst2 | kshot k=16 | 2 | 81.0 ± 4.2 | 81.0 ± 1.4 | proxy_anchor | 78.0 / 80.0 | 0 / 0 | – / – | "
-                        "+0.0 (no interval: 2 draws) | – / – |")
-    assert lines[5] == ("| mr | kshot k=16 | 2 | 70.0 ± 0.0 | 70.0 ± 0.0 | supcon | 70.0 / 70.0 | 0 / 0 | – / – | "
-                        "+0.0 (no interval: 2 draws) | – / – |")
+    assert lines[4] == (
+        "| sst2 | kshot k=16 | 2 | 81.0 ± 4.2 | 81.0 ± 1.4 | proxy_anchor | 78.0 / 80.0 | 0 / 0 | – / – | "
+        "+0.0 (no interval: 2 draws) | – / – |"
+    )
+    assert lines[5] == (
+        "| mr | kshot k=16 | 2 | 70.0 ± 0.0 | 70.0 ± 0.0 | supcon | 70.0 / 70.0 | 0 / 0 | – / – | "
+        "+0.0 (no interval: 2 draws) | – / – |"
+    )
     assert lines[6] == ""  # the first table ends; the optimism table follows
     optimism = [ln for ln in lines[7:] if ln.startswith("| sst2") or ln.startswith("| mr")]
-    assert optimism == ["| sst2 | CCE | none | – | – | 81.0 | – |", "| sst2 | best | proxy_anchor | – | – | 81.0 | – |",
-                        "| mr | CCE | none | – | – | 70.0 | – |", "| mr | best | supcon | – | – | 70.0 | – |"]
+    assert optimism == [
+        "| sst2 | CCE | none | – | – | 81.0 | – |",
+        "| sst2 | best | proxy_anchor | – | – | 81.0 | – |",
+        "| mr | CCE | none | – | – | 70.0 | – |",
+        "| mr | best | supcon | – | – | 70.0 | – |",
+    ]
 
 
 def test_the_optimism_table_shows_selection_rescored_and_test_side_by_side():
@@ -100,7 +142,9 @@ def test_the_optimism_table_shows_selection_rescored_and_test_side_by_side():
 def test_the_caption_names_the_interval_method():
     t = markdown([hand_made("sst2", [0.80, 0.83, 0.79], [0.78, 0.80, 0.80])])
     assert "95% paired Student t interval" in t.splitlines()[0] and "Wilcoxon" in t.splitlines()[0]
-    boot = markdown([hand_made("sst2", [0.80, 0.83, 0.79], [0.78, 0.80, 0.80], options=RetrainOptions(interval="bootstrap"))])
+    boot = markdown(
+        [hand_made("sst2", [0.80, 0.83, 0.79], [0.78, 0.80, 0.80], options=RetrainOptions(interval="bootstrap"))]
+    )
     assert "percentile-bootstrap interval" in boot.splitlines()[0] and "Student t" not in boot.splitlines()[0]
 
 
@@ -144,8 +188,10 @@ def test_an_older_comparison_file_still_reads():
         for key in ("untuned", "trials", "collapsed"):
             del old[side][key]
     old["baseline"]["source"] = "CCE defaults"
-    old["differences_pp"] = {m: {k: v for k, v in i.items() if k in ("mean", "low", "high", "confidence")}
-                             for m, i in old["differences_pp"].items()}
+    old["differences_pp"] = {
+        m: {k: v for k, v in i.items() if k in ("mean", "low", "high", "confidence")}
+        for m, i in old["differences_pp"].items()
+    }
     again = Comparison.from_dict(old)
     assert again.differences["accuracy"].method == "bootstrap" and again.baseline.candidate.untuned
     assert "percentile-bootstrap" in markdown([again]).splitlines()[0]
@@ -171,14 +217,29 @@ def test_tsne_projection_of_a_small_snapshot(tmp_path):
 
 # ----------------------------------------------------------------- from real retrains
 
+
 @pytest.fixture(scope="module")
 def comparisons(tiny_roberta, data_dir) -> list[Comparison]:
     out = []
     for dataset, loss in (("sst2", "proxy_anchor"), ("trec", "soft_triple")):
-        overrides = {"model.name": tiny_roberta, "data.data_dir": data_dir, "data.dataset": dataset, "data.k": 2,
-                     "data.max_length": 32, "train.epochs": 1, "train.threads": 1}
-        best = Candidate("best", apply_overrides({"loss.name": loss, "loss.centers_per_class": 2} if loss == "soft_triple"
-                                                 else {"loss.name": loss}, overrides, "test"), "test")
+        overrides = {
+            "model.name": tiny_roberta,
+            "data.data_dir": data_dir,
+            "data.dataset": dataset,
+            "data.k": 2,
+            "data.max_length": 32,
+            "train.epochs": 1,
+            "train.threads": 1,
+        }
+        best = Candidate(
+            "best",
+            apply_overrides(
+                {"loss.name": loss, "loss.centers_per_class": 2} if loss == "soft_triple" else {"loss.name": loss},
+                overrides,
+                "test",
+            ),
+            "test",
+        )
         tokens = prepare_tokens(best.run_config)
         out.append(retrain(tokens, best, cce_defaults(overrides), RetrainOptions(seeds=2, concurrency=1)))
     return out
@@ -186,19 +247,28 @@ def comparisons(tiny_roberta, data_dir) -> list[Comparison]:
 
 def test_report_files_from_real_retrains(comparisons, tmp_path):
     files = write_report(comparisons, tmp_path / "report")
-    assert sorted(f.name for f in files) == ["diff.png", "embeddings_sst2.png", "embeddings_trec.png",
-                                             "results.csv", "results.md"]
+    assert sorted(f.name for f in files) == [
+        "diff.png",
+        "embeddings_sst2.png",
+        "embeddings_trec.png",
+        "results.csv",
+        "results.md",
+    ]
     lines = (tmp_path / "report" / "results.md").read_text().splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("| Dataset | Protocol"))
-    table = [lines[start]] + lines[start + 2:lines.index("", start)]  # the first table: header, rows
+    table = [lines[start]] + lines[start + 2 : lines.index("", start)]  # the first table: header, rows
     assert [line.split(" | ")[0] for line in table[1:]] == ["| sst2", "| trec"]
     for c, line in zip(comparisons, table[1:]):
         s = c.best.summary()["accuracy"]
         assert f"| {100 * s['mean']:.1f} ± {100 * s['std']:.1f} | {c.best.candidate.loss} |" in line
     with open(tmp_path / "report" / "results.csv") as f:
         records = list(csv.DictReader(f))
-    assert [(r["dataset"], r["metric"]) for r in records] == [("sst2", "accuracy"), ("trec", "accuracy"),
-                                                               ("sst2", "macro_f1"), ("trec", "macro_f1")]
+    assert [(r["dataset"], r["metric"]) for r in records] == [
+        ("sst2", "accuracy"),
+        ("trec", "accuracy"),
+        ("sst2", "macro_f1"),
+        ("trec", "macro_f1"),
+    ]
     assert float(records[1]["diff_pp"]) == pytest.approx(comparisons[1].differences["accuracy"].mean, abs=1e-3)
     for name in ("diff.png", "embeddings_sst2.png", "embeddings_trec.png"):
         width, height = opens_as_image(tmp_path / "report" / name)
@@ -209,10 +279,12 @@ def test_report_files_from_real_retrains(comparisons, tmp_path):
 
 # ----------------------------------------------------------------- search -> retrain -> report
 
+
 def tunedml(*args: str, cwd: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    run = subprocess.run([sys.executable, "-m", "tunedml.cli", *args], capture_output=True, text=True, env=env,
-                         timeout=900, cwd=cwd)
+    run = subprocess.run(
+        [sys.executable, "-m", "tunedml.cli", *args], capture_output=True, text=True, env=env, timeout=900, cwd=cwd
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     return run
 
@@ -222,15 +294,47 @@ def test_search_then_retrain_then_report(tmp_path, tiny_roberta, data_dir):
     from mlflow import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    common = ["--data-dir", data_dir, "--model", tiny_roberta, "--set", "data.k=2", "--set", "data.max_length=32",
-              "--tracking-uri", uri]
-    search = ["search", "--datasets", "trec", "--trials", "1", "--scheduler", "none", "--storage", str(tmp_path / "ray"),
-              *common]
+    common = [
+        "--data-dir",
+        data_dir,
+        "--model",
+        tiny_roberta,
+        "--set",
+        "data.k=2",
+        "--set",
+        "data.max_length=32",
+        "--tracking-uri",
+        uri,
+    ]
+    search = [
+        "search",
+        "--datasets",
+        "trec",
+        "--trials",
+        "1",
+        "--scheduler",
+        "none",
+        "--storage",
+        str(tmp_path / "ray"),
+        *common,
+    ]
     tunedml(*search, "--space", os.path.join(SPACES, "cce.yaml"), cwd=str(tmp_path))
     tunedml(*search, "--space", os.path.join(SPACES, "dml.yaml"), "--set", "train.epochs=1", cwd=str(tmp_path))
 
-    run = tunedml("retrain", "--dataset", "trec", *common, "--seeds", "2", "--set", "train.epochs=1", "--concurrency", "1", "--json",
-                  cwd=str(tmp_path))
+    run = tunedml(
+        "retrain",
+        "--dataset",
+        "trec",
+        *common,
+        "--seeds",
+        "2",
+        "--set",
+        "train.epochs=1",
+        "--concurrency",
+        "1",
+        "--json",
+        cwd=str(tmp_path),
+    )
     out = json.loads(run.stdout)
     assert "(space dml)" in out["best"]["source"] and "(space cce)" in out["baseline"]["source"]
     assert [d["data_seed"] for d in out["best"]["draws"]] == [d["data_seed"] for d in out["baseline"]["draws"]]
@@ -245,8 +349,12 @@ def test_search_then_retrain_then_report(tmp_path, tiny_roberta, data_dir):
 
     client = MlflowClient(uri)
     [logged] = client.search_runs([client.get_experiment_by_name("tunedml/report").experiment_id])
-    assert {f.path for f in client.list_artifacts(logged.info.run_id)} == \
-        {"results.md", "results.csv", "diff.png", "embeddings_trec.png"}
+    assert {f.path for f in client.list_artifacts(logged.info.run_id)} == {
+        "results.md",
+        "results.csv",
+        "diff.png",
+        "embeddings_trec.png",
+    }
     assert logged.data.tags["tunedml.final_runs"] == out["mlflow"]["runs"]["best"]
 
 
@@ -256,7 +364,21 @@ def test_report_without_final_runs_is_one_line_and_exit_code_2(tmp_path):
     from mlflow import MlflowClient
 
     MlflowClient(f"sqlite:///{tmp_path / 'm.db'}").search_experiments()  # a store exists, with no final run in it
-    run = subprocess.run([sys.executable, "-m", "tunedml.cli", "report", "--tracking-uri", str(tmp_path / "m.db"),
-                          "--out", str(tmp_path / "report")], capture_output=True, text=True, env=env, timeout=300)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tunedml.cli",
+            "report",
+            "--tracking-uri",
+            str(tmp_path / "m.db"),
+            "--out",
+            str(tmp_path / "report"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert run.returncode == 2 and run.stderr.count("\n") == 1
     assert "no final evaluation recorded" in run.stderr and not (tmp_path / "report").exists()

@@ -23,16 +23,19 @@ from tunedml.checks import Node, auto_gpus, choose_gpus, describe_gpus
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("gpus, at_once, expected", [
-    ([0], 1, 0.0),  # no GPU: none asked for
-    ([0], 4, 0.0),
-    ([1], 1, 1.0),  # one each
-    ([2], 2, 1.0),
-    ([1, 1], 2, 1.0),  # over two nodes
-    ([1], 2, 0.5),  # more at once than GPUs: a share, so that all of them run
-    ([2], 3, 0.5),  # 3 on 2 GPUs: two a GPU
-    ([1], 3, 0.3333),  # rounded down to Ray's steps of 0.0001: three fit on one GPU
-])
+@pytest.mark.parametrize(
+    "gpus, at_once, expected",
+    [
+        ([0], 1, 0.0),  # no GPU: none asked for
+        ([0], 4, 0.0),
+        ([1], 1, 1.0),  # one each
+        ([2], 2, 1.0),
+        ([1, 1], 2, 1.0),  # over two nodes
+        ([1], 2, 0.5),  # more at once than GPUs: a share, so that all of them run
+        ([2], 3, 0.5),  # 3 on 2 GPUs: two a GPU
+        ([1], 3, 0.3333),  # rounded down to Ray's steps of 0.0001: three fit on one GPU
+    ],
+)
 def test_auto_asks_for_a_gpu_where_there_are_gpus(gpus, at_once, expected):
     nodes = [Node(4.0, float(g)) for g in gpus]
     value, why = auto_gpus(nodes, at_once, "trial", "this machine")
@@ -56,7 +59,9 @@ def test_the_defaults_are_auto():
     from tunedml.search import SearchOptions
     from tunedml.study import Settings
 
-    assert SearchOptions().gpus_per_trial == RetrainOptions().gpus_per_draw == Settings(("sst2",)).gpus_per_trial == "auto"
+    assert (
+        SearchOptions().gpus_per_trial == RetrainOptions().gpus_per_draw == Settings(("sst2",)).gpus_per_trial == "auto"
+    )
     parser = build_parser()
     assert parser.parse_args(["search", "--space", "s.yaml"]).gpus_per_trial == "auto"
     assert parser.parse_args(["retrain"]).gpus_per_draw == "auto"
@@ -70,12 +75,28 @@ def test_a_dry_run_says_what_auto_chose_on_this_machine(tmp_path, data_dir, tiny
     from tunedml.cli import main
 
     monkeypatch.chdir(tmp_path)
-    code = main(["search", "--datasets", "sst2", "--data-dir", data_dir, "--model", tiny_roberta, "--space",
-                 str(REPO / "search_spaces" / "cce.yaml"), "--trials", "2", "--set", "data.k=4", "--dry-run"])
+    code = main(
+        [
+            "search",
+            "--datasets",
+            "sst2",
+            "--data-dir",
+            data_dir,
+            "--model",
+            tiny_roberta,
+            "--space",
+            str(REPO / "search_spaces" / "cce.yaml"),
+            "--trials",
+            "2",
+            "--set",
+            "data.k=4",
+            "--dry-run",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 0, err
     count = torch.cuda.device_count()
-    chosen = ("1 GPU per trial (auto: this machine has" if count else "0 GPUs per trial (auto: no GPU on this machine)")
+    chosen = "1 GPU per trial (auto: this machine has" if count else "0 GPUs per trial (auto: no GPU on this machine)"
     assert chosen in err
 
 
@@ -109,16 +130,29 @@ def test_on_a_ray_with_gpus_auto_gives_each_trial_and_draw_a_gpu(tmp_path, data_
     space = tmp_path / "space.yaml"
     space.write_text("loss.name: none\ntrain.lr: {loguniform: [1.0e-4, 1.0e-3]}\n")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    args = {"data_dir": data_dir, "model": tiny_roberta, "uri": uri, "storage": str(tmp_path / "results"),
-            "space": str(space)}
+    args = {
+        "data_dir": data_dir,
+        "model": tiny_roberta,
+        "uri": uri,
+        "storage": str(tmp_path / "results"),
+        "space": str(space),
+    }
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
-    run = subprocess.run([sys.executable, "-c", textwrap.dedent(SCRIPT), json.dumps(args)], capture_output=True,
-                         text=True, env=env, cwd=tmp_path, timeout=900)
+    run = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(SCRIPT), json.dumps(args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=900,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     out = json.loads(run.stdout.strip().splitlines()[-1])
     assert out["granted"] == [1, 1]  # each of the two concurrent trials got one of the two GPUs
     assert "search: 2 trials at a time, 1 CPU and 1 GPU per trial (auto: this machine has 2 GPUs)" in run.stderr
-    assert "search: 4 trials at a time, 0.5 CPUs and 0.5 GPUs per trial (auto: 4 trials at a time share this " \
-           "machine's 2 GPUs)" in run.stderr
+    assert (
+        "search: 4 trials at a time, 0.5 CPUs and 0.5 GPUs per trial (auto: 4 trials at a time share this "
+        "machine's 2 GPUs)" in run.stderr
+    )
     assert MlflowClient(uri).get_run(out["run_id"]).data.params["search.gpus_per_trial"] == "1.0"
     assert out["plan"] == [True, 1.0, 1.0]  # retrain's draws: Ray tasks, a GPU each, two at a time

@@ -44,6 +44,7 @@ SPACES = os.path.join(os.path.dirname(__file__), "..", "search_spaces")
 
 # ----------------------------------------------------------------- statistics
 
+
 def test_equal_differences_collapse_the_interval():
     ci = bootstrap_interval([1.5, 1.5, 1.5, 1.5])
     assert (ci.mean, ci.low, ci.high) == (1.5, 1.5, 1.5)
@@ -83,7 +84,7 @@ def test_t_interval_hand_computed():
     values = [-1.0, 0.5, 2.0, 4.0]
     mean = 1.375
     sd = (sum((v - mean) ** 2 for v in values) / 3) ** 0.5
-    half = 3.182446305284263 * sd / 4 ** 0.5  # t quantile 0.975 with 3 degrees of freedom, from the tables
+    half = 3.182446305284263 * sd / 4**0.5  # t quantile 0.975 with 3 degrees of freedom, from the tables
     ci = t_interval(values)
     assert (ci.mean, ci.method, ci.n) == (mean, "t", 4)
     assert ci.low == pytest.approx(mean - half, abs=1e-12) and ci.high == pytest.approx(mean + half, abs=1e-12)
@@ -108,19 +109,28 @@ def test_p_values_are_the_paired_t_test_and_wilcoxon_of_scipy():
 
 def result_of(role: str, test: list[float], dev: list[float] | None = None) -> ConfigResult:
     dev = dev or test
-    draws = [DrawResult(i, 1000 + i, 1000 + i, None, {"accuracy": t, "macro_f1": t}, {"accuracy": d, "macro_f1": d}, 1.0)
-             for i, (t, d) in enumerate(zip(test, dev))]
+    draws = [
+        DrawResult(i, 1000 + i, 1000 + i, None, {"accuracy": t, "macro_f1": t}, {"accuracy": d, "macro_f1": d}, 1.0)
+        for i, (t, d) in enumerate(zip(test, dev))
+    ]
     return ConfigResult(Candidate(role, {"loss.name": "none"}, "test"), draws)
 
 
 def test_fewer_than_three_paired_draws_give_no_interval_and_no_p_value():
-    c = compare("sst2", ["n", "p"], "kshot k=16", result_of("best", [0.8, 0.9]), result_of("baseline", [0.7, 0.7]),
-                RetrainOptions())
+    c = compare(
+        "sst2",
+        ["n", "p"],
+        "kshot k=16",
+        result_of("best", [0.8, 0.9]),
+        result_of("baseline", [0.7, 0.7]),
+        RetrainOptions(),
+    )
     d = c.differences["accuracy"]
     assert d.mean == pytest.approx(15.0) and (d.low, d.high, d.p_t, d.p_wilcoxon) == (None, None, None, None)
     assert not d.exists and not d.significant
-    one = compare("sst2", ["n", "p"], "kshot k=16", result_of("best", [0.8]), result_of("baseline", [0.7]),
-                  RetrainOptions())
+    one = compare(
+        "sst2", ["n", "p"], "kshot k=16", result_of("best", [0.8]), result_of("baseline", [0.7]), RetrainOptions()
+    )
     assert not one.differences["accuracy"].exists and not one.differences["accuracy"].significant
 
 
@@ -130,9 +140,13 @@ def test_the_default_interval_is_t_and_the_bootstrap_stays_an_option():
     t = compare("sst2", ["n", "p"], "kshot k=16", best, base, RetrainOptions()).differences["accuracy"]
     assert (t.mean, t.low, t.high) == (t_interval(d).mean, t_interval(d).low, t_interval(d).high)
     assert (t.p_t, t.p_wilcoxon) == paired_p_values(d)
-    boot = compare("sst2", ["n", "p"], "kshot k=16", best, base,
-                   RetrainOptions(interval="bootstrap")).differences["accuracy"]
-    assert boot.method == "bootstrap" and (boot.low, boot.high) == (bootstrap_interval(d).low, bootstrap_interval(d).high)
+    boot = compare("sst2", ["n", "p"], "kshot k=16", best, base, RetrainOptions(interval="bootstrap")).differences[
+        "accuracy"
+    ]
+    assert boot.method == "bootstrap" and (boot.low, boot.high) == (
+        bootstrap_interval(d).low,
+        bootstrap_interval(d).high,
+    )
     with pytest.raises(ConfigError, match="unknown interval 'z'"):
         RetrainOptions(interval="z").validate()
 
@@ -152,9 +166,12 @@ def test_paired_differences_are_percentage_points():
 
 # ----------------------------------------------------------------- the draws and the baseline
 
+
 def test_kshot_draws_are_fresh_and_seeded():
     cfgs = draw_configs(build_config(sets=["data.seed=3", "train.seed=5"]), 3)
-    assert [(c.data.seed, c.train.seed) for c in cfgs] == [(3 + FRESH_OFFSET + i, 5 + FRESH_OFFSET + i) for i in range(3)]
+    assert [(c.data.seed, c.train.seed) for c in cfgs] == [
+        (3 + FRESH_OFFSET + i, 5 + FRESH_OFFSET + i) for i in range(3)
+    ]
 
 
 def test_kfold_draws_cover_every_fold_per_seed():
@@ -169,8 +186,15 @@ def test_every_kfold_draw_is_an_independent_training(data_dir):
     (Until the honest-kfold fix every fold of one seed trained on the same sample with the same
     seed: one model per side scored on five test folds, its test-fold noise taken for training variance.)
     """
-    cfg = build_config(sets=["data.protocol=kfold", "data.folds=5", "data.sample_size=16", "data.dataset=mr",
-                             f"data.data_dir={data_dir}"])
+    cfg = build_config(
+        sets=[
+            "data.protocol=kfold",
+            "data.folds=5",
+            "data.sample_size=16",
+            "data.dataset=mr",
+            f"data.data_dir={data_dir}",
+        ]
+    )
     cfgs = draw_configs(cfg, None)
     assert len({(c.data.seed, c.train.seed) for c in cfgs}) == len(cfgs) == 5
     corpus = load_corpus("mr", data_dir)
@@ -182,8 +206,13 @@ def test_every_kfold_draw_is_an_independent_training(data_dir):
 
 
 def test_baseline_takes_the_data_encoder_and_seeds_of_the_best_config():
-    best = Candidate("best", build_config(sets=["loss.name=proxy_anchor", "data.k=8", "data.seed=4", "model.name=x",
-                                                "train.seed=2", "train.lr=5e-4"]).to_flat(), "test")
+    best = Candidate(
+        "best",
+        build_config(
+            sets=["loss.name=proxy_anchor", "data.k=8", "data.seed=4", "model.name=x", "train.seed=2", "train.lr=5e-4"]
+        ).to_flat(),
+        "test",
+    )
     base = align_baseline(best, cce_defaults({"data.k": 32, "train.epochs": 3}))
     assert (base.config["data.k"], base.config["data.seed"], base.config["model.name"]) == (8, 4, "x")
     assert (base.config["train.seed"], base.config["train.epochs"], base.config["train.lr"]) == (2, 3, 1e-4)
@@ -215,16 +244,27 @@ def test_bad_options_are_config_errors():
 
 # ----------------------------------------------------------------- retraining on real draws
 
+
 def small(tiny_roberta: str, data_dir: str, **extra) -> dict:
-    return {"model.name": tiny_roberta, "data.data_dir": data_dir, "data.dataset": "sst2", "data.k": 4,
-            "data.max_length": 32, "train.epochs": 2, "train.lr": 1e-3, "train.threads": 1, **extra}
+    return {
+        "model.name": tiny_roberta,
+        "data.data_dir": data_dir,
+        "data.dataset": "sst2",
+        "data.k": 4,
+        "data.max_length": 32,
+        "train.epochs": 2,
+        "train.lr": 1e-3,
+        "train.threads": 1,
+        **extra,
+    }
 
 
 @pytest.fixture(scope="module")
 def pair(tiny_roberta, data_dir):
     overrides = small(tiny_roberta, data_dir)
-    best = Candidate("best", apply_overrides({"loss.name": "proxy_anchor", "inference.mode": "mixed"}, overrides,
-                                             "test"), "test")
+    best = Candidate(
+        "best", apply_overrides({"loss.name": "proxy_anchor", "inference.mode": "mixed"}, overrides, "test"), "test"
+    )
     return best, cce_defaults(overrides)
 
 
@@ -236,8 +276,12 @@ def tokens(pair):
 @pytest.fixture(scope="module")
 def compared(pair, tokens) -> Comparison:
     seen = []
-    comparison = retrain(tokens, *pair, RetrainOptions(seeds=2, concurrency=1, keep_model=True),
-                         on_draw=lambda job, result: seen.append((job.role, result.index)))
+    comparison = retrain(
+        tokens,
+        *pair,
+        RetrainOptions(seeds=2, concurrency=1, keep_model=True),
+        on_draw=lambda job, result: seen.append((job.role, result.index)),
+    )
     comparison.seen = seen
     return comparison
 
@@ -247,12 +291,16 @@ def test_both_configurations_train_on_the_same_draws(compared, tokens):
     for role in ("best", "baseline"):
         result = compared.result(role)
         assert [d.index for d in result.draws] == [0, 1]
-        assert all(d.ok and 0 <= d.test["accuracy"] <= 1 and set(d.test) == {"accuracy", "macro_f1", "collapsed"}
-                   for d in result.draws)
+        assert all(
+            d.ok and 0 <= d.test["accuracy"] <= 1 and set(d.test) == {"accuracy", "macro_f1", "collapsed"}
+            for d in result.draws
+        )
     for b, c in zip(compared.best.draws, compared.baseline.draws):
         assert (b.data_seed, b.train_seed) == (c.data_seed, c.train_seed) == (FRESH_OFFSET + b.index,) * 2
-    draws = [[make_draw(tokens.corpus, "kshot", k=4, seed=d.data_seed).train for d in r.draws]
-             for r in (compared.best, compared.baseline)]
+    draws = [
+        [make_draw(tokens.corpus, "kshot", k=4, seed=d.data_seed).train for d in r.draws]
+        for r in (compared.best, compared.baseline)
+    ]
     assert all(np.array_equal(a, b) for a, b in zip(*draws))
     assert not np.array_equal(draws[0][0], draws[0][1])  # another draw per index
     assert compared.best.candidate.loss == "proxy_anchor" and compared.baseline.candidate.loss == "none"
@@ -269,8 +317,10 @@ def test_the_paired_interval_comes_from_those_draws(compared):
         assert summary["std"] == pytest.approx(np.std([x.test[metric] for x in compared.best.draws], ddof=1))
 
 
-@pytest.mark.parametrize("sets", [{"inference.mode": "proxy"}, {"loss.name": "soft_triple", "inference.mode": "mixed",
-                                                                  "loss.centers_per_class": 2}])
+@pytest.mark.parametrize(
+    "sets",
+    [{"inference.mode": "proxy"}, {"loss.name": "soft_triple", "inference.mode": "mixed", "loss.centers_per_class": 2}],
+)
 def test_a_draw_scores_as_the_trainer_does(tiny_roberta, data_dir, tokens, sets):
     from tunedml.config import from_flat
     from tunedml.retrain import train_draw
@@ -282,14 +332,21 @@ def test_a_draw_scores_as_the_trainer_does(tiny_roberta, data_dir, tokens, sets)
     assert snapshot.prototype_kind == ("proxies" if "loss.name" in sets else "class centers")
 
 
-def test_a_two_stage_draw_on_batches_per_class_scores_and_saves_as_the_trainer_does(tiny_roberta, data_dir, tokens,
-                                                                                    tmp_path):
+def test_a_two_stage_draw_on_batches_per_class_scores_and_saves_as_the_trainer_does(
+    tiny_roberta, data_dir, tokens, tmp_path
+):
     from tunedml.config import from_flat
     from tunedml.retrain import train_draw
     from tunedml.train import Trainer, draw_for
 
-    sets = {"loss.name": "supcon+ntxent", "loss.weighting": "uncertainty", "train.schedule": "two_stage",
-            "head.fit": "logistic", "data.sampler": "m_per_class", "train.batch_size": 8}  # k=4: 4 of each class
+    sets = {
+        "loss.name": "supcon+ntxent",
+        "loss.weighting": "uncertainty",
+        "train.schedule": "two_stage",
+        "head.fit": "logistic",
+        "data.sampler": "m_per_class",
+        "train.batch_size": 8,
+    }  # k=4: 4 of each class
     flat = apply_overrides(sets, small(tiny_roberta, data_dir), "test")
     cfg = from_flat(flat)
     result, snapshot = train_draw(cfg, tokens, 0, keep_state=True)
@@ -320,8 +377,9 @@ def test_snapshots_hold_test_embeddings_and_prototypes(compared, tokens):
 
 def test_saved_model_predicts_what_was_scored(compared, tokens, tmp_path):
     draw = next(d for d in compared.best.draws if d.index == compared.best_draw)
-    folder = save_model(tmp_path / "model", compared.best.candidate, compared.snapshots["best"],
-                        compared.label_names, draw)
+    folder = save_model(
+        tmp_path / "model", compared.best.candidate, compared.snapshots["best"], compared.label_names, draw
+    )
     model = load_model(folder)
     test = tokens.corpus.test_idx
     texts = [tokens.corpus.texts[i] for i in test]
@@ -352,10 +410,12 @@ def test_ray_tasks_give_the_same_draws_as_one_process(pair, tokens, compared):
 
 # ----------------------------------------------------------------- `tunedml retrain`
 
+
 def tunedml(*args: str, cwd: str | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "tunedml.cli", *args], capture_output=True, text=True, env=env,
-                          timeout=600, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "tunedml.cli", *args], capture_output=True, text=True, env=env, timeout=600, cwd=cwd
+    )
 
 
 @pytest.mark.slow  # a whole retrain through the CLI, MLflow and a saved model: ~15 s
@@ -368,14 +428,42 @@ def test_retrain_from_files_records_final_runs_and_a_loadable_model(tmp_path, ti
     best_yaml = tmp_path / "best.yaml"
     best_yaml.write_text("loss:\n  name: proxy_anchor\n  margin: 0.2\ninference:\n  mode: proxy\ntrain:\n  lr: 0.001\n")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    run = tunedml("retrain", "--dataset", "trec", "--data-dir", data_dir, "--model", tiny_roberta,
-                  "--config", str(best_yaml), "--baseline", os.path.join(SPACES, "cce.yaml"), "--seeds", "2",
-                  "--concurrency", "1", "--set", "data.k=2", "--set", "train.epochs=1", "--set", "data.max_length=32",
-                  "--tracking-uri", uri, "--save-model", str(tmp_path / "model"), "--json")
+    run = tunedml(
+        "retrain",
+        "--dataset",
+        "trec",
+        "--data-dir",
+        data_dir,
+        "--model",
+        tiny_roberta,
+        "--config",
+        str(best_yaml),
+        "--baseline",
+        os.path.join(SPACES, "cce.yaml"),
+        "--seeds",
+        "2",
+        "--concurrency",
+        "1",
+        "--set",
+        "data.k=2",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "data.max_length=32",
+        "--tracking-uri",
+        uri,
+        "--save-model",
+        str(tmp_path / "model"),
+        "--json",
+    )
     assert run.returncode == 0, run.stderr
     out = json.loads(run.stdout)
-    assert [line.split("  ")[0] for line in run.stderr.splitlines() if line.startswith("draw ")] == \
-        ["draw 1/4", "draw 2/4", "draw 3/4", "draw 4/4"]
+    assert [line.split("  ")[0] for line in run.stderr.splitlines() if line.startswith("draw ")] == [
+        "draw 1/4",
+        "draw 2/4",
+        "draw 3/4",
+        "draw 4/4",
+    ]
     seeds = {role: [d["data_seed"] for d in out[role]["draws"]] for role in ("best", "baseline")}
     assert seeds == {"best": [1000, 1001], "baseline": [1000, 1001]}
     assert (out["best"]["loss"], out["baseline"]["loss"]) == ("proxy_anchor", "none")
@@ -389,9 +477,16 @@ def test_retrain_from_files_records_final_runs_and_a_loadable_model(tmp_path, ti
     assert best_run.data.tags["tunedml.baseline_run_id"] == runs["baseline"]
     assert best_run.data.params["loss.name"] == "proxy_anchor" and base_run.data.params["loss.name"] == "none"
     history = client.get_metric_history(runs["best"], "test_accuracy")
-    assert sorted((m.step, m.value) for m in history) == [(d["index"], d["test"]["accuracy"]) for d in out["best"]["draws"]]
+    assert sorted((m.step, m.value) for m in history) == [
+        (d["index"], d["test"]["accuracy"]) for d in out["best"]["draws"]
+    ]
     assert best_run.data.metrics["diff_accuracy_pp"] == pytest.approx(out["differences_pp"]["accuracy"]["mean"])
-    assert {f.path for f in client.list_artifacts(runs["best"])} >= {"comparison.json", "config.yaml", "embeddings.npz", "model"}
+    assert {f.path for f in client.list_artifacts(runs["best"])} >= {
+        "comparison.json",
+        "config.yaml",
+        "embeddings.npz",
+        "model",
+    }
 
     [recorded] = final_comparisons(uri, ["trec"])
     assert recorded.run_id == runs["best"] and recorded.to_dict()["differences_pp"] == out["differences_pp"]
@@ -416,15 +511,18 @@ def empty_store(tmp_path_factory) -> str:
     return str(tmp_path_factory.mktemp("empty-store") / "mlflow.db")
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--dataset", "sst-2"], "unknown dataset 'sst-2' (did you mean 'sst2'?)"),
-    (["--set", "train.lrr=0.1"], "unknown key 'train.lrr' (did you mean 'train.lr'?)"),
-    (["--dataset", "sst2", "--run-id", "0123456789abcdef"], "run '0123456789abcdef' not found at sqlite:///"),
-    (["--dataset", "sst2"], "no search over a DML space recorded for dataset 'sst2'"),
-    (["--run-id", "x", "--config", "best.yaml"], "--run-id and --config both name the configuration"),
-    (["--seeds", "0"], "--seeds must be >= 1"),
-    (["--config", os.path.join(SPACES, "dml.yaml")], "is a search space; --config takes a run config"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--dataset", "sst-2"], "unknown dataset 'sst-2' (did you mean 'sst2'?)"),
+        (["--set", "train.lrr=0.1"], "unknown key 'train.lrr' (did you mean 'train.lr'?)"),
+        (["--dataset", "sst2", "--run-id", "0123456789abcdef"], "run '0123456789abcdef' not found at sqlite:///"),
+        (["--dataset", "sst2"], "no search over a DML space recorded for dataset 'sst2'"),
+        (["--run-id", "x", "--config", "best.yaml"], "--run-id and --config both name the configuration"),
+        (["--seeds", "0"], "--seeds must be >= 1"),
+        (["--config", os.path.join(SPACES, "dml.yaml")], "is a search space; --config takes a run config"),
+    ],
+)
 def test_retrain_bad_input_is_one_line_and_exit_code_2_before_training(tmp_path, empty_store, args, message):
     run = tunedml("retrain", "--tracking-uri", empty_store, *args, cwd=str(tmp_path))
     assert run.returncode == 2, run.stderr
@@ -434,6 +532,7 @@ def test_retrain_bad_input_is_one_line_and_exit_code_2_before_training(tmp_path,
 
 
 # ----------------------------------------------------------------- the baseline is never silently untuned
+
 
 def record_search(uri: str, dataset: str, space: str, config: dict, score: float, trials: int) -> str:
     """A finished search as `tunedml search` records it (parent run, best config, space file), written
@@ -445,8 +544,14 @@ def record_search(uri: str, dataset: str, space: str, config: dict, score: float
 
     client = MlflowClient(uri)
     experiment = dataset_experiment(client, uri, dataset)
-    tags = {"tunedml.role": "search", "tunedml.dataset": dataset, "tunedml.space": space,
-            "tunedml.trials_finished": str(trials - 1), "tunedml.trials_stopped_early": "1", "tunedml.trials_failed": "0"}
+    tags = {
+        "tunedml.role": "search",
+        "tunedml.dataset": dataset,
+        "tunedml.space": space,
+        "tunedml.trials_finished": str(trials - 1),
+        "tunedml.trials_stopped_early": "1",
+        "tunedml.trials_failed": "0",
+    }
     run = client.create_run(experiment, run_name=f"{dataset}-{space}", tags=tags)
     client.log_param(run.info.run_id, "search.trials", trials)
     client.log_metric(run.info.run_id, "best_dev_accuracy", score)
@@ -460,8 +565,16 @@ def record_search(uri: str, dataset: str, space: str, config: dict, score: float
 @pytest.fixture(scope="module")
 def dml_only_store(tmp_path_factory, tiny_roberta, data_dir) -> str:
     uri = f"sqlite:///{tmp_path_factory.mktemp('dml-only') / 'mlflow.db'}"
-    record_search(uri, "sst2", "dml", apply_overrides({"loss.name": "proxy_anchor"}, small(tiny_roberta, data_dir, **{
-        "train.epochs": 1, "data.k": 2}), "test"), 0.6, trials=12)
+    record_search(
+        uri,
+        "sst2",
+        "dml",
+        apply_overrides(
+            {"loss.name": "proxy_anchor"}, small(tiny_roberta, data_dir, **{"train.epochs": 1, "data.k": 2}), "test"
+        ),
+        0.6,
+        trials=12,
+    )
     return uri
 
 
@@ -474,8 +587,20 @@ def test_retrain_without_a_cce_search_stops_and_names_the_command(dml_only_store
 
 
 def test_untuned_baseline_on_request_and_one_draw_gives_scores_without_interval(dml_only_store, tmp_path):
-    run = tunedml("retrain", "--dataset", "sst2", "--tracking-uri", dml_only_store, "--baseline", "defaults",
-                  "--seeds", "1", "--concurrency", "1", cwd=str(tmp_path))
+    run = tunedml(
+        "retrain",
+        "--dataset",
+        "sst2",
+        "--tracking-uri",
+        dml_only_store,
+        "--baseline",
+        "defaults",
+        "--seeds",
+        "1",
+        "--concurrency",
+        "1",
+        cwd=str(tmp_path),
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     lines = run.stdout.splitlines()
     assert any(line.startswith("  CCE baseline (none, untuned)") for line in lines)
@@ -497,8 +622,9 @@ def test_both_searches_give_their_trial_counts(tmp_path, tiny_roberta, data_dir)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     config = small(tiny_roberta, data_dir)
     record_search(uri, "sst2", "dml", apply_overrides({"loss.name": "supcon"}, config, "test"), 0.7, trials=40)
-    cce_run = record_search(uri, "sst2", "cce", apply_overrides({}, {**config, "train.lr": 2e-4}, "test"), 0.65,
-                           trials=20)
+    cce_run = record_search(
+        uri, "sst2", "cce", apply_overrides({}, {**config, "train.lr": 2e-4}, "test"), 0.65, trials=20
+    )
     best, baseline = select(Selection("sst2", tracking_uri=uri))
     assert (best.loss, best.trials, baseline.loss, baseline.trials) == ("supcon", 40, "none", 20)
     assert baseline.run_id == cce_run and not baseline.untuned and baseline.config["train.lr"] == 2e-4

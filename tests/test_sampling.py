@@ -79,18 +79,28 @@ def test_m_per_class_draws_from_numpys_global_state(trec):
     assert all(np.array_equal(x, y) for x, y in zip(a, b)) and not all(np.array_equal(x, y) for x, y in zip(a, c))
 
 
-@pytest.mark.parametrize("batch_size, classes, m", [(16, 2, 8), (8, 2, 4), (16, 6, 4), (32, 6, 8), (12, 6, 2),
-                                                    (30, 5, 6), (9, 6, 3), (5, 2, None), (6, 6, 2)])
+@pytest.mark.parametrize(
+    "batch_size, classes, m",
+    [(16, 2, 8), (8, 2, 4), (16, 6, 4), (32, 6, 8), (12, 6, 2), (30, 5, 6), (9, 6, 3), (5, 2, None), (6, 6, 2)],
+)
 def test_an_unset_m_splits_the_batch_over_as_many_classes_as_divide_it(batch_size, classes, m):
     assert auto_m(batch_size, classes) == m
 
 
-@pytest.mark.parametrize("k, batch_size, m, fragment", [
-    (16, 16, 2, "data.m_per_class=2 with train.batch_size=16 needs 8 classes per batch, but the draw has 6; "
-                "use data.m_per_class=4 (or leave it unset) or lower train.batch_size"),
-    (4, 36, None, "class 'DESC' has 4 examples in the training draw; a batch of 36 takes 6 of each class"),
-    (4, 10, 5, "has 4 examples in the training draw; data.m_per_class=5, which it cannot meet without repeats"),
-])
+@pytest.mark.parametrize(
+    "k, batch_size, m, fragment",
+    [
+        (
+            16,
+            16,
+            2,
+            "data.m_per_class=2 with train.batch_size=16 needs 8 classes per batch, but the draw has 6; "
+            "use data.m_per_class=4 (or leave it unset) or lower train.batch_size",
+        ),
+        (4, 36, None, "class 'DESC' has 4 examples in the training draw; a batch of 36 takes 6 of each class"),
+        (4, 10, 5, "has 4 examples in the training draw; data.m_per_class=5, which it cannot meet without repeats"),
+    ],
+)
 def test_batches_the_draw_cannot_give_are_refused_in_one_line(trec, k, batch_size, m, fragment):
     with pytest.raises(DataError) as error:
         sampler_for(trec, k=k, batch_size=batch_size, m=m)

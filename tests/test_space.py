@@ -15,7 +15,15 @@ from tunedml.space import BRANCH_SEP, config_keys, load_space
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted(p for p in (REPO / "search_spaces").glob("*.yaml") if not p.name.startswith("_"))  # _*: parts
-COMMON = {"train.lr", "train.steps", "train.eval_every", "train.batch_size", "train.warmup_ratio", "train.weight_decay", "model.pooling"}
+COMMON = {
+    "train.lr",
+    "train.steps",
+    "train.eval_every",
+    "train.batch_size",
+    "train.warmup_ratio",
+    "train.weight_decay",
+    "model.pooling",
+}
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -39,8 +47,18 @@ def sample(space, n: int, seed: int = 0) -> list[dict]:
 
 # ----------------------------------------------------------------- the shipped spaces
 
+
 def test_every_issue_space_is_shipped():
-    assert {p.stem for p in SHIPPED} >= {"cce", "proxy_anchor", "soft_triple", "proxy_nca", "supcon", "dml", "ensemble", "moo"}
+    assert {p.stem for p in SHIPPED} >= {
+        "cce",
+        "proxy_anchor",
+        "soft_triple",
+        "proxy_nca",
+        "supcon",
+        "dml",
+        "ensemble",
+        "moo",
+    }
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
@@ -57,14 +75,26 @@ def test_dml_space_has_a_conditional_block_per_loss():
     names = optuna_distributions(space)
     assert names["loss.name"].choices == ("none", "proxy_anchor", "soft_triple", "proxy_nca", "supcon")
     # each branch's hyperparameters are their own Optuna parameters, so TPE models each loss apart
-    assert {"loss.margin|proxy_anchor", "loss.alpha|proxy_anchor", "loss.centers_per_class|soft_triple",
-            "loss.softmax_scale|proxy_nca", "loss.temperature|supcon"} <= set(names)
+    assert {
+        "loss.margin|proxy_anchor",
+        "loss.alpha|proxy_anchor",
+        "loss.centers_per_class|soft_triple",
+        "loss.softmax_scale|proxy_nca",
+        "loss.temperature|supcon",
+    } <= set(names)
     for config in sample(space, 40):
         params = {k.split(".", 1)[1] for k in config if k.startswith("loss.")} - {"name", "ce_weight", "dml_weight"}
-        expected = {"none": set(), "proxy_anchor": {"margin", "alpha"}, "soft_triple": {"centers_per_class", "la", "gamma"},
-                    "proxy_nca": {"softmax_scale"}, "supcon": {"temperature"}}[config["loss.name"]]
+        expected = {
+            "none": set(),
+            "proxy_anchor": {"margin", "alpha"},
+            "soft_triple": {"centers_per_class", "la", "gamma"},
+            "proxy_nca": {"softmax_scale"},
+            "supcon": {"temperature"},
+        }[config["loss.name"]]
         assert params == expected, config
-        assert config["train.steps"] == common_steps() and "train.epochs" not in config  # fixed values come with every trial
+        assert (
+            config["train.steps"] == common_steps() and "train.epochs" not in config
+        )  # fixed values come with every trial
 
 
 def common_steps() -> int:
@@ -79,7 +109,9 @@ def test_shipped_spaces_share_one_definition_of_everything_but_the_loss(path):
     assert space.text.startswith("#") and "include: _common.yaml" in space.text
     assert [Path(p).name for p, _ in space.sources] == [path.name, "_common.yaml"]
     top = set(space.root.fixed) | {d.key for d in space.root.dists}
-    assert COMMON <= top and not any(COMMON & sub.keys() for _, opts in space.root.branches.values() for sub in opts.values())
+    assert COMMON <= top and not any(
+        COMMON & sub.keys() for _, opts in space.root.branches.values() for sub in opts.values()
+    )
     for key in COMMON:  # the very same distribution or value in every space
         assert space.root.fixed.get(key) == common.root.fixed.get(key)
         assert [d for d in space.root.dists if d.key == key] == [d for d in common.root.dists if d.key == key]
@@ -92,8 +124,9 @@ def test_the_cce_space_is_the_dml_space_without_the_loss():
     dml = load_space(REPO / "search_spaces" / "dml.yaml")
     assert cce.root.fixed["loss.name"] == "none" and cce.root.keys() == COMMON | {"loss.name"}
     none_branch = dml.root.branches["loss.name"][1]["none"]
-    assert not (none_branch.dists or none_branch.branches) and dml.root.keys() - {k for s in dml.root.branches["loss.name"][1].values()
-                                                            for k in s.keys()} == COMMON | {"loss.name"}
+    assert not (none_branch.dists or none_branch.branches) and dml.root.keys() - {
+        k for s in dml.root.branches["loss.name"][1].values() for k in s.keys()
+    } == COMMON | {"loss.name"}
 
 
 def test_include_is_resolved_next_to_the_including_file(tmp_path):
@@ -110,17 +143,30 @@ def test_include_is_resolved_next_to_the_including_file(tmp_path):
     assert load_space(path).sha256 != before  # an edited include is another space
 
 
-@pytest.mark.parametrize("files, fragment", [
-    ({"space.yaml": "include: nope.yaml\ntrain.epochs: 2\n"}, "space.yaml: include: nope.yaml not found"),
-    ({"space.yaml": "include: a.yaml\n", "a.yaml": "include: space.yaml\n"}, "a.yaml: include: space.yaml includes itself"),
-    ({"space.yaml": "include: space.yaml\n"}, "space.yaml: include: space.yaml includes itself"),
-    ({"space.yaml": "include: a.yaml\ntrain.lr: 0.001\n", "a.yaml": "train.lr: {loguniform: [1.0e-5, 1.0e-4]}\n"},
-     "space.yaml: train.lr is defined here and in a.yaml (included)"),
-    ({"space.yaml": "include: [a.yaml, b.yaml]\n", "a.yaml": "train.epochs: 2\n", "b.yaml": "train.epochs: 3\n"},
-     "space.yaml: train.epochs is defined twice, in a.yaml and in b.yaml"),
-    ({"space.yaml": "include: {a: 1}\n"}, "space.yaml: include takes a file name or a list of file names"),
-    ({"space.yaml": "include: a.yaml\n", "a.yaml": "train.lrr: 2\n"}, "unknown key 'train.lrr'"),
-])
+@pytest.mark.parametrize(
+    "files, fragment",
+    [
+        ({"space.yaml": "include: nope.yaml\ntrain.epochs: 2\n"}, "space.yaml: include: nope.yaml not found"),
+        (
+            {"space.yaml": "include: a.yaml\n", "a.yaml": "include: space.yaml\n"},
+            "a.yaml: include: space.yaml includes itself",
+        ),
+        ({"space.yaml": "include: space.yaml\n"}, "space.yaml: include: space.yaml includes itself"),
+        (
+            {
+                "space.yaml": "include: a.yaml\ntrain.lr: 0.001\n",
+                "a.yaml": "train.lr: {loguniform: [1.0e-5, 1.0e-4]}\n",
+            },
+            "space.yaml: train.lr is defined here and in a.yaml (included)",
+        ),
+        (
+            {"space.yaml": "include: [a.yaml, b.yaml]\n", "a.yaml": "train.epochs: 2\n", "b.yaml": "train.epochs: 3\n"},
+            "space.yaml: train.epochs is defined twice, in a.yaml and in b.yaml",
+        ),
+        ({"space.yaml": "include: {a: 1}\n"}, "space.yaml: include takes a file name or a list of file names"),
+        ({"space.yaml": "include: a.yaml\n", "a.yaml": "train.lrr: 2\n"}, "unknown key 'train.lrr'"),
+    ],
+)
 def test_bad_includes_are_one_line_naming_the_file_and_key(tmp_path, files, fragment):
     for name, text in files.items():
         write(tmp_path, text, name)
@@ -130,6 +176,7 @@ def test_bad_includes_are_one_line_naming_the_file_and_key(tmp_path, files, frag
 
 
 # ----------------------------------------------------------------- the start of a search spreads over the options
+
 
 def test_per_option_points_cycle_through_every_loss():
     space = load_space(REPO / "search_spaces" / "dml.yaml")
@@ -147,19 +194,38 @@ def test_per_option_points_cycle_through_every_loss():
 
 # ----------------------------------------------------------------- no parameter that does nothing
 
-@pytest.mark.parametrize("text, key, branch", [
-    ("loss.name: {choice: {none: {}, supcon: {}}}\ntrain.proxy_lr: {loguniform: [1.0e-4, 1.0e-1]}\n",
-     "train.proxy_lr", "loss.name=none"),
-    ("loss.name: {choice: {proxy_anchor: {}, supcon: {train.proxy_lr: {loguniform: [1.0e-4, 1.0e-1]}}}}\n",
-     "train.proxy_lr", "loss.name=supcon"),
-    ("loss.name: {choice: {none: {}, supcon: {}}}\ninference.mode: {categorical: [head, proxy]}\n",
-     "inference.mode", "loss.name=none"),
-    ("loss.name: {categorical: [none, supcon]}\nloss.dml_weight: {uniform: [0.1, 1.0]}\n",
-     "loss.dml_weight", "at the top level"),
-    ("loss.name: none\ninference.mix_weight: {uniform: [0.1, 0.9]}\n", "inference.mix_weight", "at the top level"),
-    ("loss.name: proxy_anchor\ninference.mode: {categorical: [head, mixed]}\ninference.proxy_scale: {loguniform: [1.0, 64.0]}\n",
-     "inference.proxy_scale", "inference.mode=head"),
-])
+
+@pytest.mark.parametrize(
+    "text, key, branch",
+    [
+        (
+            "loss.name: {choice: {none: {}, supcon: {}}}\ntrain.proxy_lr: {loguniform: [1.0e-4, 1.0e-1]}\n",
+            "train.proxy_lr",
+            "loss.name=none",
+        ),
+        (
+            "loss.name: {choice: {proxy_anchor: {}, supcon: {train.proxy_lr: {loguniform: [1.0e-4, 1.0e-1]}}}}\n",
+            "train.proxy_lr",
+            "loss.name=supcon",
+        ),
+        (
+            "loss.name: {choice: {none: {}, supcon: {}}}\ninference.mode: {categorical: [head, proxy]}\n",
+            "inference.mode",
+            "loss.name=none",
+        ),
+        (
+            "loss.name: {categorical: [none, supcon]}\nloss.dml_weight: {uniform: [0.1, 1.0]}\n",
+            "loss.dml_weight",
+            "at the top level",
+        ),
+        ("loss.name: none\ninference.mix_weight: {uniform: [0.1, 0.9]}\n", "inference.mix_weight", "at the top level"),
+        (
+            "loss.name: proxy_anchor\ninference.mode: {categorical: [head, mixed]}\ninference.proxy_scale: {loguniform: [1.0, 64.0]}\n",
+            "inference.proxy_scale",
+            "inference.mode=head",
+        ),
+    ],
+)
 def test_a_key_searched_where_it_does_nothing_is_refused(tmp_path, text, key, branch):
     path = write(tmp_path, text, "bad.yaml")
     with pytest.raises(ConfigError) as error:
@@ -170,7 +236,9 @@ def test_a_key_searched_where_it_does_nothing_is_refused(tmp_path, text, key, br
 
 
 def test_keys_searched_only_where_they_change_the_run_are_accepted(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
 loss.name:
   choice:
     none: {}
@@ -180,11 +248,13 @@ loss.name:
         choice:
           head: {}
           mixed: {inference.mix_weight: {uniform: [0.1, 0.9]}}
-""")
+""",
+    )
     load_space(path).check_against({})
     # the command line fixes the loss: proxy_lr is then searched only where it matters
-    load_space(write(tmp_path, "train.proxy_lr: {loguniform: [1.0e-4, 1.0e-1]}\n", "p.yaml"),
-               {"loss.name": "soft_triple"}).check_against({"loss.name": "soft_triple"})
+    load_space(
+        write(tmp_path, "train.proxy_lr: {loguniform: [1.0e-4, 1.0e-1]}\n", "p.yaml"), {"loss.name": "soft_triple"}
+    ).check_against({"loss.name": "soft_triple"})
     with pytest.raises(ConfigError, match="train.proxy_lr is searched at the top level, where it does nothing"):
         load_space(write(tmp_path, "train.proxy_lr: {loguniform: [1.0e-4, 1.0e-1]}\n", "p.yaml")).check_against({})
 
@@ -217,8 +287,11 @@ def test_a_fixed_loss_on_the_command_line_validates_the_space_hyperparameters(tm
 
 # ----------------------------------------------------------------- the language
 
+
 def test_distributions_become_optuna_distributions(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
 train.lr: {loguniform: [1.0e-5, 1.0e-3]}
 train.weight_decay: {uniform: [0.0, 0.1]}
 train.warmup_ratio: {uniform: {low: 0.01, high: 0.2, log: true}}
@@ -226,7 +299,8 @@ train.batch_size: {categorical: [8, 16, 32]}
 train.epochs: {int: {low: 2, high: 10, step: 2}}
 data.max_length: {int: {low: 16, high: 128, log: true}}
 model.pooling: cls
-""")
+""",
+    )
     space = load_space(path)
     d = optuna_distributions(space)
     assert d["train.lr"] == optuna.distributions.FloatDistribution(1e-5, 1e-3, log=True)
@@ -242,7 +316,9 @@ model.pooling: cls
 
 
 def test_any_train_config_key_can_be_searched(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
 data.max_length: {categorical: [32, 64]}
 model.dropout: {uniform: [0.0, 0.3]}
 model.token_mode: {categorical: [false, true]}
@@ -250,14 +326,17 @@ inference.mix_weight: {uniform: [0.2, 0.8]}
 train.max_grad_norm: {categorical: [0.0, 1.0]}
 loss.name: proxy_anchor
 inference.mode: mixed
-""")
+""",
+    )
     space = load_space(path)
     space.check_against({})
     assert {"data.max_length", "model.dropout", "model.token_mode", "inference.mix_weight"} <= space.root.keys()
 
 
 def test_nested_choices_get_distinct_optuna_names_without_slashes(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
 loss.name:
   choice:
     none: {}
@@ -268,7 +347,8 @@ loss.name:
           head: {}
           mixed:
             inference.mix_weight: {uniform: [0.1, 0.9]}
-""")
+""",
+    )
     space = load_space(path)
     space.check_against({})
     names = set(optuna_distributions(space))
@@ -291,11 +371,16 @@ def test_points_map_config_keys_to_optuna_parameters():
 
 # ----------------------------------------------------------------- loss sets and weightings
 
+
 def test_the_ensemble_space_offers_sets_with_their_own_hyperparameters_and_weightings():
     space = load_space(REPO / "search_spaces" / "ensemble.yaml")
     space.check_against({})
     configs = sample(space, 40)
-    assert {c["loss.name"] for c in configs} == {"proxy_anchor+supcon", "soft_triple+supcon", "proxy_anchor+soft_triple+supcon"}
+    assert {c["loss.name"] for c in configs} == {
+        "proxy_anchor+supcon",
+        "soft_triple+supcon",
+        "proxy_anchor+soft_triple+supcon",
+    }
     assert {c["loss.weighting"] for c in configs} == {"linear", "uncertainty", "epo"}
     for c in configs:
         names = c["loss.name"].split("+")
@@ -316,17 +401,38 @@ def test_the_moo_space_compares_linear_and_epo_over_the_same_rays():
 
 INVALID = {
     "unknown key": ("train.lrr: {loguniform: [1.0e-5, 1.0e-3]}\n", "train.lrr", "unknown key"),
-    "unknown loss hyperparameter": ("loss.name:\n  choice:\n    proxy_anchor:\n      loss.temperature: {uniform: [0.1, 0.5]}\n",
-                                    "loss.temperature", "not a hyperparameter of loss 'proxy_anchor'"),
-    "loss hyperparameter beside a loss choice": ("loss.name: {choice: {none: {}, supcon: {}}}\nloss.temperature: 0.1\n",
-                                                 "loss.temperature", "not a hyperparameter of loss 'none'"),
-    "outside the loss's range": ("loss.name: proxy_anchor\nloss.margin: {uniform: [0.0, 2.0]}\n", "loss.margin", "out of range"),
-    "outside the range in a branch": ("loss.name:\n  choice:\n    soft_triple:\n      loss.centers_per_class: {int: [1, 500]}\n",
-                                      "loss.centers_per_class", "out of range"),
+    "unknown loss hyperparameter": (
+        "loss.name:\n  choice:\n    proxy_anchor:\n      loss.temperature: {uniform: [0.1, 0.5]}\n",
+        "loss.temperature",
+        "not a hyperparameter of loss 'proxy_anchor'",
+    ),
+    "loss hyperparameter beside a loss choice": (
+        "loss.name: {choice: {none: {}, supcon: {}}}\nloss.temperature: 0.1\n",
+        "loss.temperature",
+        "not a hyperparameter of loss 'none'",
+    ),
+    "outside the loss's range": (
+        "loss.name: proxy_anchor\nloss.margin: {uniform: [0.0, 2.0]}\n",
+        "loss.margin",
+        "out of range",
+    ),
+    "outside the range in a branch": (
+        "loss.name:\n  choice:\n    soft_triple:\n      loss.centers_per_class: {int: [1, 500]}\n",
+        "loss.centers_per_class",
+        "out of range",
+    ),
     "outside a config range": ("train.lr: {loguniform: [1.0e-5, 10.0]}\n", "train.lr", "out of range"),
     "low > high": ("train.lr: {loguniform: [1.0e-3, 1.0e-5]}\n", "train.lr", "low 0.001 > high 1e-05"),
-    "log with zero bound": ("train.weight_decay: {loguniform: [0.0, 0.1]}\n", "train.weight_decay", "log scale needs bounds > 0"),
-    "int log with zero bound": ("train.epochs: {int: {low: 0, high: 10, log: true}}\n", "train.epochs", "log scale needs bounds > 0"),
+    "log with zero bound": (
+        "train.weight_decay: {loguniform: [0.0, 0.1]}\n",
+        "train.weight_decay",
+        "log scale needs bounds > 0",
+    ),
+    "int log with zero bound": (
+        "train.epochs: {int: {low: 0, high: 10, log: true}}\n",
+        "train.epochs",
+        "log scale needs bounds > 0",
+    ),
     "empty categorical": ("train.batch_size: {categorical: []}\n", "train.batch_size", "non-empty list"),
     "empty choice": ("loss.name: {choice: {}}\n", "loss.name", "choice needs a mapping"),
     "unknown loss in choice": ("loss.name: {choice: {proxy_anchr: {}}}\n", "loss.name", "did you mean 'proxy_anchor'"),
@@ -338,36 +444,69 @@ INVALID = {
     "unknown range option": ("train.epochs: {int: {low: 1, high: 5, stepp: 2}}\n", "train.epochs", "unknown: stepp"),
     "one bound": ("train.lr: {uniform: [0.1]}\n", "train.lr", "two numbers"),
     "bad fixed value": ("train.batch_size: [8, 16]\n", "train.batch_size", "is not a int"),
-    "rule across keys at a range's low end": ("loss.name: none\nloss.ce_weight: {uniform: [0.0, 1.0]}\n",
-                                              "loss.ce_weight", "must be > 0 when loss.name is 'none'"),
-    "a loss not in the set": ("loss.name: {choice: {proxy_anchor+supcon: {loss.soft_triple.la: {uniform: [5.0, 10.0]}}}}\n",
-                              "loss.soft_triple.la", "soft_triple is not a loss of loss.name=proxy_anchor+supcon"),
-    "short key in a set": ("loss.name: proxy_anchor+supcon\nloss.margin: {uniform: [0.0, 0.5]}\n",
-                           "loss.margin", "names several losses; name the loss: loss.proxy_anchor.margin"),
+    "rule across keys at a range's low end": (
+        "loss.name: none\nloss.ce_weight: {uniform: [0.0, 1.0]}\n",
+        "loss.ce_weight",
+        "must be > 0 when loss.name is 'none'",
+    ),
+    "a loss not in the set": (
+        "loss.name: {choice: {proxy_anchor+supcon: {loss.soft_triple.la: {uniform: [5.0, 10.0]}}}}\n",
+        "loss.soft_triple.la",
+        "soft_triple is not a loss of loss.name=proxy_anchor+supcon",
+    ),
+    "short key in a set": (
+        "loss.name: proxy_anchor+supcon\nloss.margin: {uniform: [0.0, 0.5]}\n",
+        "loss.margin",
+        "names several losses; name the loss: loss.proxy_anchor.margin",
+    ),
     "the same loss twice": ("loss.name: {choice: {supcon+supcon: {}}}\n", "loss.name", "supcon appears twice"),
     "unknown loss in a set": ("loss.name: {categorical: [proxy_anchor+supcn]}\n", "loss.name", "unknown loss 'supcn'"),
-    "epo with one term": ("loss.name: {choice: {none: {}, supcon: {}}}\nloss.weighting: epo\n", "loss.weighting=epo",
-                          "combines several terms"),
-    "learned weights searched": ("loss.name: supcon\nloss.weighting: uncertainty\nloss.dml_weight: {uniform: [0.1, 1.0]}\n",
-                                 "loss.dml_weight", "where it does nothing (loss.name=supcon, loss.weighting=uncertainty, "
-                                                    "train.schedule=joint)"),
-    "loss weights under two stages": ("loss.name: supcon\ntrain.schedule: two_stage\nloss.ce_weight: {uniform: [0.1, 1.0]}\n",
-                                      "loss.ce_weight", "does nothing (loss.name=supcon, loss.weighting=linear, "
-                                                        "train.schedule=two_stage)"),
-    "m without its sampler": ("data.m_per_class: {categorical: [2, 4]}\n", "data.m_per_class",
-                              "(data.sampler=random); it applies only with data.sampler=m_per_class"),
-    "head fit in a joint run": ("loss.name: supcon\nhead.fit: {categorical: [linear, logistic]}\n", "head.fit",
-                                "it applies only with train.schedule=two_stage"),
-    "stage split of a logistic head": ("loss.name: supcon\ntrain.schedule: two_stage\nhead.fit: logistic\n"
-                                       "train.stage1_fraction: {uniform: [0.3, 0.9]}\n", "train.stage1_fraction",
-                                       "(train.schedule=two_stage, head.fit=logistic)"),
-    "two stages without a DML loss": ("loss.name: {choice: {none: {}, supcon: {}}}\ntrain.schedule: two_stage\n",
-                                      "train.schedule=two_stage", "loss.name=none names none"),
-    "m per class beyond the draw": ("loss.name: supcon\ndata.sampler: m_per_class\ntrain.batch_size: 64\n"
-                                    "data.m_per_class: {int: [2, 32]}\n",
-                                    "data.m_per_class", "data.m_per_class=32 is more than the data.k=16 examples"),
-    "rule across keys at a range's high end": ("data.protocol: kfold\ndata.folds: 3\ndata.fold: {int: [0, 4]}\n",
-                                               "data.fold", "data.fold=4 must be below data.folds=3"),
+    "epo with one term": (
+        "loss.name: {choice: {none: {}, supcon: {}}}\nloss.weighting: epo\n",
+        "loss.weighting=epo",
+        "combines several terms",
+    ),
+    "learned weights searched": (
+        "loss.name: supcon\nloss.weighting: uncertainty\nloss.dml_weight: {uniform: [0.1, 1.0]}\n",
+        "loss.dml_weight",
+        "where it does nothing (loss.name=supcon, loss.weighting=uncertainty, train.schedule=joint)",
+    ),
+    "loss weights under two stages": (
+        "loss.name: supcon\ntrain.schedule: two_stage\nloss.ce_weight: {uniform: [0.1, 1.0]}\n",
+        "loss.ce_weight",
+        "does nothing (loss.name=supcon, loss.weighting=linear, train.schedule=two_stage)",
+    ),
+    "m without its sampler": (
+        "data.m_per_class: {categorical: [2, 4]}\n",
+        "data.m_per_class",
+        "(data.sampler=random); it applies only with data.sampler=m_per_class",
+    ),
+    "head fit in a joint run": (
+        "loss.name: supcon\nhead.fit: {categorical: [linear, logistic]}\n",
+        "head.fit",
+        "it applies only with train.schedule=two_stage",
+    ),
+    "stage split of a logistic head": (
+        "loss.name: supcon\ntrain.schedule: two_stage\nhead.fit: logistic\n"
+        "train.stage1_fraction: {uniform: [0.3, 0.9]}\n",
+        "train.stage1_fraction",
+        "(train.schedule=two_stage, head.fit=logistic)",
+    ),
+    "two stages without a DML loss": (
+        "loss.name: {choice: {none: {}, supcon: {}}}\ntrain.schedule: two_stage\n",
+        "train.schedule=two_stage",
+        "loss.name=none names none",
+    ),
+    "m per class beyond the draw": (
+        "loss.name: supcon\ndata.sampler: m_per_class\ntrain.batch_size: 64\ndata.m_per_class: {int: [2, 32]}\n",
+        "data.m_per_class",
+        "data.m_per_class=32 is more than the data.k=16 examples",
+    ),
+    "rule across keys at a range's high end": (
+        "data.protocol: kfold\ndata.folds: 3\ndata.fold: {int: [0, 4]}\n",
+        "data.fold",
+        "data.fold=4 must be below data.folds=3",
+    ),
 }
 
 
@@ -382,8 +521,9 @@ def test_invalid_space_names_the_file_and_the_key(tmp_path, case):
     assert "\n" not in message
 
 
-@pytest.mark.parametrize("text, fragment", [("", "empty"), ("train.lr: [unclosed\n", "not valid YAML"),
-                                            ("- a list\n", "expected a mapping")])
+@pytest.mark.parametrize(
+    "text, fragment", [("", "empty"), ("train.lr: [unclosed\n", "not valid YAML"), ("- a list\n", "expected a mapping")]
+)
 def test_unreadable_space_files(tmp_path, text, fragment):
     path = write(tmp_path, text, "bad.yaml")
     with pytest.raises(ConfigError, match=fragment):
@@ -409,13 +549,20 @@ def test_a_loss_hyperparameter_on_the_command_line_replaces_the_spaces_other_spe
         load_space(searched).check_against({"loss.proxy_anchor.margin": 0.3})
 
 
-@pytest.mark.parametrize("text, base, fragment", [
-    ("data.protocol: {categorical: [kshot, kfold]}\n", {"data.folds": 3}, None),  # kfold branches use it
-    ("loss.name: none\n", {"data.folds": 3}, "data.folds=3 does nothing with data.protocol=kshot"),
-    ("loss.name: none\nadversarial.alpha: 0.2\n", {}, "adversarial.alpha=0.2 does nothing with adversarial.mode=none"),
-    ("loss.name: none\nadversarial.alpha: 0.5\n", {}, None),  # the default: a full config's value
-    ("adversarial.mode: {choice: {none: {}, pgd: {}}}\n", {"adversarial.steps": 5}, None),
-])
+@pytest.mark.parametrize(
+    "text, base, fragment",
+    [
+        ("data.protocol: {categorical: [kshot, kfold]}\n", {"data.folds": 3}, None),  # kfold branches use it
+        ("loss.name: none\n", {"data.folds": 3}, "data.folds=3 does nothing with data.protocol=kshot"),
+        (
+            "loss.name: none\nadversarial.alpha: 0.2\n",
+            {},
+            "adversarial.alpha=0.2 does nothing with adversarial.mode=none",
+        ),
+        ("loss.name: none\nadversarial.alpha: 0.5\n", {}, None),  # the default: a full config's value
+        ("adversarial.mode: {choice: {none: {}, pgd: {}}}\n", {"adversarial.steps": 5}, None),
+    ],
+)
 def test_a_fixed_value_must_be_used_in_some_branch(tmp_path, text, base, fragment):
     space = load_space(write(tmp_path, text), base)
     if fragment is None:

@@ -22,9 +22,21 @@ def tokens(data_dir, tiny_roberta):
 
 
 def config(tiny_roberta, data_dir, *sets: str):
-    return build_config(sets=[f"model.name={tiny_roberta}", f"data.data_dir={data_dir}", "data.k=8",
-                              "train.steps=6", "train.eval_every=2", "train.batch_size=8", "train.lr=1e-3",
-                              "train.threads=2", "loss.name=proxy_anchor", "train.schedule=two_stage", *sets])
+    return build_config(
+        sets=[
+            f"model.name={tiny_roberta}",
+            f"data.data_dir={data_dir}",
+            "data.k=8",
+            "train.steps=6",
+            "train.eval_every=2",
+            "train.batch_size=8",
+            "train.lr=1e-3",
+            "train.threads=2",
+            "loss.name=proxy_anchor",
+            "train.schedule=two_stage",
+            *sets,
+        ]
+    )
 
 
 def trainer_for(cfg, tokens) -> Trainer:
@@ -42,17 +54,25 @@ def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 # ---------------------------------------------------------------- where the stages lie
 
-@pytest.mark.parametrize("sets, total, encoder", [
-    (["train.schedule=joint"], 10, 10),
-    ([], 10, 5),
-    (["train.stage1_fraction=0.95"], 4, 3),  # stage 2 keeps a step
-    (["train.stage1_fraction=0.05"], 4, 1),  # stage 1 keeps a step
-    (["head.fit=logistic", "train.stage1_fraction=0.3"], 10, 10),  # fitted after a stage 1 as long as the run
-])
+
+@pytest.mark.parametrize(
+    "sets, total, encoder",
+    [
+        (["train.schedule=joint"], 10, 10),
+        ([], 10, 5),
+        (["train.stage1_fraction=0.95"], 4, 3),  # stage 2 keeps a step
+        (["train.stage1_fraction=0.05"], 4, 1),  # stage 1 keeps a step
+        (["head.fit=logistic", "train.stage1_fraction=0.3"], 10, 10),  # fitted after a stage 1 as long as the run
+    ],
+)
 def test_stage_plan(sets, total, encoder):
     cfg = build_config(sets=["loss.name=supcon", "train.schedule=two_stage", *sets])
     plan = StagePlan.for_run(cfg, total)
-    assert (plan.encoder_steps, plan.head_steps, plan.two_stage) == (encoder, total - encoder, cfg.train.schedule == "two_stage")
+    assert (plan.encoder_steps, plan.head_steps, plan.two_stage) == (
+        encoder,
+        total - encoder,
+        cfg.train.schedule == "two_stage",
+    )
 
 
 def test_dev_is_evaluated_where_stage_1_hands_the_encoder_over(tiny_roberta, data_dir, tokens):
@@ -68,6 +88,7 @@ def test_a_linear_head_stage_needs_a_step_of_its_own():
 
 
 # ---------------------------------------------------------------- the linear head
+
 
 def test_stage_2_trains_the_head_on_a_frozen_encoder(tiny_roberta, data_dir, tokens):
     trainer = trainer_for(config(tiny_roberta, data_dir), tokens)  # 6 steps: 3 encoder, 3 head
@@ -117,6 +138,7 @@ def test_restore_best_chooses_among_evaluations_with_a_trained_head(tiny_roberta
 
 # ---------------------------------------------------------------- the logistic head
 
+
 def test_a_logistic_head_is_the_regression_as_a_linear_head(tiny_roberta, data_dir, tokens):
     trainer = trainer_for(config(tiny_roberta, data_dir, "loss.name=supcon", "head.fit=logistic"), tokens)
     results = list(trainer.checkpoints())
@@ -138,8 +160,9 @@ def test_the_logistic_heads_probabilities_are_the_regressions(classes):
     model = nn.Module()
     model.head = nn.Linear(8, classes)
     cfg = build_config()
-    fit = LogisticHeadFit(model, torch.tensor(x, dtype=torch.float32), np.arange(len(labels)), torch.tensor(labels),
-                          cfg, 0)
+    fit = LogisticHeadFit(
+        model, torch.tensor(x, dtype=torch.float32), np.arange(len(labels)), torch.tensor(labels), cfg, 0
+    )
     with torch.no_grad():
         probs = model.head(torch.tensor(x, dtype=torch.float32)).softmax(1).numpy()
     assert np.allclose(probs, fit.regression.predict_proba(x), atol=1e-5)

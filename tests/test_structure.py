@@ -12,8 +12,23 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "tunedml"
-CORE = ("data", "losses", "epo", "model", "train", "evaluate", "config", "hparams", "space", "adversarial", "metrics",
-        "errors", "progress", "sampling", "stages")
+CORE = (
+    "data",
+    "losses",
+    "epo",
+    "model",
+    "train",
+    "evaluate",
+    "config",
+    "hparams",
+    "space",
+    "adversarial",
+    "metrics",
+    "errors",
+    "progress",
+    "sampling",
+    "stages",
+)
 SEARCH_AND_TRACKING = ("ray", "mlflow", "optuna")
 
 
@@ -116,8 +131,11 @@ def test_the_command_line_reaches_search_retrain_and_tracking_only_through_the_a
     """cli parses and calls: preparing, checking and running a search or a retrain live beside
     them (tunedml.search, tunedml.retrain) and are called through tunedml.api, as from Python."""
     reached = imported("tunedml.cli", PACKAGE / "cli.py")
-    inside = sorted(m for m in reached & set(modules()) if m.startswith(("tunedml.search", "tunedml.retrain", "tunedml.tracking.",
-                                                        "tunedml.train")))
+    inside = sorted(
+        m
+        for m in reached & set(modules())
+        if m.startswith(("tunedml.search", "tunedml.retrain", "tunedml.tracking.", "tunedml.train"))
+    )
     assert inside == [], f"tunedml/cli.py imports {inside}"  # tunedml.tracking (its facade) serves `tunedml ui`
     assert not {m.split(".")[0] for m in reached} & {*SEARCH_AND_TRACKING, "torch", "transformers"}
     assert "tunedml.api" in reached

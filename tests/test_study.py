@@ -40,11 +40,18 @@ def settings(**changes) -> Settings:
 
 # ----------------------------------------------------------------- the plan and the key
 
+
 def test_plan_runs_both_searches_then_the_retrain_per_dataset_then_one_report():
     stages = plan(settings(repeats=3, rescore=2, rescore_draws=3))
     assert [(s.dataset, s.kind) for s in stages] == [
-        ("sst2", "cce"), ("sst2", "dml"), ("sst2", "retrain"), ("mr", "cce"), ("mr", "dml"), ("mr", "retrain"),
-        ("", "report")]
+        ("sst2", "cce"),
+        ("sst2", "dml"),
+        ("sst2", "retrain"),
+        ("mr", "cce"),
+        ("mr", "dml"),
+        ("mr", "retrain"),
+        ("", "report"),
+    ]
     # trials x repeats + rescore x rescore_draws models per search; 2 x seeds draws per retrain
     assert [s.units for s in stages[:3]] == [18, 18, 4]
     assert len({s.tag for s in stages}) == len(stages)
@@ -52,13 +59,31 @@ def test_plan_runs_both_searches_then_the_retrain_per_dataset_then_one_report():
 
 def test_the_key_follows_what_changes_results_and_nothing_else(tmp_path):
     key = settings().key()
-    for change in ({"trials": 5}, {"seeds": 3}, {"repeats": 1}, {"sets": ("data.k=8",)}, {"model": "roberta-base"},
-                   {"sampler_seed": 1}, {"scheduler": "none"}, {"concurrency": 2}, {"data_dir": str(tmp_path)},
-                   {"rescore": 0}, {"rescore_draws": 5}):
+    for change in (
+        {"trials": 5},
+        {"seeds": 3},
+        {"repeats": 1},
+        {"sets": ("data.k=8",)},
+        {"model": "roberta-base"},
+        {"sampler_seed": 1},
+        {"scheduler": "none"},
+        {"concurrency": 2},
+        {"data_dir": str(tmp_path)},
+        {"rescore": 0},
+        {"rescore_draws": 5},
+    ):
         assert settings(**change).key() != key, change
-    for change in ({"datasets": ("trec",)}, {"address": "auto"}, {"storage": "s3://b/t"}, {"out": "elsewhere"},
-                   {"tracking_uri": "http://127.0.0.1:5000"}, {"cpus_per_trial": 1.0}, {"gpus_per_trial": 0.25},
-                   {"resume": True}, {"verbose": True}):
+    for change in (
+        {"datasets": ("trec",)},
+        {"address": "auto"},
+        {"storage": "s3://b/t"},
+        {"out": "elsewhere"},
+        {"tracking_uri": "http://127.0.0.1:5000"},
+        {"cpus_per_trial": 1.0},
+        {"gpus_per_trial": 0.25},
+        {"resume": True},
+        {"verbose": True},
+    ):
         assert settings(**change).key() == key, change
     both = settings(sets=("data.k=4", "train.epochs=2"))
     assert replace(both, sets=("train.epochs=2", "data.k=4")).key() == both.key()  # order of distinct keys
@@ -70,8 +95,11 @@ def test_the_key_follows_what_changes_results_and_nothing_else(tmp_path):
     common.write_text(common.read_text().replace("train.eval_every: ", "train.eval_every: 1"))
     assert settings(space=str(space)).key() != key  # the included common part counts too
     common.write_text((Path(shipped_space("dml")).parent / "_common.yaml").read_text())
-    space.write_text(space.read_text().replace("inference.mode: {categorical: [head, proxy, mixed]}",
-                                                "inference.mode: {categorical: [head, mixed]}", 1))
+    space.write_text(
+        space.read_text().replace(
+            "inference.mode: {categorical: [head, proxy, mixed]}", "inference.mode: {categorical: [head, mixed]}", 1
+        )
+    )
     assert settings(space=str(space)).key() != key
 
 
@@ -79,20 +107,36 @@ def test_the_continue_command_is_the_same_study():
     s = settings(sets=("data.k=4", "train.epochs=2"), model="minilm", concurrency=2, gpus_per_trial=0.5, out="rep")
     argv = s.command().split()[1:]
     args = build_parser().parse_args(argv)
-    again = Settings(datasets=tuple(args.datasets.split(",")), trials=args.trials, seeds=args.seeds,
-                     repeats=args.repeats, sets=tuple(args.set), model=args.model, concurrency=args.concurrency,
-                     gpus_per_trial=args.gpus_per_trial, out=args.out, tracking_uri=args.tracking_uri)
+    again = Settings(
+        datasets=tuple(args.datasets.split(",")),
+        trials=args.trials,
+        seeds=args.seeds,
+        repeats=args.repeats,
+        sets=tuple(args.set),
+        model=args.model,
+        concurrency=args.concurrency,
+        gpus_per_trial=args.gpus_per_trial,
+        out=args.out,
+        tracking_uri=args.tracking_uri,
+    )
     assert again.key() == s.key() and again.out == "rep" and again.tracking_uri == s.tracking_uri
 
 
 # ----------------------------------------------------------------- the commands each stage runs
+
 
 def test_search_stages_are_ordinary_searches_with_a_fixed_name():
     s = settings(repeats=3, storage="/r", cpus_per_trial=2.0)
     name = search_name(s, "sst2", "dml", s.key())
     assert name == f"sst2-dml-study-{s.key()[:8]}"
     args = build_parser().parse_args(search_argv(s, "sst2", "dml.yaml", name, resume=True))
-    assert (args.command, args.datasets, args.space, args.name, args.resume) == ("search", "sst2", "dml.yaml", name, True)
+    assert (args.command, args.datasets, args.space, args.name, args.resume) == (
+        "search",
+        "sst2",
+        "dml.yaml",
+        name,
+        True,
+    )
     assert (args.trials, args.repeats, args.storage, args.cpus_per_trial, args.set) == (4, 3, "/r", 2.0, ["data.k=4"])
     assert args.tracking_uri == "sqlite:///x.db"
     assert not build_parser().parse_args(search_argv(s, "sst2", "dml.yaml", name, resume=False)).resume
@@ -100,7 +144,13 @@ def test_search_stages_are_ordinary_searches_with_a_fixed_name():
 
 def test_retrain_takes_exactly_the_two_searches_of_the_study():
     args = build_parser().parse_args(retrain_argv(settings(model="minilm"), "mr", "dmlrun", "ccerun"))
-    assert (args.command, args.dataset, args.run_id, args.baseline, args.seeds) == ("retrain", "mr", "dmlrun", "ccerun", 2)
+    assert (args.command, args.dataset, args.run_id, args.baseline, args.seeds) == (
+        "retrain",
+        "mr",
+        "dmlrun",
+        "ccerun",
+        2,
+    )
     assert (args.model, args.set, args.tracking_uri) == ("minilm", ["data.k=4"], "sqlite:///x.db")
     args = build_parser().parse_args(report_argv(settings(out="rep")))
     assert (args.command, args.datasets, args.out) == ("report", "sst2,mr", "rep")
@@ -120,18 +170,27 @@ def test_set_takes_a_key_out_of_a_space_that_searches_it(tmp_path):
     assert "train.lr" not in derived.root.keys() and "train.batch_size" in derived.root.keys()
     assert derived.name == "cce" and derived.root.fixed["loss.name"] == "none"
     assert derived.root.fixed["train.steps"] > 0  # from the included common part
-    assert study_spaces(settings(sets=("data.k=4",)), "k", tmp_path) == {"cce": shipped_space("cce"),
-                                                                          "dml": shipped_space("dml")}
+    assert study_spaces(settings(sets=("data.k=4",)), "k", tmp_path) == {
+        "cce": shipped_space("cce"),
+        "dml": shipped_space("dml"),
+    }
 
 
-@pytest.mark.parametrize("finished, started, restorable, action", [
-    (True, True, False, "skip"), (False, True, True, "resume"), (False, True, False, "start"),
-    (False, False, False, "start")])
+@pytest.mark.parametrize(
+    "finished, started, restorable, action",
+    [
+        (True, True, False, "skip"),
+        (False, True, True, "resume"),
+        (False, True, False, "start"),
+        (False, False, False, "start"),
+    ],
+)
 def test_a_search_is_skipped_resumed_or_started(finished, started, restorable, action):
     assert search_action(finished, started, restorable) == action
 
 
 # ----------------------------------------------------------------- what MLflow remembers
+
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> str:
@@ -209,11 +268,14 @@ def test_a_stage_that_fails_fails_the_study_with_exit_code_1(tmp_path):
     assert MlflowClient(store).get_run(ledger.find()).info.status == "FAILED"
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--datasets", "sst-2"], "unknown dataset 'sst-2' (did you mean 'sst2'?)"),
-    (["--datasets", "sst2", "--trials", "0"], "--trials must be >= 1"),
-    (["--datasets", "sst2", "--space", "nowhere.yaml"], "--space: nowhere.yaml is not a file"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--datasets", "sst-2"], "unknown dataset 'sst-2' (did you mean 'sst2'?)"),
+        (["--datasets", "sst2", "--trials", "0"], "--trials must be >= 1"),
+        (["--datasets", "sst2", "--space", "nowhere.yaml"], "--space: nowhere.yaml is not a file"),
+    ],
+)
 def test_bad_settings_stop_before_anything_runs(tmp_path, monkeypatch, capsys, args, message):
     monkeypatch.chdir(tmp_path)
     assert main(["study", *args]) == 2
@@ -225,8 +287,20 @@ def test_bad_settings_stop_before_anything_runs(tmp_path, monkeypatch, capsys, a
 def test_a_bad_search_argument_stops_the_study_before_the_store_or_any_search(tmp_path, monkeypatch, capsys):
     """loss.margin is no key of plain CCE (cce.yaml): found by checking every search up front."""
     monkeypatch.chdir(tmp_path)
-    assert main(["study", "--datasets", "sst2", "--set", "loss.margin=0.1", "--tracking-uri",
-                 f"sqlite:///{tmp_path / 'm.db'}"]) == 2
+    assert (
+        main(
+            [
+                "study",
+                "--datasets",
+                "sst2",
+                "--set",
+                "loss.margin=0.1",
+                "--tracking-uri",
+                f"sqlite:///{tmp_path / 'm.db'}",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.startswith("tunedml study: error: ") and "loss.margin" in err and err.count("\n") == 1
     assert not (tmp_path / "m.db").exists() and not (tmp_path / "tunedml_results").exists()
@@ -234,16 +308,35 @@ def test_a_bad_search_argument_stops_the_study_before_the_store_or_any_search(tm
 
 # ----------------------------------------------------------------- end to end
 
+
 def study(cwd: Path, *extra: str, interrupt_after: str | None = None) -> subprocess.CompletedProcess:
     """The README's study command in ``cwd``: no data folder, default store, the network off."""
     env = {k: v for k, v in os.environ.items() if k not in ("TUNEDML_DATA_DIR", "MLFLOW_TRACKING_URI")}
     env.update(HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
-    cmd = [sys.executable, "-m", "tunedml.cli", "study", "--datasets", "sst2", "--trials", "2", "--seeds", "2",
-           "--set", "train.epochs=2", "--set", "data.k=4", "--out", "report", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tunedml.cli",
+        "study",
+        "--datasets",
+        "sst2",
+        "--trials",
+        "2",
+        "--seeds",
+        "2",
+        "--set",
+        "train.epochs=2",
+        "--set",
+        "data.k=4",
+        "--out",
+        "report",
+        *extra,
+    ]
     if interrupt_after is None:
         return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=1800)
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         lines = []
         for line in proc.stderr:
@@ -273,9 +366,15 @@ def test_study_in_an_empty_folder_resumes_after_ctrl_c_and_then_has_nothing_left
 
     second = study(tmp_path, "--resume")
     assert second.returncode == 0, second.stderr
-    stage_lines = [ln for ln in second.stderr.splitlines() if ln.startswith("study sst2 ") or ln.startswith("study report")]
-    assert [ln.split(":")[0] for ln in stage_lines] == \
-        ["study sst2 CCE search", "study sst2 DML search", "study sst2 retrain", "study report"]
+    stage_lines = [
+        ln for ln in second.stderr.splitlines() if ln.startswith("study sst2 ") or ln.startswith("study report")
+    ]
+    assert [ln.split(":")[0] for ln in stage_lines] == [
+        "study sst2 CCE search",
+        "study sst2 DML search",
+        "study sst2 retrain",
+        "study report",
+    ]
     assert "resumed: 2 trials" in stage_lines[0] and "ETA" in stage_lines[0]
     results = (tmp_path / "report" / "results.md").read_text()
     assert any(row.startswith("| sst2 ") for row in results.splitlines()), results

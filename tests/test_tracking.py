@@ -66,6 +66,7 @@ STATUSES = {"FINISHED", "KILLED", "FAILED"}
 
 # ----------------------------------------------------------------- helpers
 
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -73,8 +74,13 @@ def free_port() -> int:
 
 
 def tunedml(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tunedml.cli", *args], capture_output=True, text=True,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "tunedml.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+        timeout=600,
+    )
 
 
 def in_process(*args: str) -> tuple[int, str]:
@@ -117,8 +123,14 @@ def stop_group(proc: subprocess.Popen) -> None:
 def started(cmd: list[str], folder: Path, health: str, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
     log = folder / "server.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=folder, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, **UI_ENV, **(env or {})})
+        proc = subprocess.Popen(
+            cmd,
+            cwd=folder,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, **UI_ENV, **(env or {})},
+        )
     try:
         wait_for_http(health, proc, log)
         yield proc
@@ -127,6 +139,7 @@ def started(cmd: list[str], folder: Path, health: str, env: dict[str, str] | Non
 
 
 # ----------------------------------------------------------------- fixtures
+
 
 @pytest.fixture(scope="module")
 def ray_local():
@@ -155,11 +168,30 @@ def run_search(ray_local, spaces, tiny_roberta, data_dir, tmp_path_factory):
 
     def run(uri: str, space: str, trials: int, model: str | None = None, code: int = 0) -> dict[str, Any]:
         k = [] if "data.k" in SPACES[space] else ["--set", "data.k=4"]  # the command line would win
-        exit_code, out = in_process("search", "--datasets", "sst2", "--data-dir", data_dir, "--model", model or tiny_roberta,
-                               "--space", spaces[space], "--trials", str(trials), *k,
-                               "--scheduler", "none", "--storage", str(storage), "--tracking-uri", uri, "--json")
+        exit_code, out = in_process(
+            "search",
+            "--datasets",
+            "sst2",
+            "--data-dir",
+            data_dir,
+            "--model",
+            model or tiny_roberta,
+            "--space",
+            spaces[space],
+            "--trials",
+            str(trials),
+            *k,
+            "--scheduler",
+            "none",
+            "--storage",
+            str(storage),
+            "--tracking-uri",
+            uri,
+            "--json",
+        )
         assert exit_code == code  # 1: the search ran and no trial produced a score
         return json.loads(out)
+
     return run
 
 
@@ -171,8 +203,11 @@ def sqlite_uri(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def recorded(run_search, sqlite_uri, nan_model) -> dict[str, dict[str, Any]]:
     """Three searches of sst2 in one SQLite store: a coin toss, a better one, one where all fail."""
-    return {"head": run_search(sqlite_uri, "head", 2), "proxy": run_search(sqlite_uri, "proxy", 2),
-            "broken": run_search(sqlite_uri, "broken", 1, model=nan_model, code=1)}
+    return {
+        "head": run_search(sqlite_uri, "head", 2),
+        "proxy": run_search(sqlite_uri, "proxy", 2),
+        "broken": run_search(sqlite_uri, "broken", 1, model=nan_model, code=1),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -180,8 +215,16 @@ def mlflow_server(tmp_path_factory) -> Iterator[tuple[str, subprocess.Popen]]:
     """`tunedml ui` on a store of its own: an `mlflow server` subprocess on a free loopback port."""
     folder = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
-    cmd = [sys.executable, "-m", "tunedml.cli", "ui", "--port", str(port), "--tracking-uri",
-           f"sqlite:///{folder / 'server.db'}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tunedml.cli",
+        "ui",
+        "--port",
+        str(port),
+        "--tracking-uri",
+        f"sqlite:///{folder / 'server.db'}",
+    ]
     with started(cmd, folder, f"http://127.0.0.1:{port}/health") as proc:
         yield f"http://127.0.0.1:{port}", proc
         proc.terminate()  # SIGTERM to `tunedml ui` alone takes its server along; the group is stopped anyway
@@ -190,6 +233,7 @@ def mlflow_server(tmp_path_factory) -> Iterator[tuple[str, subprocess.Popen]]:
 
 
 # ----------------------------------------------------------------- what a search records
+
 
 def assert_search_recorded(uri: str, summary: dict[str, Any], space_file: str, trials: int) -> None:
     """The parent run, its nested trial runs and the outcome of a finished search are all there."""
@@ -207,7 +251,9 @@ def assert_search_recorded(uri: str, summary: dict[str, Any], space_file: str, t
     assert tags["tunedml.search"] == Path(summary["path"]).name == parent.info.run_name
     assert parent.data.params["search.trials"] == str(trials)
     if "loss.name" in summary["per_option"]:  # each loss's share of the search, as in the printed summary
-        counts = {o: parent.data.metrics.get(f"per_option.loss.name.{o}.trials") for o in summary["per_option"]["loss.name"]}
+        counts = {
+            o: parent.data.metrics.get(f"per_option.loss.name.{o}.trials") for o in summary["per_option"]["loss.name"]
+        }
         assert counts == {o: r["trials"] for o, r in summary["per_option"]["loss.name"].items()}
         assert sum(counts.values()) == trials
 
@@ -230,7 +276,7 @@ def assert_search_recorded(uri: str, summary: dict[str, Any], space_file: str, t
     assert tags["tunedml.best_run_id"] == best_child.info.run_id
     assert parent.data.metrics["best_score"] == summary["best_score"] == best_child.data.metrics["dev_accuracy"]
     assert parent.data.metrics["best_dev_macro_f1"] == best_child.data.metrics["dev_macro_f1"]
-    searched = {k[len("best."):]: v for k, v in parent.data.params.items() if k.startswith("best.")}
+    searched = {k[len("best.") :]: v for k, v in parent.data.params.items() if k.startswith("best.")}
     assert searched and all(best_child.data.params[k] == v for k, v in searched.items())
 
     files = {f.path for f in client.list_artifacts(parent.info.run_id)}
@@ -290,7 +336,9 @@ def test_best_returns_the_better_search_and_its_config_trains(recorded, sqlite_u
 def test_best_says_when_nothing_is_recorded(recorded, sqlite_uri, capsys):
     assert main(["best", "--dataset", "mr", "--tracking-uri", sqlite_uri]) == 2
     out, err = capsys.readouterr()
-    assert out == "" and err.startswith("tunedml best: error: no search recorded for dataset 'mr'") and sqlite_uri in err
+    assert (
+        out == "" and err.startswith("tunedml best: error: no search recorded for dataset 'mr'") and sqlite_uri in err
+    )
     with pytest.raises(TrackingError, match="no finished search recorded for dataset 'sst2' and space 'dml'"):
         find_best(sqlite_uri, "sst2", space="dml.yaml")
 
@@ -303,8 +351,12 @@ def test_searches_lists_every_recorded_search_with_its_state(recorded, sqlite_ur
     for space, state in (("head", "FINISHED"), ("proxy", "FINISHED"), ("broken", "FAILED")):
         summary = recorded[space]
         found = by_run[summary["mlflow"]["run_id"]]
-        assert (found["dataset"], found["space"], found["state"], found["name"]) == \
-            ("sst2", space, state, Path(summary["path"]).name)
+        assert (found["dataset"], found["space"], found["state"], found["name"]) == (
+            "sst2",
+            space,
+            state,
+            Path(summary["path"]).name,
+        )
         assert found["trials"] == found["budget"] == summary["trials"]
         assert found["best_score"] == summary["best_score"] and found["objective"] == "dev_accuracy"
     code, out = in_process("searches", "--datasets", "sst2", "--tracking-uri", sqlite_uri)
@@ -324,7 +376,8 @@ def test_best_out_writes_what_it_would_print(recorded, sqlite_uri, tmp_path):
     assert code == code_out == 0
     assert out.read_text() == shown and build_config(str(out)).to_flat() == recorded["proxy"]["best_config"]
     assert printed.startswith("best dev_accuracy ") and printed.rstrip().endswith(
-        f"written to {out} (tunedml train --config {out})")
+        f"written to {out} (tunedml train --config {out})"
+    )
 
 
 @pytest.mark.slow  # starts an MLflow server
@@ -340,9 +393,25 @@ def test_search_through_an_mlflow_server(mlflow_server, run_search, spaces, monk
 
 # ----------------------------------------------------------------- where it writes, and failing fast
 
+
 def search_args(uri: str, spaces: dict[str, str], tiny_roberta: str, data_dir: str, storage: Path) -> list[str]:
-    return ["search", "--datasets", "sst2", "--data-dir", data_dir, "--model", tiny_roberta, "--space", spaces["head"],
-            "--trials", "2", "--storage", str(storage), "--tracking-uri", uri]
+    return [
+        "search",
+        "--datasets",
+        "sst2",
+        "--data-dir",
+        data_dir,
+        "--model",
+        tiny_roberta,
+        "--space",
+        spaces["head"],
+        "--trials",
+        "2",
+        "--storage",
+        str(storage),
+        "--tracking-uri",
+        uri,
+    ]
 
 
 def test_unreachable_server_fails_before_ray_starts(spaces, tiny_roberta, data_dir, tmp_path):
@@ -357,8 +426,10 @@ def test_unwritable_sqlite_fails_before_ray_starts(spaces, tiny_roberta, data_di
     uri = "sqlite:////proc/tunedml/mlflow.db"
     assert main(search_args(uri, spaces, tiny_roberta, data_dir, tmp_path / "results")) == 2
     err = capsys.readouterr().err
-    assert err == f"tunedml search: error: cannot use MLflow tracking URI {uri}: cannot create /proc/tunedml " \
-                  "(No such file or directory)\n"
+    assert (
+        err == f"tunedml search: error: cannot use MLflow tracking URI {uri}: cannot create /proc/tunedml "
+        "(No such file or directory)\n"
+    )
     assert not (tmp_path / "results").exists()
 
 
@@ -395,6 +466,7 @@ def test_optuna_names_are_recovered_from_a_trial_config():
 
 # ----------------------------------------------------------------- Optuna's plots, offline
 
+
 def test_optuna_plots_are_images_that_need_no_network(tmp_path):
     """Each plot is a PNG that decodes, holding no script and no address to fetch (the HTML plots
     loaded plotly.js from a CDN: blank in the MLflow UI without internet); the plots with an axis
@@ -428,6 +500,7 @@ def test_optuna_plots_are_images_that_need_no_network(tmp_path):
 
 # ----------------------------------------------------------------- the UI
 
+
 @pytest.mark.slow  # starts an MLflow server
 def test_ui_serves_on_loopback_only(mlflow_server):
     import psutil
@@ -443,16 +516,37 @@ def test_ui_serves_on_loopback_only(mlflow_server):
 
 # ----------------------------------------------------------------- only comparable searches are ranked together
 
-def record_search(client: MlflowClient, experiment_id: str, score: float, k: int, repeats: int = 1,
-                  rescore: int = 0, loss: str = "none") -> str:
+
+def record_search(
+    client: MlflowClient,
+    experiment_id: str,
+    score: float,
+    k: int,
+    repeats: int = 1,
+    rescore: int = 0,
+    loss: str = "none",
+) -> str:
     """A finished search run as `tunedml search` records it (the tags, params and files ranking reads)."""
-    run = client.create_run(experiment_id, tags={"tunedml.role": "search", "tunedml.dataset": "sst2",
-                                                 "tunedml.space": "cce" if loss == "none" else "dml",
-                                                 "tunedml.protocol": "kshot", "tunedml.k": str(k),
-                                                 "tunedml.model": "minilm", "tunedml.objective": "dev_accuracy"})
+    run = client.create_run(
+        experiment_id,
+        tags={
+            "tunedml.role": "search",
+            "tunedml.dataset": "sst2",
+            "tunedml.space": "cce" if loss == "none" else "dml",
+            "tunedml.protocol": "kshot",
+            "tunedml.k": str(k),
+            "tunedml.model": "minilm",
+            "tunedml.objective": "dev_accuracy",
+        },
+    )
     run_id = run.info.run_id
-    for key, value in {"search.metric": "accuracy", "search.repeats": repeats, "search.rescore": rescore,
-                       "search.rescore_draws": 3, "base.loss.name": loss}.items():
+    for key, value in {
+        "search.metric": "accuracy",
+        "search.repeats": repeats,
+        "search.rescore": rescore,
+        "search.rescore_draws": 3,
+        "base.loss.name": loss,
+    }.items():
         client.log_param(run_id, key, value)
     client.log_metric(run_id, "best_dev_accuracy", score)
     client.log_text(run_id, build_config(sets=[f"data.k={k}", f"loss.name={loss}"]).to_yaml(), BEST_CONFIG)

@@ -24,8 +24,18 @@ def tokens(data_dir, tiny_roberta):
 
 
 def config(tiny_roberta, data_dir, *sets: str):
-    return build_config(sets=[f"model.name={tiny_roberta}", f"data.data_dir={data_dir}", "data.k=8",
-                              "train.epochs=2", "train.batch_size=8", "train.lr=1e-3", "train.threads=2", *sets])
+    return build_config(
+        sets=[
+            f"model.name={tiny_roberta}",
+            f"data.data_dir={data_dir}",
+            "data.k=8",
+            "train.epochs=2",
+            "train.batch_size=8",
+            "train.lr=1e-3",
+            "train.threads=2",
+            *sets,
+        ]
+    )
 
 
 def small_draw(cfg, tokens) -> Draw:
@@ -43,6 +53,7 @@ def in_unit_interval(metrics: dict[str, float]) -> bool:
 
 
 # ---------------------------------------------------------------- a run
+
 
 def test_fit_records_one_result_per_epoch(tiny_roberta, data_dir, tokens):
     cfg = config(tiny_roberta, data_dir, "train.epochs=3", "loss.name=supcon")
@@ -87,8 +98,9 @@ def test_another_seed_another_run(tiny_roberta, data_dir, tokens):
     assert a.history[0].train_loss != b.history[0].train_loss
 
 
-@pytest.mark.parametrize("loss, mode", [("proxy_nca", "proxy"), ("supcon", "proxy"), ("none", "proxy"),
-                                        ("proxy_anchor", "mixed")])
+@pytest.mark.parametrize(
+    "loss, mode", [("proxy_nca", "proxy"), ("supcon", "proxy"), ("none", "proxy"), ("proxy_anchor", "mixed")]
+)
 def test_inference_modes_score_dev_and_test(tiny_roberta, data_dir, tokens, loss, mode):
     """Each mode's test accuracy is what its rule gives on the final model's outputs, computed here
     apart: the head's argmax, the nearest proxy (or class center of the training draw) by cosine,
@@ -129,8 +141,12 @@ def history(result: FitResult) -> list[tuple]:
 def test_trainers_in_lockstep_give_what_each_gives_alone(tiny_roberta, data_dir, tokens):
     # search.py's --repeats steps one trainer per repeat evaluation by evaluation; dropout and the proxies'
     # initialisation draw from torch's generator, which each trainer must keep to itself
-    configs = [config(tiny_roberta, data_dir, "loss.name=proxy_anchor", "model.dropout=0.3",
-                      f"data.seed={r}", f"train.seed={r}") for r in range(2)]
+    configs = [
+        config(
+            tiny_roberta, data_dir, "loss.name=proxy_anchor", "model.dropout=0.3", f"data.seed={r}", f"train.seed={r}"
+        )
+        for r in range(2)
+    ]
     alone = [fit(c, tokens) for c in configs]
     trainers = [Trainer(c, tokens, small_draw(c, tokens)) for c in configs]
     steps = list(zip(*(t.checkpoints() for t in trainers)))  # as search.trainable steps them
@@ -149,6 +165,7 @@ def test_a_trainer_leaves_the_global_random_state_alone(tiny_roberta, data_dir, 
 
 
 # ---------------------------------------------------------------- batches: the default path, m per class
+
 
 def test_the_default_run_takes_the_batches_and_steps_it_took_before(tiny_roberta, data_dir, tokens):
     # data.sampler=random with train.schedule=joint must not move any recorded result: its batches are
@@ -177,8 +194,16 @@ def test_the_default_run_takes_the_batches_and_steps_it_took_before(tiny_roberta
 
 def test_m_per_class_batches_give_every_class_positives(tiny_roberta, data_dir):
     trec = tokenize(load_corpus("trec", data_dir), load_tokenizer(tiny_roberta), max_length=32)
-    cfg = config(tiny_roberta, data_dir, "data.dataset=trec", "data.k=4", "train.batch_size=12", "data.sampler=m_per_class",
-                 "data.m_per_class=2", "loss.name=supcon")  # 24 examples: 2 steps a pass, 2 passes
+    cfg = config(
+        tiny_roberta,
+        data_dir,
+        "data.dataset=trec",
+        "data.k=4",
+        "train.batch_size=12",
+        "data.sampler=m_per_class",
+        "data.m_per_class=2",
+        "loss.name=supcon",
+    )  # 24 examples: 2 steps a pass, 2 passes
     trainer = Trainer(cfg, trec, small_draw(cfg, trec))
     with trainer.own_rng():
         batches = [next(trainer._batches) for _ in range(6)]
@@ -190,14 +215,23 @@ def test_m_per_class_batches_give_every_class_positives(tiny_roberta, data_dir):
 
 def test_each_evaluation_counts_the_batches_without_a_positive_pair(tiny_roberta, data_dir):
     trec = tokenize(load_corpus("trec", data_dir), load_tokenizer(tiny_roberta), max_length=32)
-    cfg = config(tiny_roberta, data_dir, "data.dataset=trec", "data.k=2", "train.batch_size=3", "loss.name=supcon",
-                 "train.epochs=3")  # 12 examples: 4 steps a pass, dev after each
+    cfg = config(
+        tiny_roberta,
+        data_dir,
+        "data.dataset=trec",
+        "data.k=2",
+        "train.batch_size=3",
+        "loss.name=supcon",
+        "train.epochs=3",
+    )  # 12 examples: 4 steps a pass, dev after each
     trainer = Trainer(cfg, trec, small_draw(cfg, trec))
     counted = [(r.batches_without_positives, r.examples_without_positive) for r in trainer.checkpoints()]
     replay = trainer.sampler(np.random.default_rng(cfg.train.seed))  # the same random batches again
     labels = [[trec.corpus.labels[next(replay)] for _ in range(4)] for _ in range(3)]
-    expected = [(sum(not has_positive_pair(b) for b in evaluation), sum(without_positive(b) for b in evaluation))
-                for evaluation in labels]
+    expected = [
+        (sum(not has_positive_pair(b) for b in evaluation), sum(without_positive(b) for b in evaluation))
+        for evaluation in labels
+    ]
     assert counted == expected and sum(c[0] for c in counted) > 0, "pick settings where random batches miss positives"
 
 
@@ -208,6 +242,7 @@ def test_batches_a_draw_cannot_give_are_refused_before_the_model_loads(tiny_robe
 
 
 # ---------------------------------------------------------------- stability: collapse, best epoch, layers
+
 
 def test_a_run_predicting_one_class_is_flagged_collapsed(tiny_roberta, data_dir, tokens):
     cfg = config(tiny_roberta, data_dir, "train.epochs=1")
@@ -220,7 +255,7 @@ def test_a_run_predicting_one_class_is_flagged_collapsed(tiny_roberta, data_dir,
     centers = class_centers(trainer.outputs(trainer.draw.dev), 2)
     with torch.no_grad():  # a head that picks the nearest dev class center predicts both classes
         trainer.model.head.weight.copy_(centers)
-        trainer.model.head.bias.copy_(-0.5 * (centers ** 2).sum(1))
+        trainer.model.head.bias.copy_(-0.5 * (centers**2).sum(1))
     assert trainer.evaluate(trainer.draw.dev)["collapsed"] == 0.0
 
 
@@ -237,8 +272,15 @@ def test_restore_best_ends_with_the_best_dev_epoch(tiny_roberta, data_dir, token
 
 
 def test_restored_weights_score_the_best_epochs_dev_again(tiny_roberta, data_dir, tokens):
-    cfg = config(tiny_roberta, data_dir, "train.epochs=6", "train.lr=3e-3", "train.warmup_ratio=0", "data.seed=3",
-                 "train.restore_best=true")
+    cfg = config(
+        tiny_roberta,
+        data_dir,
+        "train.epochs=6",
+        "train.lr=3e-3",
+        "train.warmup_ratio=0",
+        "data.seed=3",
+        "train.restore_best=true",
+    )
     trainer = Trainer(cfg, tokens, small_draw(cfg, tokens))
     result = trainer.fit(evaluate_test=False)
     chosen = next(e for e in result.history if e.step == result.final_step)
@@ -255,7 +297,10 @@ def test_reinit_layers_redraws_only_the_top_layers(tiny_roberta, data_dir, token
     before, after = pretrained.encoder.encoder.layer, model.encoder.encoder.layer
     assert torch.equal(before[0].attention.self.query.weight, after[0].attention.self.query.weight)
     assert not torch.equal(before[1].attention.self.query.weight, after[1].attention.self.query.weight)
-    assert torch.equal(after[1].output.LayerNorm.weight, torch.ones(32)) and float(after[1].output.dense.bias.detach().abs().max()) == 0
+    assert (
+        torch.equal(after[1].output.LayerNorm.weight, torch.ones(32))
+        and float(after[1].output.dense.bias.detach().abs().max()) == 0
+    )
     with pytest.raises(ConfigError, match=r"model.reinit_layers=3 but the encoder has 2 layers \(encoder.layer\)"):
         Trainer(config(tiny_roberta, data_dir, "model.reinit_layers=3"), tokens, small_draw(cfg, tokens))
 
@@ -276,6 +321,7 @@ def test_layer_decay_gives_lower_layers_lower_rates(tiny_roberta, data_dir, toke
 
 
 # ---------------------------------------------------------------- failures
+
 
 def test_nan_proxies_stop_training_with_the_step_and_loss_parts(tiny_roberta, data_dir, tokens):
     cfg = config(tiny_roberta, data_dir, "loss.name=proxy_anchor")
@@ -304,9 +350,16 @@ def test_cuda_without_a_gpu_is_a_config_error():
 
 # ---------------------------------------------------------------- the optimizer
 
+
 def test_proxies_have_their_own_learning_rate_and_no_decay(tiny_roberta, data_dir, tokens):
-    cfg = config(tiny_roberta, data_dir, "loss.name=soft_triple", "train.proxy_lr=0.05", "train.lr=2e-5",
-                 "train.weight_decay=0.1")
+    cfg = config(
+        tiny_roberta,
+        data_dir,
+        "loss.name=soft_triple",
+        "train.proxy_lr=0.05",
+        "train.lr=2e-5",
+        "train.weight_decay=0.1",
+    )
     trainer = Trainer(cfg, tokens, small_draw(cfg, tokens))
     proxies = trainer.loss.dml.loss.fc
     groups = trainer.optimizer.param_groups
@@ -356,10 +409,20 @@ def test_plain_cce_has_no_proxy_group(tiny_roberta, data_dir, tokens):
 
 # ---------------------------------------------------------------- the real model
 
+
 @pytest.mark.slow  # the real MiniLM: ~10 s
 def test_embedded_minilm_trains(data_dir):
-    cfg = build_config(sets=[f"data.data_dir={data_dir}", "data.k=2", "data.max_length=64", "train.epochs=1",
-                             "train.batch_size=4", "train.threads=2", "loss.name=proxy_anchor"])
+    cfg = build_config(
+        sets=[
+            f"data.data_dir={data_dir}",
+            "data.k=2",
+            "data.max_length=64",
+            "train.epochs=1",
+            "train.batch_size=4",
+            "train.threads=2",
+            "loss.name=proxy_anchor",
+        ]
+    )
     assert cfg.model.name == "minilm"
     tokens = tokenize(load_corpus("sst2", data_dir), load_tokenizer("minilm"), cfg.data.max_length)
     d = draw_for(cfg, tokens)
@@ -374,9 +437,21 @@ def test_embedded_minilm_trains(data_dir):
 def test_embedded_minilm_beats_the_majority_class_on_subj(data_dir):
     """A short real run learns: the pretrained encoder, fine-tuned on 16 examples per class, is well
     above the majority-class rate on SUBJ's test split (a margin of 10 points: draws vary by a few)."""
-    cfg = build_config(sets=[f"data.data_dir={data_dir}", "data.dataset=subj", "data.k=16", "data.max_length=64",
-                             "train.steps=40", "train.eval_every=40", "train.batch_size=16", "train.lr=1e-4",
-                             "train.threads=2", "loss.name=supcon", "inference.mode=mixed"])
+    cfg = build_config(
+        sets=[
+            f"data.data_dir={data_dir}",
+            "data.dataset=subj",
+            "data.k=16",
+            "data.max_length=64",
+            "train.steps=40",
+            "train.eval_every=40",
+            "train.batch_size=16",
+            "train.lr=1e-4",
+            "train.threads=2",
+            "loss.name=supcon",
+            "inference.mode=mixed",
+        ]
+    )
     tokens = tokenize(load_corpus("subj", data_dir), load_tokenizer("minilm"), cfg.data.max_length)
     d = draw_for(cfg, tokens)
     test = d.test[:400]

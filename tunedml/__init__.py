@@ -17,5 +17,18 @@ from .errors import ConfigError, DataError, RunFailed, TrackingError, TunedMLErr
 
 __version__ = "0.1.0"
 
-__all__ = ["ConfigError", "DataError", "RunFailed", "TrackingError", "TunedMLError", "__version__", "best", "compare",
-           "fit", "make_report", "optimize", "run_config", "searches"]
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "RunFailed",
+    "TrackingError",
+    "TunedMLError",
+    "__version__",
+    "best",
+    "compare",
+    "fit",
+    "make_report",
+    "optimize",
+    "run_config",
+    "searches",
+]

@@ -56,8 +56,15 @@ class Adversary:
         self.mode, self.epsilon, self.alpha, self.weight = mode, epsilon, alpha, weight
         self.steps = steps if mode == "pgd" else 1
 
-    def _ce_gradient(self, model: EncoderClassifier, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                     labels: torch.Tensor, delta: torch.Tensor, retain_graph: bool) -> tuple[EncoderOutput, torch.Tensor]:
+    def _ce_gradient(
+        self,
+        model: EncoderClassifier,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+        delta: torch.Tensor,
+        retain_graph: bool,
+    ) -> tuple[EncoderOutput, torch.Tensor]:
         """The outputs with ``delta`` added, and the gradient of their CCE with respect to ``delta``."""
         delta = delta.detach().requires_grad_(True)
         with perturbed(model, delta):
@@ -66,8 +73,9 @@ class Adversary:
         (grad,) = torch.autograd.grad(ce, delta, retain_graph=retain_graph)
         return out, grad
 
-    def perturb(self, model: EncoderClassifier, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                labels: torch.Tensor) -> tuple[EncoderOutput, torch.Tensor]:
+    def perturb(
+        self, model: EncoderClassifier, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[EncoderOutput, torch.Tensor]:
         """The clean outputs (still differentiable: they carry the training loss) and the perturbation.
 
         The clean forward pass runs with a zero perturbation hooked in, so its graph also gives the
@@ -85,8 +93,9 @@ class Adversary:
             delta = _project(delta + self.alpha * _unit(grad, mask), self.epsilon)
         return clean, delta.detach()
 
-    def views(self, model: EncoderClassifier, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-              labels: torch.Tensor) -> tuple[EncoderOutput, EncoderOutput]:
+    def views(
+        self, model: EncoderClassifier, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[EncoderOutput, EncoderOutput]:
         """The clean outputs and the adversarial view's outputs, both differentiable."""
         clean, delta = self.perturb(model, input_ids, attention_mask, labels)
         with perturbed(model, delta):

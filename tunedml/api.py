@@ -51,9 +51,17 @@ PathLike = str | os.PathLike
 
 # ----------------------------------------------------------------- train
 
-def fit(config: PathLike | RunConfig | None = None, *, dataset: PathLike | None = None, model: PathLike | None = None,
-          data_dir: PathLike | None = None, sets: Sets | None = None, progress: bool = False,
-          on_eval: Callable[[EvalResult], None] | None = None) -> FitResult:
+
+def fit(
+    config: PathLike | RunConfig | None = None,
+    *,
+    dataset: PathLike | None = None,
+    model: PathLike | None = None,
+    data_dir: PathLike | None = None,
+    sets: Sets | None = None,
+    progress: bool = False,
+    on_eval: Callable[[EvalResult], None] | None = None,
+) -> FitResult:
     """Fine-tune once (`tunedml train`): a few-shot draw of the dataset, the run's optimizer steps,
     dev and test scores.
 
@@ -99,18 +107,29 @@ def fit(config: PathLike | RunConfig | None = None, *, dataset: PathLike | None 
         if lines:
             parts = ", ".join(f"{k} {v:.3f}" for k, v in e.loss_parts.items())
             stage = f"  stage {e.stage}" if trainer.plan.two_stage else ""
-            alone = (f"  without positives: {e.batches_without_positives} batches, {e.examples_without_positive} "
-                     "examples" if cfg.loss.name != "none" else "")
-            lines.step(f"step {e.step}/{trainer.total_steps} (epoch {e.epoch:.1f}){stage}  loss {e.train_loss:.4f} "
-                       f"({parts}){alone}  dev {fmt_scores(e.dev)}  {e.seconds:.1f}s")
+            alone = (
+                f"  without positives: {e.batches_without_positives} batches, {e.examples_without_positive} examples"
+                if cfg.loss.name != "none"
+                else ""
+            )
+            lines.step(
+                f"step {e.step}/{trainer.total_steps} (epoch {e.epoch:.1f}){stage}  loss {e.train_loss:.4f} "
+                f"({parts}){alone}  dev {fmt_scores(e.dev)}  {e.seconds:.1f}s"
+            )
         if on_eval:
             on_eval(e)
 
     return trainer.fit(each)
 
 
-def run_config(config: PathLike | RunConfig | None = None, *, dataset: PathLike | None = None,
-               model: PathLike | None = None, data_dir: PathLike | None = None, sets: Sets | None = None) -> RunConfig:
+def run_config(
+    config: PathLike | RunConfig | None = None,
+    *,
+    dataset: PathLike | None = None,
+    model: PathLike | None = None,
+    data_dir: PathLike | None = None,
+    sets: Sets | None = None,
+) -> RunConfig:
     """The validated :class:`~tunedml.config.RunConfig` that :func:`fit` would run: defaults <
     ``config`` < ``dataset``, ``data_dir`` and ``model`` < ``sets``; its model loads.
 
@@ -141,16 +160,37 @@ def fmt_scores(s: dict[str, float] | None) -> str:
 
 # ----------------------------------------------------------------- search
 
-def optimize(space: PathLike, *, datasets: str | Sequence[str] = "sst2", config: PathLike | None = None,
-           model: PathLike | None = None, data_dir: PathLike | None = None, sets: Sets | None = None,
-           trials: int = 20, concurrency: int = 1, repeats: int = 1, scheduler: str = "asha",
-           metric: str = "accuracy", sampler_seed: int = 0, cpus_per_trial: float | None = None,
-           gpus_per_trial: float | str = AUTO, time_budget: float | None = None, storage: PathLike | None = None,
-           name: str | None = None, resume: bool = False, address: str | None = None,
-           max_failures: int | None = None, start_per_option: int | str = 1, rescore: int = 0,
-           rescore_draws: int = 3, tracking_uri: str | None = None,
-           dry_run: bool = False, verbose: bool = False,
-           on_result: Callable[[SearchResult], None] | None = None) -> list[SearchResult]:
+
+def optimize(
+    space: PathLike,
+    *,
+    datasets: str | Sequence[str] = "sst2",
+    config: PathLike | None = None,
+    model: PathLike | None = None,
+    data_dir: PathLike | None = None,
+    sets: Sets | None = None,
+    trials: int = 20,
+    concurrency: int = 1,
+    repeats: int = 1,
+    scheduler: str = "asha",
+    metric: str = "accuracy",
+    sampler_seed: int = 0,
+    cpus_per_trial: float | None = None,
+    gpus_per_trial: float | str = AUTO,
+    time_budget: float | None = None,
+    storage: PathLike | None = None,
+    name: str | None = None,
+    resume: bool = False,
+    address: str | None = None,
+    max_failures: int | None = None,
+    start_per_option: int | str = 1,
+    rescore: int = 0,
+    rescore_draws: int = 3,
+    tracking_uri: str | None = None,
+    dry_run: bool = False,
+    verbose: bool = False,
+    on_result: Callable[[SearchResult], None] | None = None,
+) -> list[SearchResult]:
     """Search a space of loss configurations per dataset (`tunedml search`): Optuna's TPE proposes,
     Ray Tune runs and stops weak trials early, MLflow records the search, each trial and the best
     configuration.
@@ -215,11 +255,24 @@ def optimize(space: PathLike, *, datasets: str | Sequence[str] = "sst2", config:
     from .tracking import resolve_tracking_uri
 
     options = SearchOptions(
-        trials=trials, concurrency=concurrency, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
-        scheduler=scheduler, metric=metric, repeats=repeats, time_budget_s=time_budget,
-        storage=os.fspath(storage) if storage is not None else None, name=name, resume=resume, address=address,
-        max_failures=max_failures, sampler_seed=sampler_seed, rescore=rescore, rescore_draws=rescore_draws,
-        verbose=verbose)
+        trials=trials,
+        concurrency=concurrency,
+        cpus_per_trial=cpus_per_trial,
+        gpus_per_trial=gpus_per_trial,
+        scheduler=scheduler,
+        metric=metric,
+        repeats=repeats,
+        time_budget_s=time_budget,
+        storage=os.fspath(storage) if storage is not None else None,
+        name=name,
+        resume=resume,
+        address=address,
+        max_failures=max_failures,
+        sampler_seed=sampler_seed,
+        rescore=rescore,
+        rescore_draws=rescore_draws,
+        verbose=verbose,
+    )
     options.per_option_key, options.per_option_start = parse_per_option(str(start_per_option))
     options.validate()
     inputs = RunInputs.of(config, None, data_dir, model, sets)
@@ -230,8 +283,12 @@ def optimize(space: PathLike, *, datasets: str | Sequence[str] = "sst2", config:
     uri = resolve_tracking_uri(tracking_uri)
     resources = check_search(prepared, options, uri, connect=not dry_run)
     options = replace(options, gpus_per_trial=resources.gpus)
-    log.info("search: %s", _describe_resources(resources.at_once, resources.cpus, resources.gpus,
-                                               gpus_per_trial, resources.gpus_note, "trial"))
+    log.info(
+        "search: %s",
+        _describe_resources(
+            resources.at_once, resources.cpus, resources.gpus, gpus_per_trial, resources.gpus_note, "trial"
+        ),
+    )
     if dry_run:
         return _plan_searches(prepared, options, uri)
     from .search import run_search
@@ -240,13 +297,15 @@ def optimize(space: PathLike, *, datasets: str | Sequence[str] = "sst2", config:
 
     results = []
     for p in prepared:
-        log.info("search %s over %s: %d trials, objective %s", p.dataset, p.space.path, options.trials,
-                 options.objective)
+        log.info(
+            "search %s over %s: %d trials, objective %s", p.dataset, p.space.path, options.trials, options.objective
+        )
         tokens = prepare_tokens(p.driver)  # before the parent run opens: nothing recorded for a failure here
         tracker = SearchTracker.open(uri, p.driver, p.base, p.space, options)
         with tracker:
-            result = run_search(tokens, p.base, p.space, tracker.options, callbacks=[tracker.callback()],
-                                state=tracker.state)
+            result = run_search(
+                tokens, p.base, p.space, tracker.options, callbacks=[tracker.callback()], state=tracker.state
+            )
             tracker.finish(result)
         result.mlflow = tracker.describe()
         results.append(result)
@@ -262,15 +321,25 @@ def _plan_searches(prepared: list[PreparedSearch], options: SearchOptions, uri: 
 
     for p in prepared:
         storage, name = experiment_path(p.driver.data.dataset, p.space, options)
-        log.info("search %s over %s: %d trials, objective %s, sampler seed %d; into %s/%s, MLflow experiment %s at %s",
-                 p.dataset, p.space.path, options.trials, options.objective, options.sampler_seed,
-                 storage.rstrip("/"), name, experiment_name(p.dataset), uri)
+        log.info(
+            "search %s over %s: %d trials, objective %s, sampler seed %d; into %s/%s, MLflow experiment %s at %s",
+            p.dataset,
+            p.space.path,
+            options.trials,
+            options.objective,
+            options.sampler_seed,
+            storage.rstrip("/"),
+            name,
+            experiment_name(p.dataset),
+            uri,
+        )
     log.info("dry run: every check passed; nothing was started or recorded")
     return []
 
 
-def _describe_resources(at_once: int | None, cpus: float | None, gpus: float, requested: float | str, note: str,
-                        unit: str) -> str:
+def _describe_resources(
+    at_once: int | None, cpus: float | None, gpus: float, requested: float | str, note: str, unit: str
+) -> str:
     """``2 trials at a time, 1 CPU and 1 GPU per trial (auto: this machine has 2 GPUs)``."""
     from .checks import describe_gpus
 
@@ -281,13 +350,31 @@ def _describe_resources(at_once: int | None, cpus: float | None, gpus: float, re
 
 # ----------------------------------------------------------------- retrain
 
-def compare(dataset: PathLike | None = None, *, run_id: str | None = None, config: PathLike | None = None,
-            baseline: str | None = None, model: PathLike | None = None, data_dir: PathLike | None = None,
-            sets: Sets | None = None, seeds: int | None = None, concurrency: int | None = None,
-            cpus_per_draw: float | None = None, gpus_per_draw: float | str = AUTO, address: str | None = None,
-            interval: str = "t", bootstrap: int = 10_000, save_model: PathLike | bool = False,
-            filters: Mapping[str, Any] | Sequence[str] | None = None, tracking_uri: str | None = None, dry_run: bool = False, verbose: bool = False, progress: bool = False,
-            on_draw: Callable[[Job, DrawResult], None] | None = None) -> Comparison | None:
+
+def compare(
+    dataset: PathLike | None = None,
+    *,
+    run_id: str | None = None,
+    config: PathLike | None = None,
+    baseline: str | None = None,
+    model: PathLike | None = None,
+    data_dir: PathLike | None = None,
+    sets: Sets | None = None,
+    seeds: int | None = None,
+    concurrency: int | None = None,
+    cpus_per_draw: float | None = None,
+    gpus_per_draw: float | str = AUTO,
+    address: str | None = None,
+    interval: str = "t",
+    bootstrap: int = 10_000,
+    save_model: PathLike | bool = False,
+    filters: Mapping[str, Any] | Sequence[str] | None = None,
+    tracking_uri: str | None = None,
+    dry_run: bool = False,
+    verbose: bool = False,
+    progress: bool = False,
+    on_draw: Callable[[Job, DrawResult], None] | None = None,
+) -> Comparison | None:
     """Retrain the best configuration and the CCE baseline on the same fresh draws, test both, and
     compare them draw by draw (`tunedml retrain`): a paired difference with its interval and p-values.
 
@@ -342,12 +429,26 @@ def compare(dataset: PathLike | None = None, *, run_id: str | None = None, confi
     from .tracking import resolve_tracking_uri
 
     save = None if save_model is False or save_model is None else ("" if save_model is True else os.fspath(save_model))
-    options = RetrainOptions(seeds=seeds, concurrency=concurrency, cpus_per_draw=cpus_per_draw,
-                             gpus_per_draw=gpus_per_draw, address=address, interval=interval, bootstrap=bootstrap,
-                             keep_model=save is not None, verbose=verbose)
+    options = RetrainOptions(
+        seeds=seeds,
+        concurrency=concurrency,
+        cpus_per_draw=cpus_per_draw,
+        gpus_per_draw=gpus_per_draw,
+        address=address,
+        interval=interval,
+        bootstrap=bootstrap,
+        keep_model=save is not None,
+        verbose=verbose,
+    )
     options.validate()
-    selection = Selection(_text(dataset), run_id, _text(config), baseline,
-                          RunInputs.of(None, None, data_dir, model, sets).overrides(), filters=_filters(filters))
+    selection = Selection(
+        _text(dataset),
+        run_id,
+        _text(config),
+        baseline,
+        RunInputs.of(None, None, data_dir, model, sets).overrides(),
+        filters=_filters(filters),
+    )
     selection.check()
     uri = selection.tracking_uri = resolve_tracking_uri(tracking_uri)
     resources = check_retrain_start(options, uri, save, connect=not dry_run)  # places, address, resources
@@ -355,18 +456,32 @@ def compare(dataset: PathLike | None = None, *, run_id: str | None = None, confi
     best, base = select(selection)
     check_retrain(best, base, options)  # models and draws of both: before any training
     draws = draws_of(best, options)
-    log.info("retrain %s: %d draws of best = %s and baseline = %s; %s", best.config["data.dataset"], draws,
-             describe_candidate(best), describe_candidate(base),
-             _describe_resources(options.concurrency, resources.cpus, resources.gpus, gpus_per_draw,
-                                 resources.gpus_note, "draw"))
+    log.info(
+        "retrain %s: %d draws of best = %s and baseline = %s; %s",
+        best.config["data.dataset"],
+        draws,
+        describe_candidate(best),
+        describe_candidate(base),
+        _describe_resources(
+            options.concurrency, resources.cpus, resources.gpus, gpus_per_draw, resources.gpus_note, "draw"
+        ),
+    )
     if dry_run:
         log.info("dry run: every check passed; nothing was trained or recorded")
         return None
     return _retrain(best, base, options, uri, save, draws, progress, on_draw)
 
 
-def _retrain(best: Candidate, base: Candidate, options: RetrainOptions, uri: str, save: str | None, draws: int,
-             progress: bool, on_draw: Callable[[Job, DrawResult], None] | None) -> Comparison:
+def _retrain(
+    best: Candidate,
+    base: Candidate,
+    options: RetrainOptions,
+    uri: str,
+    save: str | None,
+    draws: int,
+    progress: bool,
+    on_draw: Callable[[Job, DrawResult], None] | None,
+) -> Comparison:
     """Train both sides' draws, save the chosen model if asked, record the final runs."""
     from .progress import Progress
     from .report import draw_line
@@ -397,8 +512,15 @@ def _text(value: PathLike | None) -> str | None:
 
 # ----------------------------------------------------------------- report
 
-def make_report(datasets: str | Sequence[str] | None = None, *, out: PathLike = "report", metric: str = "accuracy",
-           projection: str = "pca", tracking_uri: str | None = None) -> Report:
+
+def make_report(
+    datasets: str | Sequence[str] | None = None,
+    *,
+    out: PathLike = "report",
+    metric: str = "accuracy",
+    projection: str = "pca",
+    tracking_uri: str | None = None,
+) -> Report:
     """The results table over datasets and its plots (`tunedml report`), from the latest final
     evaluation of each (:func:`compare`), written to ``out`` and logged to MLflow's experiment
     ``tunedml/report``.
@@ -444,8 +566,15 @@ def make_report(datasets: str | Sequence[str] | None = None, *, out: PathLike = 
 
 # ----------------------------------------------------------------- what is recorded
 
-def best(dataset: PathLike, *, space: PathLike | None = None, metric: str = "accuracy",
-         filters: Mapping[str, Any] | Sequence[str] | None = None, tracking_uri: str | None = None) -> BestRecord:
+
+def best(
+    dataset: PathLike,
+    *,
+    space: PathLike | None = None,
+    metric: str = "accuracy",
+    filters: Mapping[str, Any] | Sequence[str] | None = None,
+    tracking_uri: str | None = None,
+) -> BestRecord:
     """The best configuration recorded for a dataset (`tunedml best`), over every finished search
     (ranked by its best trial's dev score).
 
@@ -494,8 +623,9 @@ def _filters(filters: Mapping[str, Any] | Sequence[str] | None) -> dict[str, str
     return parse_filters(list(filters or []))
 
 
-def searches(datasets: str | Sequence[str] | None = None, *,
-             tracking_uri: str | None = None) -> tuple[list[SearchRecord], list[StudyRecord]]:
+def searches(
+    datasets: str | Sequence[str] | None = None, *, tracking_uri: str | None = None
+) -> tuple[list[SearchRecord], list[StudyRecord]]:
     """The searches recorded per dataset (space, trials, best score, state, run id) and the studies
     (`tunedml searches`).
 

@@ -33,10 +33,25 @@ from .errors import ConfigError, DataError
 PROBE_TIMEOUT_S = 3  # a host that does not answer in 3 s is unreachable for a pre-flight check
 HOST_PATTERN = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]")  # a name, IPv4 or [IPv6]
 STORAGE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")  # what pyarrow (Ray's storage) opens
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 MODEL_ADVICE = "pass --model minilm (embedded, no network), a local model folder, or give this machine network access"
-DRAW_KEYS = ("data.protocol", "data.k", "data.sample_size", "data.folds", "data.fold", "data.seed", "data.test_size",
-             "data.sampler", "data.m_per_class", "train.batch_size")  # the draw and the batches it must give
+DRAW_KEYS = (
+    "data.protocol",
+    "data.k",
+    "data.sample_size",
+    "data.folds",
+    "data.fold",
+    "data.seed",
+    "data.test_size",
+    "data.sampler",
+    "data.m_per_class",
+    "train.batch_size",
+)  # the draw and the batches it must give
 # options check_blank_options leaves alone: `--save-model` without a folder (its const "") is the
 # default folder; `--name ""` gets check_name's line, which says what a name may be
 BLANK_ELSEWHERE = ("save_model", "name")
@@ -46,14 +61,17 @@ OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "longformer", "data2v
 
 # ----------------------------------------------------------------- blank values
 
+
 def check_blank_options(args: argparse.Namespace) -> None:
     """No option or environment variable given an empty or blank value: the commands read ``""``
     as the option left out (``args.model or ...``) and would use the default in its place. An
     empty environment variable is unset, as shells write it (``TUNEDML_DATA_DIR= tunedml ...``)."""
     for dest, value in vars(args).items():
         if isinstance(value, str) and not value.strip() and dest not in BLANK_ELSEWHERE:
-            raise ConfigError(f"--{dest.replace('_', '-')} {value!r}: an empty value; give one, or leave the option "
-                              "out for its default")
+            raise ConfigError(
+                f"--{dest.replace('_', '-')} {value!r}: an empty value; give one, or leave the option "
+                "out for its default"
+            )
     for name in ENVIRONMENT:
         value = os.environ.get(name)
         if value and not value.strip():
@@ -61,6 +79,7 @@ def check_blank_options(args: argparse.Namespace) -> None:
 
 
 # ----------------------------------------------------------------- places to write
+
 
 def _nearest_existing(path: Path) -> Path:
     while not path.exists() and path != path.parent:
@@ -117,12 +136,15 @@ def check_storage(storage: str | None) -> None:
     if scheme == "file":
         storage = urlparse(storage).path
     elif "://" in storage:
-        raise ConfigError(f"--storage {storage}: unknown scheme {scheme!r}; valid: a folder, file://, "
-                          + ", ".join(f"{s}://" for s in STORAGE_SCHEMES))
+        raise ConfigError(
+            f"--storage {storage}: unknown scheme {scheme!r}; valid: a folder, file://, "
+            + ", ".join(f"{s}://" for s in STORAGE_SCHEMES)
+        )
     check_output_folder(storage, "--storage")
 
 
 # ----------------------------------------------------------------- names, ports, addresses
+
 
 def port(text: str) -> int:
     """argparse type of a TCP port to listen on: an integer in 1..65535."""
@@ -142,8 +164,9 @@ def gpus(text: str) -> float | str:
     try:
         return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of GPUs; valid: auto, 0, a share below 1 such "
-                                         "as 0.25, or a whole number") from None
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of GPUs; valid: auto, 0, a share below 1 such as 0.25, or a whole number"
+        ) from None
 
 
 def probe(host: str, port_number: int, what: str) -> None:
@@ -182,6 +205,7 @@ def on_cluster(address: str | None) -> bool:
 
 
 # ----------------------------------------------------------------- resources
+
 
 @dataclass(frozen=True)
 class Node:
@@ -222,8 +246,11 @@ def ray_nodes() -> list[Node] | None:
     ray = sys.modules.get("ray")
     if ray is None or not ray.is_initialized():
         return None
-    return [Node(float(n["Resources"].get("CPU", 0)), float(n["Resources"].get("GPU", 0)))
-            for n in ray.nodes() if n.get("Alive")]
+    return [
+        Node(float(n["Resources"].get("CPU", 0)), float(n["Resources"].get("GPU", 0)))
+        for n in ray.nodes()
+        if n.get("Alive")
+    ]
 
 
 def nodes_for(cluster: bool, address: str | None, verbose: bool = False) -> list[Node]:
@@ -262,8 +289,9 @@ def autoscaler_adds_gpus() -> bool:
     return any(float((t.get("resources") or {}).get("GPU", 0) or 0) > 0 for t in types if isinstance(t, dict))
 
 
-def choose_gpus(requested: float | str, nodes: list[Node], at_once: int, unit: str, where: str,
-                grows: bool = False) -> tuple[float, str]:
+def choose_gpus(
+    requested: float | str, nodes: list[Node], at_once: int, unit: str, where: str, grows: bool = False
+) -> tuple[float, str]:
     """GPUs per task as asked, or for ``auto`` as :func:`auto_gpus` chooses (one each where a
     growing cluster's autoscaler adds GPU nodes: the nodes up now do not tell); and why."""
     if requested != AUTO:
@@ -305,8 +333,9 @@ def check_quantity(value: float | None, option: str) -> None:
     if value < 1e-4:
         raise ConfigError(f"{option} {_num(value)}: too small; Ray counts resources in steps of 0.0001")
     if "gpus" in option and value > 1 and value != int(value):
-        raise ConfigError(f"{option} {_num(value)}: more than one GPU must be a whole number "
-                          "(a fraction below 1 shares one GPU)")
+        raise ConfigError(
+            f"{option} {_num(value)}: more than one GPU must be a whole number (a fraction below 1 shares one GPU)"
+        )
 
 
 def check_request(request: Request, nodes: list[Node], where: str, wait_ok: bool = False) -> None:
@@ -318,24 +347,35 @@ def check_request(request: Request, nodes: list[Node], where: str, wait_ok: bool
     problem = None
     if not any(n.cpus >= request.cpus and n.gpus >= request.gpus for n in nodes):
         cpus, gpus = f"{request.cpus_option} {_num(request.cpus)}", f"{request.gpus_option} {_num(request.gpus)}"
-        asked = cpus if request.gpus <= largest.gpus else gpus if request.cpus <= largest.cpus else f"{cpus} with {gpus}"
+        asked = (
+            cpus if request.gpus <= largest.gpus else gpus if request.cpus <= largest.cpus else f"{cpus} with {gpus}"
+        )
         has = " has" if where == "this machine" else "'s largest node has"
         problem = f"{asked} can never be granted: {where}{has} {largest}"
-    elif request.at_once > 1 and (request.at_once * request.cpus > total.cpus or request.at_once * request.gpus > total.gpus):
-        problem = (f"{request.at_once_option} {request.at_once} needs {_num(request.at_once * request.cpus)} CPUs"
-                   + (f" and {_num(request.at_once * request.gpus)} GPUs" if request.gpus else "")
-                   + f" (each {_num(request.cpus)} CPUs" + (f", {_num(request.gpus)} GPUs" if request.gpus else "")
-                   + f") but {where} has {total}; lower {request.at_once_option} or the share per task")
+    elif request.at_once > 1 and (
+        request.at_once * request.cpus > total.cpus or request.at_once * request.gpus > total.gpus
+    ):
+        problem = (
+            f"{request.at_once_option} {request.at_once} needs {_num(request.at_once * request.cpus)} CPUs"
+            + (f" and {_num(request.at_once * request.gpus)} GPUs" if request.gpus else "")
+            + f" (each {_num(request.cpus)} CPUs"
+            + (f", {_num(request.gpus)} GPUs" if request.gpus else "")
+            + f") but {where} has {total}; lower {request.at_once_option} or the share per task"
+        )
     if problem is None:
         return
     if wait_ok:
-        print(f"tunedml: waiting for the autoscaler: {problem}; the cluster may add nodes (Ctrl-C stops)",
-              file=sys.stderr, flush=True)
+        print(
+            f"tunedml: waiting for the autoscaler: {problem}; the cluster may add nodes (Ctrl-C stops)",
+            file=sys.stderr,
+            flush=True,
+        )
         return
     raise ConfigError(problem)
 
 
 # ----------------------------------------------------------------- models
+
 
 @functools.lru_cache(maxsize=None)  # a model that loaded once loads again: train, search and its space share it
 def check_model(name: str) -> None:
@@ -353,10 +393,16 @@ def check_model(name: str) -> None:
         return
     if _loads(path, local_files_only=True) is None:
         return  # in the local Hugging Face cache
-    offline = [v for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE") if os.environ.get(v, "").lower() in ("1", "true", "yes", "on")]
+    offline = [
+        v
+        for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+        if os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
+    ]
     if offline:
-        raise ConfigError(f"model.name {name!r}: not a local folder and not in the Hugging Face cache, and "
-                          f"{offline[0]} forbids downloading it; {MODEL_ADVICE} (unset {offline[0]})")
+        raise ConfigError(
+            f"model.name {name!r}: not a local folder and not in the Hugging Face cache, and "
+            f"{offline[0]} forbids downloading it; {MODEL_ADVICE} (unset {offline[0]})"
+        )
     from huggingface_hub import constants
 
     endpoint = urlparse(constants.ENDPOINT)
@@ -364,8 +410,10 @@ def check_model(name: str) -> None:
         probe(endpoint.hostname or "huggingface.co", endpoint.port or 443, "unreachable")
     except ConfigError as e:
         reason = str(e).rsplit(": ", 1)[-1]
-        raise ConfigError(f"model.name {name!r}: not a local folder and not in the Hugging Face cache, and "
-                          f"{constants.ENDPOINT} cannot be reached ({reason}); {MODEL_ADVICE}") from None
+        raise ConfigError(
+            f"model.name {name!r}: not a local folder and not in the Hugging Face cache, and "
+            f"{constants.ENDPOINT} cannot be reached ({reason}); {MODEL_ADVICE}"
+        ) from None
     error = _loads(path, local_files_only=False)
     if error:
         raise ConfigError(f"model.name {name!r}: cannot load it from {constants.ENDPOINT} ({error}); {MODEL_ADVICE}")
@@ -397,11 +445,14 @@ def check_model_fits(name: str, reinit_layers: int, max_length: int, source: str
     layers, tokens = model_limits(name)
     note = f" ({source})" if source else ""
     if isinstance(layers, int) and reinit_layers > layers:
-        raise ConfigError(f"model.reinit_layers={reinit_layers} but model.name {name!r} has {layers} layers{note}; "
-                          f"valid: 0..{layers}")
+        raise ConfigError(
+            f"model.reinit_layers={reinit_layers} but model.name {name!r} has {layers} layers{note}; valid: 0..{layers}"
+        )
     if isinstance(tokens, int) and max_length > tokens:
-        raise ConfigError(f"data.max_length={max_length} but model.name {name!r} holds {tokens} tokens per text "
-                          f"(its position embeddings){note}; valid: 8..{tokens}")
+        raise ConfigError(
+            f"data.max_length={max_length} but model.name {name!r} holds {tokens} tokens per text "
+            f"(its position embeddings){note}; valid: 8..{tokens}"
+        )
 
 
 def _check_model_folder(name: str, folder: Path) -> None:
@@ -434,6 +485,7 @@ def _loads(path: str, local_files_only: bool) -> str | None:
 
 # ----------------------------------------------------------------- few-shot draws
 
+
 def draw_settings(flat: dict[str, Any]) -> tuple[Any, ...]:
     return tuple(flat[k] for k in DRAW_KEYS)
 
@@ -450,9 +502,16 @@ def check_draws(corpus: Any, settings: Iterable[dict[str, Any]], source: str = "
             continue
         seen.add(key)
         try:
-            drawn = draw(corpus, flat["data.protocol"], k=int(flat["data.k"]), sample_size=int(flat["data.sample_size"]),
-                         folds=int(flat["data.folds"]), fold=int(flat["data.fold"]), seed=int(flat["data.seed"]),
-                         test_size=int(flat["data.test_size"]))
+            drawn = draw(
+                corpus,
+                flat["data.protocol"],
+                k=int(flat["data.k"]),
+                sample_size=int(flat["data.sample_size"]),
+                folds=int(flat["data.folds"]),
+                fold=int(flat["data.fold"]),
+                seed=int(flat["data.seed"]),
+                test_size=int(flat["data.test_size"]),
+            )
             _check_batches(corpus, drawn.train, flat)
         except DataError as e:
             raise DataError(f"{e}{f' ({source})' if source else ''}") from None
@@ -464,7 +523,13 @@ def _check_batches(corpus: Any, train: Any, flat: dict[str, Any]) -> None:
 
     m = flat["data.m_per_class"]
     try:
-        build_sampler(flat["data.sampler"], train, corpus.labels[train], corpus.label_names,
-                      int(flat["train.batch_size"]), None if m is None else int(m))
+        build_sampler(
+            flat["data.sampler"],
+            train,
+            corpus.labels[train],
+            corpus.label_names,
+            int(flat["train.batch_size"]),
+            None if m is None else int(m),
+        )
     except DataError as e:
         raise DataError(f"{corpus.name}: {e}") from None

@@ -33,10 +33,12 @@ def command(name: str) -> Callable[[Command], Command]:
     def register(fn: Command) -> Command:
         COMMANDS[name] = fn
         return fn
+
     return register
 
 
 # ----------------------------------------------------------------- output
+
 
 def quiet_libraries(verbose: bool) -> None:
     """Quiet by default: library warnings and progress bars only with --verbose."""
@@ -91,17 +93,26 @@ def fmt_scores(s: dict[str, float] | None) -> str:
 
 # ----------------------------------------------------------------- shared options
 
-def add_run_options(p: argparse.ArgumentParser, datasets: bool = False,
-                    dataset_help: str = "a task (tunedml datasets) or a data file/folder") -> None:
+
+def add_run_options(
+    p: argparse.ArgumentParser,
+    datasets: bool = False,
+    dataset_help: str = "a task (tunedml datasets) or a data file/folder",
+) -> None:
     """--dataset (one) or --datasets (several), and the options every run config takes."""
     if datasets:
         p.add_argument("--datasets", default="sst2", help=DATASETS_HELP + ", or a data file/folder (default sst2)")
     else:
         p.add_argument("--dataset", help=dataset_help)
-    p.add_argument("--data-dir", help="folder with <task>/<split>.jsonl (default: $TUNEDML_DATA_DIR, else the SentEval copy inside the package)")
+    p.add_argument(
+        "--data-dir",
+        help="folder with <task>/<split>.jsonl (default: $TUNEDML_DATA_DIR, else the SentEval copy inside the package)",
+    )
     p.add_argument("--model", help="minilm (embedded default), a hub id such as roberta-base, or a local folder")
     p.add_argument("--config", help="YAML run config (e.g. a best_config.yaml)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. data.k=16")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. data.k=16"
+    )
 
 
 def add_output_options(p: argparse.ArgumentParser) -> None:
@@ -110,23 +121,35 @@ def add_output_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_tracking_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tracking-uri", default=None,
-                   help="MLflow store: sqlite:///file.db or http://host:port (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow store: sqlite:///file.db or http://host:port (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)",
+    )
 
 
 def add_dry_run(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument("--dry-run", action="store_true",
-                   help=f"run every check and say what would run, then stop: no {what}, nothing recorded")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help=f"run every check and say what would run, then stop: no {what}, nothing recorded",
+    )
 
 
 def add_gpus(p: argparse.ArgumentParser, option: str, unit: str, extra: str = "") -> None:
-    p.add_argument(option, type=gpus, default=AUTO, metavar="auto|N",
-                   help=f"GPUs per {unit}; a share below 1 packs {unit}s on a GPU, e.g. 0.25; auto (default): 1 where "
-                        f"the machine or cluster has GPUs, else 0, a share where more {unit}s run at once than there "
-                        f"are GPUs{extra}")
+    p.add_argument(
+        option,
+        type=gpus,
+        default=AUTO,
+        metavar="auto|N",
+        help=f"GPUs per {unit}; a share below 1 packs {unit}s on a GPU, e.g. 0.25; auto (default): 1 where "
+        f"the machine or cluster has GPUs, else 0, a share where more {unit}s run at once than there "
+        f"are GPUs{extra}",
+    )
 
 
 # ----------------------------------------------------------------- train, datasets, losses, keys
+
 
 @command("train")
 def cmd_train(args: argparse.Namespace) -> int:
@@ -135,9 +158,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = api.run_config(args.config, dataset=args.dataset, model=args.model, data_dir=args.data_dir, sets=args.set)
     result = api.fit(cfg, progress=True)
-    summary = {"dataset": cfg.data.dataset, "model": cfg.model.name, "loss": cfg.loss.name,
-               "inference": cfg.inference.mode, "dev": result.dev, "test": result.test,
-               "seconds": round(result.seconds, 2)}
+    summary = {
+        "dataset": cfg.data.dataset,
+        "model": cfg.model.name,
+        "loss": cfg.loss.name,
+        "inference": cfg.inference.mode,
+        "dev": result.dev,
+        "test": result.test,
+        "seconds": round(result.seconds, 2),
+    }
     if args.json:
         emit_json(summary)
         return 0
@@ -151,8 +180,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_datasets(args: argparse.Namespace) -> int:
     from .data import TASKS
 
-    rows = [{"name": t.name, "classes": list(t.labels), "official_test": t.has_test, "description": t.description}
-            for t in TASKS.values()]
+    rows = [
+        {"name": t.name, "classes": list(t.labels), "official_test": t.has_test, "description": t.description}
+        for t in TASKS.values()
+    ]
     if args.json:
         emit_json(rows)
         return 0
@@ -167,18 +198,30 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 def cmd_losses(args: argparse.Namespace) -> int:
     from .losses import LOSSES, NO_DML
 
-    rows = [{"name": NO_DML, "proxies": False, "summary": "plain cross-entropy (the CCE baseline)", "hyperparameters": {}}]
-    rows += [{"name": s.name, "proxies": s.has_proxies, "summary": s.summary,
-              "hyperparameters": {h.name: {"default": h.default, "valid": h.describe(), "help": h.help}
-                                  for h in s.hyperparameters}}
-             for s in LOSSES.values()]
+    rows = [
+        {"name": NO_DML, "proxies": False, "summary": "plain cross-entropy (the CCE baseline)", "hyperparameters": {}}
+    ]
+    rows += [
+        {
+            "name": s.name,
+            "proxies": s.has_proxies,
+            "summary": s.summary,
+            "hyperparameters": {
+                h.name: {"default": h.default, "valid": h.describe(), "help": h.help} for h in s.hyperparameters
+            },
+        }
+        for s in LOSSES.values()
+    ]
     if args.json:
         emit_json(rows)
         return 0
     for r in rows:
         print(f"{r['name']:<19} {'proxies ' if r['proxies'] else ''}{r['summary']}")
         for name, h in r["hyperparameters"].items():
-            print(f"    loss.{name:<18} default {h['default']!s:<6} {h['valid']}" + (f"  ({h['help']})" if h["help"] else ""))
+            print(
+                f"    loss.{name:<18} default {h['default']!s:<6} {h['valid']}"
+                + (f"  ({h['help']})" if h["help"] else "")
+            )
     print("All losses: loss.ce_weight, loss.dml_weight (total = ce_weight*CCE + dml_weight*DML).")
     print_weightings()
     return 0
@@ -203,14 +246,17 @@ def cmd_keys(args: argparse.Namespace) -> int:
 def print_weightings() -> None:
     from .losses import WEIGHTINGS
 
-    print("Several DML losses: loss.name=proxy_anchor+supcon, each with loss.<loss>.<hyperparameter> and "
-          "loss.<loss>.weight (default 1).")
+    print(
+        "Several DML losses: loss.name=proxy_anchor+supcon, each with loss.<loss>.<hyperparameter> and "
+        "loss.<loss>.weight (default 1)."
+    )
     print("How CCE and the DML terms combine:")
     for name, summary in WEIGHTINGS.items():
         print(f"    loss.weighting={name:<12} {summary}")
 
 
 # ----------------------------------------------------------------- search
+
 
 @command("search")
 def cmd_search(args: argparse.Namespace) -> int:
@@ -224,21 +270,43 @@ def cmd_search(args: argparse.Namespace) -> int:
             print(f"  recorded in MLflow: run {m['run_id']} in experiment {m['experiment']} at {m['tracking_uri']}")
 
     results = api.optimize(
-        args.space, datasets=args.datasets, config=args.config, model=args.model, data_dir=args.data_dir,
-        sets=args.set, trials=args.trials, concurrency=args.concurrency, repeats=args.repeats,
-        scheduler=args.scheduler, metric=args.metric, sampler_seed=args.sampler_seed,
-        cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, time_budget=args.time_budget,
-        storage=args.storage, name=args.name, resume=args.resume, address=args.address,
-        max_failures=args.max_failures, start_per_option=args.start_per_option, rescore=args.rescore,
-        rescore_draws=args.rescore_draws, tracking_uri=args.tracking_uri,
-        dry_run=args.dry_run, verbose=args.verbose, on_result=None if args.json else print_result)
+        args.space,
+        datasets=args.datasets,
+        config=args.config,
+        model=args.model,
+        data_dir=args.data_dir,
+        sets=args.set,
+        trials=args.trials,
+        concurrency=args.concurrency,
+        repeats=args.repeats,
+        scheduler=args.scheduler,
+        metric=args.metric,
+        sampler_seed=args.sampler_seed,
+        cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial,
+        time_budget=args.time_budget,
+        storage=args.storage,
+        name=args.name,
+        resume=args.resume,
+        address=args.address,
+        max_failures=args.max_failures,
+        start_per_option=args.start_per_option,
+        rescore=args.rescore,
+        rescore_draws=args.rescore_draws,
+        tracking_uri=args.tracking_uri,
+        dry_run=args.dry_run,
+        verbose=args.verbose,
+        on_result=None if args.json else print_result,
+    )
     if args.json and results:
         summaries = [r.to_dict() for r in results]
         emit_json(summaries if len(summaries) > 1 else summaries[0])
     empty = [r.dataset for r in results if r.best is None]
     if empty:
-        raise RunFailed(f"no trial produced a score in the search of {', '.join(empty)}; see the failed trials "
-                        "above and the search's MLflow run")
+        raise RunFailed(
+            f"no trial produced a score in the search of {', '.join(empty)}; see the failed trials "
+            "above and the search's MLflow run"
+        )
     return 0
 
 
@@ -247,8 +315,10 @@ def print_search_result(result) -> None:
 
     finished = sum(t.status == "FINISHED" for t in result.trials)
     killed = sum(t.status == "KILLED" for t in result.trials)
-    print(f"{result.dataset}: {len(result.trials)} trials ({finished} finished, {killed} stopped early, "
-          f"{len(result.failures)} failed) in {result.seconds:.0f}s; results in {result.path}")
+    print(
+        f"{result.dataset}: {len(result.trials)} trials ({finished} finished, {killed} stopped early, "
+        f"{len(result.failures)} failed) in {result.seconds:.0f}s; results in {result.path}"
+    )
     for t in result.failures:
         print(f"  failed {t.trial_id}: {t.error}")
     if result.best is None:
@@ -258,8 +328,10 @@ def print_search_result(result) -> None:
         print(line)
     for line in rescore_lines(result):
         print(line)
-    print(f"  best {result.objective} {result.best.score:.4f} (trial {result.best.trial_id})"
-          + (" chosen on re-scored dev" if result.rescored else ""))
+    print(
+        f"  best {result.objective} {result.best.score:.4f} (trial {result.best.trial_id})"
+        + (" chosen on re-scored dev" if result.rescored else "")
+    )
     searched = yaml.safe_dump(result.best.config, sort_keys=True).strip()
     print("  best configuration:\n    " + searched.replace("\n", "\n    "))
 
@@ -269,23 +341,36 @@ def rescore_lines(result) -> list[str]:
     if not result.rescored:
         return []
     m = result.metric
-    lines = [f"  re-scored the {len(result.rescored)} leading trials on fresh draws ({result.objective}: "
-             "search score -> mean ± std over the draws):"]
+    lines = [
+        f"  re-scored the {len(result.rescored)} leading trials on fresh draws ({result.objective}: "
+        "search score -> mean ± std over the draws):"
+    ]
     for r in result.rescored:
         mark = "  <- chosen" if r.trial_id == result.best.trial_id else ""
-        lines.append(f"    {r.trial_id}  {r.search_score:.4f} -> {r.mean(m):.4f} ± {r.std(m):.4f} "
-                     f"({len(r.draws)} draws){mark}")
+        lines.append(
+            f"    {r.trial_id}  {r.search_score:.4f} -> {r.mean(m):.4f} ± {r.std(m):.4f} ({len(r.draws)} draws){mark}"
+        )
     return lines
 
 
 def add_rescore_options(p: argparse.ArgumentParser, default: int) -> None:
     """--rescore N --rescore-draws M; a default above 0 is capped at --trials (None until then)."""
-    p.add_argument("--rescore", type=int, default=default if not default else None, metavar="N",
-                   help="after the search, train the N best trials again on --rescore-draws fresh draws and choose "
-                        "the best mean dev score among them (a sturdier choice than the best single score; "
-                        + (f"default {default}, or --trials if fewer)" if default else "default 0, off)"))
-    p.add_argument("--rescore-draws", type=int, default=3, metavar="M",
-                   help="draws per re-scored trial, apart from the search's and retrain's (default 3)")
+    p.add_argument(
+        "--rescore",
+        type=int,
+        default=default if not default else None,
+        metavar="N",
+        help="after the search, train the N best trials again on --rescore-draws fresh draws and choose "
+        "the best mean dev score among them (a sturdier choice than the best single score; "
+        + (f"default {default}, or --trials if fewer)" if default else "default 0, off)"),
+    )
+    p.add_argument(
+        "--rescore-draws",
+        type=int,
+        default=3,
+        metavar="M",
+        help="draws per re-scored trial, apart from the search's and retrain's (default 3)",
+    )
 
 
 def add_search_parser(sub) -> None:
@@ -304,14 +389,28 @@ def add_search_parser(sub) -> None:
     p.add_argument("--name", default=None, help="the search's name (default <dataset>-<space>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted search (latest, or --name)")
     p.add_argument("--address", default=None, help="join a Ray cluster: auto or ray://host:port")
-    p.add_argument("--max-failures", type=int, default=None, metavar="N",
-                   help="restart a failed trial (e.g. lost with its node) up to N times; default 1 with --address, else 0")
-    p.add_argument("--sampler-seed", type=int, default=0, metavar="N",
-                   help="seed of Optuna's TPE sampler: the same seed, space and data give the same proposals (default 0)")
+    p.add_argument(
+        "--max-failures",
+        type=int,
+        default=None,
+        metavar="N",
+        help="restart a failed trial (e.g. lost with its node) up to N times; default 1 with --address, else 0",
+    )
+    p.add_argument(
+        "--sampler-seed",
+        type=int,
+        default=0,
+        metavar="N",
+        help="seed of Optuna's TPE sampler: the same seed, space and data give the same proposals (default 0)",
+    )
     add_rescore_options(p, default=0)
-    p.add_argument("--start-per-option", default="1", metavar="[KEY=]N",
-                   help="start with N trials of every option of loss.name (or of KEY, a top-level choice) "
-                        "before TPE proposes; 0 turns it off (default 1)")
+    p.add_argument(
+        "--start-per-option",
+        default="1",
+        metavar="[KEY=]N",
+        help="start with N trials of every option of loss.name (or of KEY, a top-level choice) "
+        "before TPE proposes; 0 turns it off (default 1)",
+    )
     add_tracking_option(p)
     add_dry_run(p, "trial started")
     add_output_options(p)
@@ -319,10 +418,16 @@ def add_search_parser(sub) -> None:
 
 # ----------------------------------------------------------------- what is recorded: searches, best, ui
 
+
 def add_filter_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--filter", action="append", default=[], metavar="NAME=VALUE",
-                   help="only recorded searches with this setting, e.g. k=16, model=minilm, repeats=3, rescore=0 "
-                        "(searches that differ in protocol, k, model, metric, repeats or re-scoring are never ranked together)")
+    p.add_argument(
+        "--filter",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="only recorded searches with this setting, e.g. k=16, model=minilm, repeats=3, rescore=0 "
+        "(searches that differ in protocol, k, model, metric, repeats or re-scoring are never ranked together)",
+    )
 
 
 @command("searches")
@@ -347,8 +452,18 @@ def cmd_searches(args: argparse.Namespace) -> int:
         print()
         table = [["study", "datasets", "stages done", "trials", "seeds", "repeats", "state", "run"]]
         for st in studies:
-            table.append([st.key, ",".join(st.datasets) or "-", str(len(st.stages)), st.settings.get("trials", "?"),
-                          st.settings.get("seeds", "?"), st.settings.get("repeats", "?"), st.state, st.run_id])
+            table.append(
+                [
+                    st.key,
+                    ",".join(st.datasets) or "-",
+                    str(len(st.stages)),
+                    st.settings.get("trials", "?"),
+                    st.settings.get("seeds", "?"),
+                    st.settings.get("repeats", "?"),
+                    st.state,
+                    st.run_id,
+                ]
+            )
         print_table(table)
     return 0
 
@@ -367,10 +482,13 @@ def cmd_best(args: argparse.Namespace) -> int:
 
     if args.out:
         check_output_file(args.out, "--out")  # before the store is read
-    best = api.best(args.dataset, space=args.space, metric=args.metric, filters=args.filter,
-                    tracking_uri=args.tracking_uri)
-    header = (f"# best {best.objective} {best.score:.4f} on {best.dataset}: search {best.search} (space {best.space}), "
-              f"MLflow run {best.run_id} at {best.tracking_uri}\n")
+    best = api.best(
+        args.dataset, space=args.space, metric=args.metric, filters=args.filter, tracking_uri=args.tracking_uri
+    )
+    header = (
+        f"# best {best.objective} {best.score:.4f} on {best.dataset}: search {best.search} (space {best.space}), "
+        f"MLflow run {best.run_id} at {best.tracking_uri}\n"
+    )
     if args.out:
         Path(args.out).expanduser().parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).expanduser().write_text(header + best.to_yaml())
@@ -393,8 +511,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def add_tracking_parsers(sub) -> None:
-    p = sub.add_parser("searches", help="the searches recorded per dataset (space, trials, best score, state, "
-                                        "run id) and the studies")
+    p = sub.add_parser(
+        "searches", help="the searches recorded per dataset (space, trials, best score, state, run id) and the studies"
+    )
     p.add_argument("--datasets", default=None, help=DATASETS_HELP + " (default: every dataset with a search)")
     add_tracking_option(p)
     p.add_argument("--json", action="store_true", help="print {searches: [...], studies: [...]} as JSON")
@@ -415,6 +534,7 @@ def add_tracking_parsers(sub) -> None:
 
 # ----------------------------------------------------------------- final evaluation: retrain, report
 
+
 @command("retrain")
 def cmd_retrain(args: argparse.Namespace) -> int:
     quiet_libraries(args.verbose)
@@ -423,30 +543,56 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
     save = False if args.save_model is None else (True if args.save_model == "" else args.save_model)
     comparison = api.compare(
-        args.dataset, run_id=args.run_id, config=args.config, baseline=args.baseline, model=args.model,
-        data_dir=args.data_dir, sets=args.set, seeds=args.seeds, concurrency=args.concurrency,
-        cpus_per_draw=args.cpus_per_draw, gpus_per_draw=args.gpus_per_draw, address=args.address,
-        interval=args.interval, bootstrap=args.bootstrap, save_model=save, filters=args.filter,
+        args.dataset,
+        run_id=args.run_id,
+        config=args.config,
+        baseline=args.baseline,
+        model=args.model,
+        data_dir=args.data_dir,
+        sets=args.set,
+        seeds=args.seeds,
+        concurrency=args.concurrency,
+        cpus_per_draw=args.cpus_per_draw,
+        gpus_per_draw=args.gpus_per_draw,
+        address=args.address,
+        interval=args.interval,
+        bootstrap=args.bootstrap,
+        save_model=save,
+        filters=args.filter,
         tracking_uri=args.tracking_uri,
-        dry_run=args.dry_run, verbose=args.verbose, progress=True)
+        dry_run=args.dry_run,
+        verbose=args.verbose,
+        progress=True,
+    )
     if comparison is None:  # a dry run
         return 0
     uri = comparison.tracking_uri
     if args.json:
-        emit_json({**comparison.to_dict(), "mlflow": {"tracking_uri": uri, "runs": comparison.run_ids},
-                   "model": comparison.model_dir})
+        emit_json(
+            {
+                **comparison.to_dict(),
+                "mlflow": {"tracking_uri": uri, "runs": comparison.run_ids},
+                "model": comparison.model_dir,
+            }
+        )
     else:
         print("\n".join(comparison_lines(comparison)))
-        print(f"  recorded in MLflow: run {comparison.run_ids['best']} (best), {comparison.run_ids['baseline']} "
-              f"(baseline) at {uri}")
+        print(
+            f"  recorded in MLflow: run {comparison.run_ids['best']} (best), {comparison.run_ids['baseline']} "
+            f"(baseline) at {uri}"
+        )
         if comparison.model_dir:
-            print(f"  model of draw {comparison.best_draw} (best dev accuracy) saved to {comparison.model_dir} "
-                  "(tunedml.retrain.load_model)")
+            print(
+                f"  model of draw {comparison.best_draw} (best dev accuracy) saved to {comparison.model_dir} "
+                "(tunedml.retrain.load_model)"
+            )
         elif args.save_model is not None:
             print("  no model saved: every draw of the best configuration failed")
     if comparison.failed_sides:
-        raise RunFailed(f"every draw of the {' and the '.join(comparison.failed_sides)} configuration failed: "
-                        "nothing to compare (recorded in MLflow, with each draw's error)")
+        raise RunFailed(
+            f"every draw of the {' and the '.join(comparison.failed_sides)} configuration failed: "
+            "nothing to compare (recorded in MLflow, with each draw's error)"
+        )
     return 0
 
 
@@ -455,11 +601,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     quiet_libraries(args.verbose)
     from . import api
 
-    written = api.make_report(args.datasets, out=args.out, metric=args.metric, projection=args.projection,
-                         tracking_uri=args.tracking_uri)
+    written = api.make_report(
+        args.datasets, out=args.out, metric=args.metric, projection=args.projection, tracking_uri=args.tracking_uri
+    )
     if args.json:
-        emit_json({"rows": [r.__dict__ for r in written.rows()], "files": [str(f) for f in written.files],
-                   "mlflow": {"tracking_uri": written.tracking_uri, "run_id": written.run_id}})
+        emit_json(
+            {
+                "rows": [r.__dict__ for r in written.rows()],
+                "files": [str(f) for f in written.files],
+                "mlflow": {"tracking_uri": written.tracking_uri, "run_id": written.run_id},
+            }
+        )
         return 0
     print(written.markdown(), end="")
     print(f"\nwrote {', '.join(str(f) for f in written.files)}")
@@ -471,25 +623,46 @@ def add_final_parsers(sub) -> None:
     p = sub.add_parser("retrain", help="retrain the best configuration and the CCE baseline on fresh draws; compare")
     add_run_options(p, dataset_help="the dataset (default sst2, or the one of --config / --run-id)")
     p.add_argument("--run-id", default=None, help="MLflow run to retrain: a search (its best configuration) or a trial")
-    p.add_argument("--seeds", type=int, default=None, metavar="N",
-                   help="how many fresh draws (not a seed): kshot: N draws, default 5; kfold: N seeds per fold, "
-                        "default 1 (every fold)")
-    p.add_argument("--baseline", default=None,
-                   help="a YAML run config or space file (e.g. search_spaces/cce.yaml), a run id, or 'defaults' "
-                        "for untuned CCE (default: the best recorded CCE-only search)")
-    p.add_argument("--concurrency", type=int, default=None,
-                   help="draws at a time (default: as many as the CPUs and GPUs allow; 1 trains them one by one in "
-                        "this process)")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        metavar="N",
+        help="how many fresh draws (not a seed): kshot: N draws, default 5; kfold: N seeds per fold, "
+        "default 1 (every fold)",
+    )
+    p.add_argument(
+        "--baseline",
+        default=None,
+        help="a YAML run config or space file (e.g. search_spaces/cce.yaml), a run id, or 'defaults' "
+        "for untuned CCE (default: the best recorded CCE-only search)",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="draws at a time (default: as many as the CPUs and GPUs allow; 1 trains them one by one in this process)",
+    )
     p.add_argument("--cpus-per-draw", type=float, default=None, help="CPUs per draw (default: all CPUs / concurrency)")
     add_gpus(p, "--gpus-per-draw", "draw")
     p.add_argument("--address", default=None, help="run the draws on a Ray cluster: auto or ray://host:port")
-    p.add_argument("--interval", default="t", choices=INTERVALS,
-                   help="interval of the paired difference: t (Student's t, default) or bootstrap (percentile)")
+    p.add_argument(
+        "--interval",
+        default="t",
+        choices=INTERVALS,
+        help="interval of the paired difference: t (Student's t, default) or bootstrap (percentile)",
+    )
     p.add_argument("--bootstrap", type=int, default=10_000, help="bootstrap resamples (with --interval bootstrap)")
     add_filter_option(p)
-    p.add_argument("--save-model", nargs="?", const="", default=None, metavar="DIR",
-                   help="save the model of the best configuration's draw with the best dev score to DIR "
-                        "(default tunedml_models/<dataset>-<loss>-<time>) and to its MLflow run")
+    p.add_argument(
+        "--save-model",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="DIR",
+        help="save the model of the best configuration's draw with the best dev score to DIR "
+        "(default tunedml_models/<dataset>-<loss>-<time>) and to its MLflow run",
+    )
     add_tracking_option(p)
     add_dry_run(p, "training")
     add_output_options(p)
@@ -504,6 +677,7 @@ def add_final_parsers(sub) -> None:
 
 
 # ----------------------------------------------------------------- study
+
 
 def run_command(argv: list[str]) -> int:
     """One tunedml command from an argument list, through this parser (the study's stages)."""
@@ -524,14 +698,28 @@ def cmd_study(args: argparse.Namespace) -> int:
 
     data_dir = RunInputs.of(data_dir=args.data_dir).named().get("data.data_dir")
     settings = Settings(
-        datasets=tuple(dataset_names(args.datasets)), trials=args.trials, seeds=args.seeds, repeats=args.repeats,
+        datasets=tuple(dataset_names(args.datasets)),
+        trials=args.trials,
+        seeds=args.seeds,
+        repeats=args.repeats,
         rescore=min(STUDY_RESCORE, args.trials) if args.rescore is None else args.rescore,
         rescore_draws=args.rescore_draws,
-        space=args.space or "", sets=tuple(args.set), model=args.model, data_dir=data_dir,
-        scheduler=args.scheduler, sampler_seed=args.sampler_seed, concurrency=args.concurrency,
-        cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, address=args.address,
-        storage=args.storage or "", tracking_uri=args.tracking_uri or "", out=args.out, resume=args.resume,
-        verbose=args.verbose)
+        space=args.space or "",
+        sets=tuple(args.set),
+        model=args.model,
+        data_dir=data_dir,
+        scheduler=args.scheduler,
+        sampler_seed=args.sampler_seed,
+        concurrency=args.concurrency,
+        cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial,
+        address=args.address,
+        storage=args.storage or "",
+        tracking_uri=args.tracking_uri or "",
+        out=args.out,
+        resume=args.resume,
+        verbose=args.verbose,
+    )
     settings.validate()
     quiet_libraries(args.verbose)
     return run_study(settings, Commands(run=run_command, check=check_command), dry_run=args.dry_run)
@@ -541,35 +729,63 @@ def add_study_parser(sub) -> None:
     p = sub.add_parser("study", help="the whole pipeline per dataset: CCE and DML searches, retrain, report; resumable")
     p.add_argument("--datasets", required=True, help=DATASETS_HELP)
     p.add_argument("--trials", type=int, default=20, help="trials of each search (CCE and DML alike; default 20)")
-    p.add_argument("--seeds", type=int, default=5, metavar="N",
-                   help="how many fresh draws the final retrain trains and tests (not a seed; default 5)")
-    p.add_argument("--repeats", type=int, default=3,
-                   help="few-shot draws averaged per trial (default 3: a trial costs about 3x the time of one training)")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=5,
+        metavar="N",
+        help="how many fresh draws the final retrain trains and tests (not a seed; default 5)",
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="few-shot draws averaged per trial (default 3: a trial costs about 3x the time of one training)",
+    )
     add_rescore_options(p, default=STUDY_RESCORE)
     p.add_argument("--space", default=None, help="the DML search space (default: the shipped dml.yaml)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="fix a config key in both searches and the retrain, e.g. data.k=16 (a key a space searches "
-                        "is then fixed)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fix a config key in both searches and the retrain, e.g. data.k=16 (a key a space searches is then fixed)",
+    )
     p.add_argument("--model", help="minilm (embedded default), a hub id such as roberta-base, or a local folder")
-    p.add_argument("--data-dir", help="folder with <task>/<split>.jsonl (default: $TUNEDML_DATA_DIR, else the "
-                                      "SentEval copy inside the package)")
-    p.add_argument("--scheduler", default="asha", choices=SCHEDULERS, help="early stopping in the searches (default asha)")
-    p.add_argument("--sampler-seed", type=int, default=0, metavar="N",
-                   help="seed of Optuna's TPE sampler in both searches (default 0)")
+    p.add_argument(
+        "--data-dir",
+        help="folder with <task>/<split>.jsonl (default: $TUNEDML_DATA_DIR, else the SentEval copy inside the package)",
+    )
+    p.add_argument(
+        "--scheduler", default="asha", choices=SCHEDULERS, help="early stopping in the searches (default asha)"
+    )
+    p.add_argument(
+        "--sampler-seed",
+        type=int,
+        default=0,
+        metavar="N",
+        help="seed of Optuna's TPE sampler in both searches (default 0)",
+    )
     p.add_argument("--concurrency", type=int, default=1, help="trials at a time (default 1)")
     p.add_argument("--cpus-per-trial", type=float, default=None, help="CPUs per trial and per retrain draw")
     add_gpus(p, "--gpus-per-trial", "trial", extra=" (the retrain's draws get the same)")
     p.add_argument("--address", default=None, help="join a Ray cluster: auto or ray://host:port")
-    p.add_argument("--storage", default=None, help="the searches' results folder or Ray storage_path (default ./tunedml_results)")
+    p.add_argument(
+        "--storage", default=None, help="the searches' results folder or Ray storage_path (default ./tunedml_results)"
+    )
     p.add_argument("--out", default="report", help="the report's folder (default report/)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the study with these settings (the same command without it does too, or starts it)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the study with these settings (the same command without it does too, or starts it)",
+    )
     add_tracking_option(p)
     add_dry_run(p, "stage run")
     p.add_argument("-v", "--verbose", action="store_true", help="let library logs through")
 
 
 # ----------------------------------------------------------------- parser
+
 
 class Parser(argparse.ArgumentParser):
     """argparse with the project's form of errors: one line on stderr, exit code 2. No
@@ -600,8 +816,11 @@ class Parser(argparse.ArgumentParser):
         return {}
 
 
-RENAMED = {"--seed": ("--sampler-seed", "the TPE sampler's seed; --seeds is how many final draws"),
-           "--parallel": ("--concurrency", "draws at a time"), "--dataset": ("--datasets", "a comma list or all")}
+RENAMED = {
+    "--seed": ("--sampler-seed", "the TPE sampler's seed; --seeds is how many final draws"),
+    "--parallel": ("--concurrency", "draws at a time"),
+    "--dataset": ("--datasets", "a comma list or all"),
+}
 
 
 def _hint(option: str, known: list[str]) -> str:
@@ -613,8 +832,11 @@ def _hint(option: str, known: list[str]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="tunedml", description=__doc__.splitlines()[0],
-                    epilog="Exit codes: 0 success, 2 bad input, 1 a run that produced nothing, 130 Ctrl-C, 143 SIGTERM.")
+    parser = Parser(
+        prog="tunedml",
+        description=__doc__.splitlines()[0],
+        epilog="Exit codes: 0 success, 2 bad input, 1 a run that produced nothing, 130 Ctrl-C, 143 SIGTERM.",
+    )
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"tunedml {__version__}")
@@ -624,8 +846,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_options(p)
     add_output_options(p)
 
-    for name, text in (("datasets", "list the registered datasets"), ("losses", "list losses with hyperparameters and ranges"),
-                       ("keys", "list every config key with its default, valid values and what it does")):
+    for name, text in (
+        ("datasets", "list the registered datasets"),
+        ("losses", "list losses with hyperparameters and ranges"),
+        ("keys", "list every config key with its default, valid values and what it does"),
+    ):
         p = sub.add_parser(name, help=text)
         p.add_argument("--json", action="store_true")
 

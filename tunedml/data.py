@@ -82,6 +82,7 @@ class Draw:
 
 # ---------------------------------------------------------------- loading
 
+
 def resolve_data_dir(data_dir: str | None) -> str | None:
     return data_dir or os.environ.get(DATA_DIR_ENV) or None
 
@@ -105,11 +106,16 @@ def has_official_test(dataset: str, data_dir: str | None = None) -> bool:
 def check_dataset_name(dataset: str) -> None:
     """Fail early (before loading any model) on a name that is neither a task nor a path."""
     if dataset not in TASKS and not Path(dataset).exists():
-        raise DataError("data.dataset: " + unknown_choice("dataset", dataset, TASKS) + ", or a path to a CSV/JSONL/Parquet file or folder")
+        raise DataError(
+            "data.dataset: "
+            + unknown_choice("dataset", dataset, TASKS)
+            + ", or a path to a CSV/JSONL/Parquet file or folder"
+        )
 
 
-def load_corpus(dataset: str, data_dir: str | None = None, text_column: str = "text",
-                label_column: str = "label") -> Corpus:
+def load_corpus(
+    dataset: str, data_dir: str | None = None, text_column: str = "text", label_column: str = "label"
+) -> Corpus:
     """Load a registered task (``data_dir``, else $TUNEDML_DATA_DIR, else the package's copy) or a user file/folder."""
     check_dataset_name(dataset)
     if dataset in TASKS:
@@ -131,8 +137,9 @@ def load_corpus(dataset: str, data_dir: str | None = None, text_column: str = "t
 _SPLITS = ("train", "dev", "validation", "test", "all")  # a corpus's rows follow this order
 
 
-def _from_folder(folder: Path, name: str, text_column: str, label_column: str,
-                 label_names: Sequence[str] | None) -> Corpus:
+def _from_folder(
+    folder: Path, name: str, text_column: str, label_column: str, label_names: Sequence[str] | None
+) -> Corpus:
     files: dict[str, Path] = {}
     for p in sorted(folder.iterdir()):
         if p.suffix in _FORMATS:
@@ -164,7 +171,9 @@ def _read_table(path: Path, text_column: str, label_column: str) -> tuple[list[s
     try:
         table = datasets.load_dataset(fmt, data_files=str(path), split="train", **kwargs)
     except Exception as e:  # the datasets library wraps parse errors in many types
-        raise DataError(f"{path}: cannot be read as {fmt} ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+        raise DataError(
+            f"{path}: cannot be read as {fmt} ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+        ) from None
     return _columns(table, str(path), text_column, label_column)
 
 
@@ -173,8 +182,9 @@ def _columns(table: Any, where: str, text_column: str, label_column: str) -> tup
         raise DataError(f"{where}: has no rows")
     for what, col in (("text", text_column), ("label", label_column)):
         if col not in table.column_names:
-            raise DataError(f"{where}: no {what} column {col!r}; columns: {', '.join(table.column_names)} "
-                            f"(set data.{what}_column)")
+            raise DataError(
+                f"{where}: no {what} column {col!r}; columns: {', '.join(table.column_names)} (set data.{what}_column)"
+            )
     texts, labels = list(table[text_column]), list(table[label_column])
     _check_rows(where, texts, labels, text_column, label_column)
     return texts, labels
@@ -185,19 +195,25 @@ def _check_rows(where: str, texts: list[Any], labels: list[Any], text_column: st
     as the text 'None' or 'nan', nor as a class of its own (rows count from 1, after any header)."""
     for row, text in enumerate(texts, 1):
         if text is None:
-            raise DataError(f"{where}: row {row} has no text (column {text_column!r} is missing or null); "
-                            "fill it or remove the row")
+            raise DataError(
+                f"{where}: row {row} has no text (column {text_column!r} is missing or null); fill it or remove the row"
+            )
         if not isinstance(text, str):
-            raise DataError(f"{where}: row {row}: text {text!r} in column {text_column!r} is not a string "
-                            f"({type(text).__name__}); is data.text_column the column of texts?")
+            raise DataError(
+                f"{where}: row {row}: text {text!r} in column {text_column!r} is not a string "
+                f"({type(text).__name__}); is data.text_column the column of texts?"
+            )
         if not text.strip():
-            raise DataError(f"{where}: row {row}: the text in column {text_column!r} is empty; fill it or remove "
-                            "the row")
+            raise DataError(
+                f"{where}: row {row}: the text in column {text_column!r} is empty; fill it or remove the row"
+            )
     for row, label in enumerate(labels, 1):
         missing = label is None or isinstance(label, float) and math.isnan(label)
         if missing or isinstance(label, str) and not label.strip():
-            raise DataError(f"{where}: row {row} has no label (column {label_column!r} is "
-                            f"{'missing or null' if missing else 'empty'}); fill it or remove the row")
+            raise DataError(
+                f"{where}: row {row} has no label (column {label_column!r} is "
+                f"{'missing or null' if missing else 'empty'}); fill it or remove the row"
+            )
 
 
 def _from_package(task: TaskSpec) -> Corpus:
@@ -218,13 +234,16 @@ def _from_package(task: TaskSpec) -> Corpus:
         texts[split] = [str(r["text"]) for r in rows]
         labels[split] = [r["label"] for r in rows]
     if not texts:
-        raise DataError(f"dataset {task.name!r}: the package has no embedded copy (tunedml/{EMBEDDED}/{task.name}); "
-                        f"reinstall tunedml or give --data-dir / ${DATA_DIR_ENV}")
+        raise DataError(
+            f"dataset {task.name!r}: the package has no embedded copy (tunedml/{EMBEDDED}/{task.name}); "
+            f"reinstall tunedml or give --data-dir / ${DATA_DIR_ENV}"
+        )
     return _assemble(task.name, texts, labels, task.labels, where=f"tunedml/{EMBEDDED}/{task.name}")
 
 
-def _from_splits(name: str, files: dict[str, Path], text_column: str, label_column: str,
-                 label_names: Sequence[str] | None) -> Corpus:
+def _from_splits(
+    name: str, files: dict[str, Path], text_column: str, label_column: str, label_names: Sequence[str] | None
+) -> Corpus:
     texts: dict[str, list[str]] = {}
     labels: dict[str, list[Any]] = {}
     for split, path in files.items():
@@ -233,8 +252,13 @@ def _from_splits(name: str, files: dict[str, Path], text_column: str, label_colu
     return _assemble(name, texts, labels, label_names, where=str(paths[0] if len(paths) == 1 else paths[0].parent))
 
 
-def _assemble(name: str, texts: dict[str, list[str]], labels: dict[str, list[Any]],
-              label_names: Sequence[str] | None, where: str | None = None) -> Corpus:
+def _assemble(
+    name: str,
+    texts: dict[str, list[str]],
+    labels: dict[str, list[Any]],
+    label_names: Sequence[str] | None,
+    where: str | None = None,
+) -> Corpus:
     """Concatenate splits, map labels to ids, and remember which rows are official train/test."""
     where = where or name
     all_labels = [v for split in labels.values() for v in split]
@@ -248,8 +272,9 @@ def _assemble(name: str, texts: dict[str, list[str]], labels: dict[str, list[Any
     pool = [s for s in order if s in ("train", "all")] or [s for s in order if s != "test"]
     if not pool:
         raise DataError(f"{where}: only a test split; a train.* or all.* file is needed to draw from")
-    corpus = Corpus(name, [t for s in order for t in texts[s]], ids, names,
-                    np.concatenate([span[s] for s in pool]), test_idx)
+    corpus = Corpus(
+        name, [t for s in order for t in texts[s]], ids, names, np.concatenate([span[s] for s in pool]), test_idx
+    )
     if corpus.num_classes < 2 or len(np.unique(ids)) < 2:
         raise DataError(f"{where}: only one class ({names[int(ids[0])]!r}); classification needs two or more")
     return corpus
@@ -271,8 +296,10 @@ def _label_ids(values: list[Any], label_names: Sequence[str] | None, where: str)
         if label_names is not None:  # names as labels.json (or the task) lists them, in its order
             unknown = sorted(set(values) - set(label_names))
             if unknown:
-                raise DataError(f"{where}: label {unknown[0]!r} is not one of labels.json's "
-                                f"{', '.join(map(repr, label_names))}; fix the rows or labels.json")
+                raise DataError(
+                    f"{where}: label {unknown[0]!r} is not one of labels.json's "
+                    f"{', '.join(map(repr, label_names))}; fix the rows or labels.json"
+                )
             index = {v: i for i, v in enumerate(label_names)}
             return np.asarray([index[v] for v in values], dtype=np.int64), list(label_names)
         uniq = sorted(set(values))
@@ -288,20 +315,34 @@ def _check_label_names(names: list[str], where: str) -> None:
     numbers = [n for n in names if NUMBER.fullmatch(n.strip())]
     words = [n for n in names if not NUMBER.fullmatch(n.strip())]
     if numbers and words:
-        raise DataError(f"{where}: labels mix numbers ({', '.join(map(repr, numbers[:3]))}) and words "
-                        f"({', '.join(map(repr, words[:3]))}); a label column holds one kind: fix the rows")
+        raise DataError(
+            f"{where}: labels mix numbers ({', '.join(map(repr, numbers[:3]))}) and words "
+            f"({', '.join(map(repr, words[:3]))}); a label column holds one kind: fix the rows"
+        )
     stripped: dict[str, str] = {}
     for name in names:
         other = stripped.setdefault(name.strip(), name)
         if other != name:
-            raise DataError(f"{where}: labels {other!r} and {name!r} differ only in spaces around them; "
-                            "fix the rows so that each class has one name")
+            raise DataError(
+                f"{where}: labels {other!r} and {name!r} differ only in spaces around them; "
+                "fix the rows so that each class has one name"
+            )
 
 
 # ---------------------------------------------------------------- few-shot protocols
 
-def draw(corpus: Corpus, protocol: str, *, k: int = 16, sample_size: int = 64, folds: int = 5, fold: int = 0,
-         seed: int = 0, test_size: int = 2000) -> Draw:
+
+def draw(
+    corpus: Corpus,
+    protocol: str,
+    *,
+    k: int = 16,
+    sample_size: int = 64,
+    folds: int = 5,
+    fold: int = 0,
+    seed: int = 0,
+    test_size: int = 2000,
+) -> Draw:
     """A seeded few-shot draw; the same arguments give the same indices in any process."""
     if protocol == "kshot":
         return _kshot(corpus, k, seed, test_size)
@@ -317,9 +358,11 @@ def holdout(corpus: Corpus, test_size: int) -> tuple[np.ndarray, np.ndarray]:
     pool = corpus.train_idx
     size = min(test_size, len(pool) // 2)
     if test_size > size and test_size != DEFAULT_TEST_SIZE:
-        raise DataError(f"{corpus.name}: data.test_size={test_size} is more than half of its {len(pool)} examples "
-                        f"(no official test split; the rest is what draws come from); lower data.test_size to "
-                        f"{size} or less")
+        raise DataError(
+            f"{corpus.name}: data.test_size={test_size} is more than half of its {len(pool)} examples "
+            f"(no official test split; the rest is what draws come from); lower data.test_size to "
+            f"{size} or less"
+        )
     perm = np.random.default_rng(HOLDOUT_SEED).permutation(len(pool))
     return np.sort(pool[perm[size:]]), np.sort(pool[perm[:size]])
 
@@ -331,8 +374,10 @@ def _kshot(corpus: Corpus, k: int, seed: int, test_size: int) -> Draw:
     for c, name in enumerate(corpus.label_names):
         members = pool[corpus.labels[pool] == c]
         if len(members) < 2 * k:
-            raise DataError(f"{corpus.name}: class {name!r} has {len(members)} examples in the training pool; "
-                            f"kshot with k={k} needs {2 * k} (k train + k dev); lower data.k")
+            raise DataError(
+                f"{corpus.name}: class {name!r} has {len(members)} examples in the training pool; "
+                f"kshot with k={k} needs {2 * k} (k train + k dev); lower data.k"
+            )
         chosen = rng.permutation(members)[: 2 * k]
         train.append(chosen[:k])
         dev.append(chosen[k:])
@@ -367,8 +412,10 @@ def _stratified_sample(corpus: Corpus, candidates: np.ndarray, size: int, rng: n
     for c, n in enumerate(want):
         members = candidates[labels == c]
         if len(members) < n:
-            raise DataError(f"{corpus.name}: class {corpus.label_names[c]!r} has {len(members)} examples "
-                            f"in the kfold draw part; the draw needs {n}; lower data.sample_size")
+            raise DataError(
+                f"{corpus.name}: class {corpus.label_names[c]!r} has {len(members)} examples "
+                f"in the kfold draw part; the draw needs {n}; lower data.sample_size"
+            )
         picked.append(rng.permutation(members)[:n])
     return np.concatenate(picked)
 
@@ -384,6 +431,7 @@ def _kfold(corpus: Corpus, sample_size: int, folds: int, fold: int, seed: int) -
 
 
 # ---------------------------------------------------------------- tokens and batches
+
 
 @dataclass
 class TokenizedCorpus:
@@ -408,15 +456,22 @@ class TokenizedCorpus:
         for row, s in enumerate(seqs):
             ids[row, : len(s)] = s
             mask[row, : len(s)] = 1
-        return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask),
-                "labels": torch.from_numpy(self.corpus.labels[np.asarray(indices)])}
+        return {
+            "input_ids": torch.from_numpy(ids),
+            "attention_mask": torch.from_numpy(mask),
+            "labels": torch.from_numpy(self.corpus.labels[np.asarray(indices)]),
+        }
 
-    def train_batches(self, indices: np.ndarray, batch_size: int, rng: np.random.Generator) -> Iterator[dict[str, torch.Tensor]]:
+    def train_batches(
+        self, indices: np.ndarray, batch_size: int, rng: np.random.Generator
+    ) -> Iterator[dict[str, torch.Tensor]]:
         order = rng.permutation(indices)
         for start in range(0, len(order), batch_size):
             yield self.batch(order[start : start + batch_size])
 
-    def eval_batches(self, indices: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
+    def eval_batches(
+        self, indices: np.ndarray, batch_size: int
+    ) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
         """Length-sorted batches (little padding); yields positions in ``indices`` to restore order."""
         positions = np.argsort(self.lengths[indices], kind="stable")
         for start in range(0, len(positions), batch_size):

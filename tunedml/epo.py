@@ -78,6 +78,13 @@ def _solve(cost: np.ndarray, A: np.ndarray, lower: np.ndarray) -> np.ndarray | N
     """min cost.alpha  s.t.  A alpha >= lower (rows with a finite bound), alpha on the simplex."""
     finite = np.isfinite(lower)
     m = len(cost)
-    result = linprog(cost, A_ub=-A[finite] if finite.any() else None, b_ub=-lower[finite] if finite.any() else None,
-                     A_eq=np.ones((1, m)), b_eq=[1.0], bounds=[(0.0, None)] * m, method="highs")
+    result = linprog(
+        cost,
+        A_ub=-A[finite] if finite.any() else None,
+        b_ub=-lower[finite] if finite.any() else None,
+        A_eq=np.ones((1, m)),
+        b_eq=[1.0],
+        bounds=[(0.0, None)] * m,
+        method="highs",
+    )
     return result.x if result.status == 0 else None

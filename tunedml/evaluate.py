@@ -28,8 +28,14 @@ def autocast_for(device: torch.device, bf16: bool):
 
 
 @torch.inference_mode()
-def forward_all(model: EncoderClassifier, tokens: TokenizedCorpus, indices: np.ndarray, batch_size: int,
-                device: torch.device, bf16: bool = True) -> Outputs:
+def forward_all(
+    model: EncoderClassifier,
+    tokens: TokenizedCorpus,
+    indices: np.ndarray,
+    batch_size: int,
+    device: torch.device,
+    bf16: bool = True,
+) -> Outputs:
     """Run the model over ``indices`` in length-sorted batches; results in the original order."""
     was_training = model.training
     model.eval()
@@ -63,8 +69,14 @@ def proxy_scores(loss: CombinedLoss, embeddings: torch.Tensor, centers: torch.Te
     return F.normalize(embeddings, dim=1) @ F.normalize(centers, dim=1).t()
 
 
-def predict(mode: str, outputs: Outputs, loss: CombinedLoss, centers: torch.Tensor | None = None,
-            mix_weight: float = 0.5, proxy_scale: float = 16.0) -> np.ndarray:
+def predict(
+    mode: str,
+    outputs: Outputs,
+    loss: CombinedLoss,
+    centers: torch.Tensor | None = None,
+    mix_weight: float = 0.5,
+    proxy_scale: float = 16.0,
+) -> np.ndarray:
     """Predicted class ids under ``mode``: head argmax, nearest proxy, or a mix of both probabilities."""
     if mode == "head":
         return outputs.logits.argmax(1).numpy()

@@ -37,8 +37,10 @@ def dataset_names(value: str | Sequence[str] | None, default: str = "sst2") -> l
     items = value.split(",") if isinstance(value, str) else [os.fspath(v) for v in value]
     names = [v.strip() for v in items]
     if not all(names):
-        raise ConfigError(f"--datasets {value if isinstance(value, str) else ','.join(items)!r}: an empty name in the "
-                          "list; give names separated by commas, e.g. sst2,mr")
+        raise ConfigError(
+            f"--datasets {value if isinstance(value, str) else ','.join(items)!r}: an empty name in the "
+            "list; give names separated by commas, e.g. sst2,mr"
+        )
     if ALL in names:
         if names != [ALL]:
             raise ConfigError(f"--datasets {','.join(names)}: 'all' is every registered task; give it alone")
@@ -57,9 +59,14 @@ class RunInputs:
     sets: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, config: str | os.PathLike | None = None, dataset: str | os.PathLike | None = None,
-           data_dir: str | os.PathLike | None = None, model: str | os.PathLike | None = None,
-           sets: Sets | None = None) -> "RunInputs":
+    def of(
+        cls,
+        config: str | os.PathLike | None = None,
+        dataset: str | os.PathLike | None = None,
+        data_dir: str | os.PathLike | None = None,
+        model: str | os.PathLike | None = None,
+        sets: Sets | None = None,
+    ) -> "RunInputs":
         def text(value: Any) -> str | None:
             return None if value is None else os.fspath(value)
 

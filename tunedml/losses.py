@@ -101,60 +101,125 @@ class DMLLoss(nn.Module):
         return sim.view(len(embeddings), self.num_classes, -1).amax(dim=2)
 
 
-def _proxy(name: str, cls: type, *hps: H, attr: str = "proxies", transposed: bool = False, summary: str = "") -> LossSpec:
+def _proxy(
+    name: str, cls: type, *hps: H, attr: str = "proxies", transposed: bool = False, summary: str = ""
+) -> LossSpec:
     return LossSpec(name, cls, hps, proxies=attr, proxies_transposed=transposed, summary=summary)
 
 
 LOSSES: dict[str, LossSpec] = {
     spec.name: spec
     for spec in [
-        _proxy("proxy_anchor", pml_losses.ProxyAnchorLoss,
-               H("margin", float, 0.1, 0.0, 1.0), H("alpha", float, 32.0, 1.0, 128.0),
-               summary="Proxy Anchor (Kim et al. 2020)"),
-        _proxy("proxy_nca", pml_losses.ProxyNCALoss,
-               H("softmax_scale", float, 1.0, 0.01, 100.0), summary="ProxyNCA (Movshovitz-Attias et al. 2017)"),
-        _proxy("soft_triple", pml_losses.SoftTripleLoss,
-               H("centers_per_class", int, 10, 1, 50), H("la", float, 20.0, 1.0, 100.0),
-               H("gamma", float, 0.1, 0.01, 1.0), H("margin", float, 0.01, 0.0, 1.0),
-               attr="fc", transposed=True, summary="SoftTriple (Qian et al. 2019); with CCE it is TripleEntropy"),
-        _proxy("normalized_softmax", pml_losses.NormalizedSoftmaxLoss,
-               H("temperature", float, 0.05, 0.001, 1.0), attr="W", transposed=True,
-               summary="NormalizedSoftmax (Zhai & Wu 2018)"),
-        _proxy("arcface", pml_losses.ArcFaceLoss,
-               H("margin", float, 28.6, 0.0, 90.0, help="degrees"), H("scale", float, 64.0, 1.0, 128.0),
-               attr="W", transposed=True, summary="ArcFace (Deng et al. 2019)"),
-        _proxy("cosface", pml_losses.CosFaceLoss,
-               H("margin", float, 0.35, 0.0, 1.0), H("scale", float, 64.0, 1.0, 128.0),
-               attr="W", transposed=True, summary="CosFace (Wang et al. 2018)"),
-        LossSpec("supcon", pml_losses.SupConLoss, (H("temperature", float, 0.1, 0.01, 1.0),),
-                 summary="Supervised contrastive (Khosla et al. 2020)"),
-        LossSpec("ntxent", pml_losses.NTXentLoss, (H("temperature", float, 0.07, 0.01, 1.0),),
-                 summary="NT-Xent with same-label positives"),
-        LossSpec("triplet_margin", pml_losses.TripletMarginLoss,
-                 (H("margin", float, 0.05, 0.0, 2.0), _MINER), summary="Triplet margin, optional miner"),
-        LossSpec("contrastive", pml_losses.ContrastiveLoss,
-                 (H("pos_margin", float, 0.0, 0.0, 1.0), H("neg_margin", float, 1.0, 0.0, 2.0), _MINER),
-                 summary="Contrastive (Hadsell et al. 2006)"),
-        LossSpec("multi_similarity", pml_losses.MultiSimilarityLoss,
-                 (H("alpha", float, 2.0, 0.1, 50.0), H("beta", float, 50.0, 1.0, 100.0),
-                  H("base", float, 0.5, 0.0, 1.0), _MINER),
-                 summary="Multi-Similarity (Wang et al. 2019)"),
+        _proxy(
+            "proxy_anchor",
+            pml_losses.ProxyAnchorLoss,
+            H("margin", float, 0.1, 0.0, 1.0),
+            H("alpha", float, 32.0, 1.0, 128.0),
+            summary="Proxy Anchor (Kim et al. 2020)",
+        ),
+        _proxy(
+            "proxy_nca",
+            pml_losses.ProxyNCALoss,
+            H("softmax_scale", float, 1.0, 0.01, 100.0),
+            summary="ProxyNCA (Movshovitz-Attias et al. 2017)",
+        ),
+        _proxy(
+            "soft_triple",
+            pml_losses.SoftTripleLoss,
+            H("centers_per_class", int, 10, 1, 50),
+            H("la", float, 20.0, 1.0, 100.0),
+            H("gamma", float, 0.1, 0.01, 1.0),
+            H("margin", float, 0.01, 0.0, 1.0),
+            attr="fc",
+            transposed=True,
+            summary="SoftTriple (Qian et al. 2019); with CCE it is TripleEntropy",
+        ),
+        _proxy(
+            "normalized_softmax",
+            pml_losses.NormalizedSoftmaxLoss,
+            H("temperature", float, 0.05, 0.001, 1.0),
+            attr="W",
+            transposed=True,
+            summary="NormalizedSoftmax (Zhai & Wu 2018)",
+        ),
+        _proxy(
+            "arcface",
+            pml_losses.ArcFaceLoss,
+            H("margin", float, 28.6, 0.0, 90.0, help="degrees"),
+            H("scale", float, 64.0, 1.0, 128.0),
+            attr="W",
+            transposed=True,
+            summary="ArcFace (Deng et al. 2019)",
+        ),
+        _proxy(
+            "cosface",
+            pml_losses.CosFaceLoss,
+            H("margin", float, 0.35, 0.0, 1.0),
+            H("scale", float, 64.0, 1.0, 128.0),
+            attr="W",
+            transposed=True,
+            summary="CosFace (Wang et al. 2018)",
+        ),
+        LossSpec(
+            "supcon",
+            pml_losses.SupConLoss,
+            (H("temperature", float, 0.1, 0.01, 1.0),),
+            summary="Supervised contrastive (Khosla et al. 2020)",
+        ),
+        LossSpec(
+            "ntxent",
+            pml_losses.NTXentLoss,
+            (H("temperature", float, 0.07, 0.01, 1.0),),
+            summary="NT-Xent with same-label positives",
+        ),
+        LossSpec(
+            "triplet_margin",
+            pml_losses.TripletMarginLoss,
+            (H("margin", float, 0.05, 0.0, 2.0), _MINER),
+            summary="Triplet margin, optional miner",
+        ),
+        LossSpec(
+            "contrastive",
+            pml_losses.ContrastiveLoss,
+            (H("pos_margin", float, 0.0, 0.0, 1.0), H("neg_margin", float, 1.0, 0.0, 2.0), _MINER),
+            summary="Contrastive (Hadsell et al. 2006)",
+        ),
+        LossSpec(
+            "multi_similarity",
+            pml_losses.MultiSimilarityLoss,
+            (
+                H("alpha", float, 2.0, 0.1, 50.0),
+                H("beta", float, 50.0, 1.0, 100.0),
+                H("base", float, 0.5, 0.0, 1.0),
+                _MINER,
+            ),
+            summary="Multi-Similarity (Wang et al. 2019)",
+        ),
     ]
 }
 
 LOSS_NAMES: tuple[str, ...] = (NO_DML, *LOSSES)
 SET_SEP = "+"  # loss.name=proxy_anchor+supcon: several DML losses on one encoder
-WEIGHT = H("weight", float, 1.0, 0.0, 100.0,
-           help="this DML loss's weight, relative: its term is dml_weight * weight * loss",
-           applies=Applies(("loss.weighting",), lambda weighting: weighting != "uncertainty",
-                           "only where the weights are not learned (loss.weighting linear or epo)"))
+WEIGHT = H(
+    "weight",
+    float,
+    1.0,
+    0.0,
+    100.0,
+    help="this DML loss's weight, relative: its term is dml_weight * weight * loss",
+    applies=Applies(
+        ("loss.weighting",),
+        lambda weighting: weighting != "uncertainty",
+        "only where the weights are not learned (loss.weighting linear or epo)",
+    ),
+)
 
 WEIGHTINGS: dict[str, str] = {
     "linear": "fixed weighted sum: ce_weight*CCE + sum over losses of dml_weight*weight*loss (the default)",
     "uncertainty": "learned weights (Kendall et al. 2018): sum_i exp(-s_i)*L_i + s_i, the s_i trained at "
-                   "train.proxy_lr; the configured weights only switch terms on (> 0) or off (0)",
+    "train.proxy_lr; the configured weights only switch terms on (> 0) or off (0)",
     "epo": "Exact Pareto Optimal descent (Mahapatra & Rajan 2020): the configured weights are the preference "
-           "ray; one backward per term on the shared parameters",
+    "ray; one backward per term on the shared parameters",
 }
 
 
@@ -236,8 +301,14 @@ class CombinedLoss(nn.Module):
     with proxies, else the first.
     """
 
-    def __init__(self, ce_weight: float, dml_weight: float, dml: DMLLoss | dict[str, DMLLoss] | None,
-                 weights: dict[str, float] | None = None, weighting: str = "linear"):
+    def __init__(
+        self,
+        ce_weight: float,
+        dml_weight: float,
+        dml: DMLLoss | dict[str, DMLLoss] | None,
+        weights: dict[str, float] | None = None,
+        weighting: str = "linear",
+    ):
         super().__init__()
         if weighting not in WEIGHTINGS:
             raise ConfigError("loss.weighting: " + unknown_choice("weighting", weighting, WEIGHTINGS))
@@ -249,8 +320,10 @@ class CombinedLoss(nn.Module):
         active = (["ce"] if ce_weight > 0 else []) + [self.labels[n] for n, w in self.term_weights.items() if w > 0]
         self.active = active  # the terms combined, in order
         if weighting != "linear" and len(active) < 2:
-            raise ConfigError(f"loss.weighting={weighting} combines several terms, but only "
-                              f"{', '.join(active) or 'none'} has a weight > 0; add a DML loss or use linear")
+            raise ConfigError(
+                f"loss.weighting={weighting} combines several terms, but only "
+                f"{', '.join(active) or 'none'} has a weight > 0; add a DML loss or use linear"
+            )
         # uncertainty: s_i = log(sigma_i^2), one per term, learned with the loss's parameters
         self.log_vars = nn.Parameter(torch.zeros(len(active))) if weighting == "uncertainty" else None
         self._last_terms: list[torch.Tensor] = []
@@ -266,9 +339,15 @@ class CombinedLoss(nn.Module):
         by_label = {"ce": self.ce_weight, **{self.labels[n]: w for n, w in self.term_weights.items()}}
         return [by_label[label] for label in self.active]
 
-    def forward(self, logits: torch.Tensor, labels: torch.Tensor, embeddings: torch.Tensor,
-                embedding_labels: torch.Tensor, adv_logits: torch.Tensor | None = None,
-                adv_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(
+        self,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        embeddings: torch.Tensor,
+        embedding_labels: torch.Tensor,
+        adv_logits: torch.Tensor | None = None,
+        adv_weight: float = 0.0,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         parts: dict[str, torch.Tensor] = {}
         terms: list[torch.Tensor] = []  # each active term, unweighted
         total = logits.new_zeros(())
@@ -295,8 +374,7 @@ class CombinedLoss(nn.Module):
         self._last_terms = terms if self.weighting == "epo" else []
         return total, parts
 
-    def backward(self, total: torch.Tensor, parts: dict[str, torch.Tensor],
-                 shared: list[torch.nn.Parameter]) -> None:
+    def backward(self, total: torch.Tensor, parts: dict[str, torch.Tensor], shared: list[torch.nn.Parameter]) -> None:
         """Back-propagate one step's loss. ``shared`` are the encoder's and head's parameters.
 
         linear and uncertainty: ``total.backward()``. epo: one backward per term, EPO's weights
@@ -311,8 +389,10 @@ class CombinedLoss(nn.Module):
         terms, self._last_terms = self._last_terms, []
         own = [p for p in self.parameters() if p.requires_grad]
         params = [*shared, *own]
-        grads = [torch.autograd.grad(term, params, retain_graph=i < len(terms) - 1, allow_unused=True)
-                 for i, term in enumerate(terms)]
+        grads = [
+            torch.autograd.grad(term, params, retain_graph=i < len(terms) - 1, allow_unused=True)
+            for i, term in enumerate(terms)
+        ]
         gram = torch.zeros(len(terms), len(terms), dtype=torch.float64)
         for k in range(len(shared)):
             present = [(i, g[k].double()) for i, g in enumerate(grads) if g[k] is not None]
@@ -329,8 +409,15 @@ class CombinedLoss(nn.Module):
         parts.update({f"weight_{label}": torch.tensor(float(alpha[i])) for i, label in enumerate(self.active)})
 
 
-def build_loss(name: str, ce_weight: float, dml_weight: float, params: dict[str, Any],
-               num_classes: int, embedding_size: int, weighting: str = "linear") -> CombinedLoss:
+def build_loss(
+    name: str,
+    ce_weight: float,
+    dml_weight: float,
+    params: dict[str, Any],
+    num_classes: int,
+    embedding_size: int,
+    weighting: str = "linear",
+) -> CombinedLoss:
     """The configured objective; ``params`` as in ``LossConfig.params`` (see :func:`split_params`)."""
     names = loss_set(name)
     per_loss, weights = split_params(names, params)

@@ -33,8 +33,10 @@ def resolve_model(name: str) -> str:
     if path.exists():
         return str(path)
     if name.startswith((".", "/", "~")):
-        raise ConfigError(f"model.name: {name!r} is not an existing folder; valid: "
-                          f"{', '.join(MODEL_ALIASES)}, a hub id such as roberta-base, or a local model folder")
+        raise ConfigError(
+            f"model.name: {name!r} is not an existing folder; valid: "
+            f"{', '.join(MODEL_ALIASES)}, a hub id such as roberta-base, or a local model folder"
+        )
     return name
 
 
@@ -82,8 +84,10 @@ def encoder_layers(encoder: nn.Module) -> tuple[str, nn.ModuleList]:
     """
     stacks = [(name, m) for name, m in encoder.named_modules() if isinstance(m, nn.ModuleList) and len(m)]
     if not stacks:
-        raise ConfigError(f"model: found no stack of layers in {type(encoder).__name__}; "
-                          "model.reinit_layers and train.layer_decay need one")
+        raise ConfigError(
+            f"model: found no stack of layers in {type(encoder).__name__}; "
+            "model.reinit_layers and train.layer_decay need one"
+        )
     return max(stacks, key=lambda item: len(item[1]))
 
 
@@ -111,8 +115,9 @@ def reinit_top_layers(encoder: nn.Module, n: int) -> None:
                 nn.init.zeros_(module.bias)
 
 
-def build_model(name: str, num_classes: int, pooling: str = "mean", dropout: float = 0.1,
-                reinit_layers: int = 0) -> EncoderClassifier:
+def build_model(
+    name: str, num_classes: int, pooling: str = "mean", dropout: float = 0.1, reinit_layers: int = 0
+) -> EncoderClassifier:
     from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 

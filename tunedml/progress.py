@@ -32,4 +32,8 @@ class Progress:
     def step(self, text: str) -> None:
         self.done += 1
         width = len(str(self.total))
-        print(f"{self.unit} {self.done:>{width}}/{self.total}  {text}  ETA {self.eta()}", file=self.stream or sys.stderr, flush=True)
+        print(
+            f"{self.unit} {self.done:>{width}}/{self.total}  {text}  ETA {self.eta()}",
+            file=self.stream or sys.stderr,
+            flush=True,
+        )

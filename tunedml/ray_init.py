@@ -15,8 +15,11 @@ def init_ray(address: str | None, verbose: bool) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    kwargs: dict[str, Any] = {"log_to_driver": verbose, "configure_logging": True,
-                              "logging_level": "INFO" if verbose else "ERROR"}
+    kwargs: dict[str, Any] = {
+        "log_to_driver": verbose,
+        "configure_logging": True,
+        "logging_level": "INFO" if verbose else "ERROR",
+    }
     if address:
         ray.init(address=address, **kwargs)
     elif os.environ.get("RAY_ADDRESS"):  # set by `ray job submit`: the job runs on its cluster

@@ -83,7 +83,11 @@ class ReportRow:
 
     @property
     def budgets_differ(self) -> bool:
-        return self.baseline_trials is not None and self.best_trials is not None and self.baseline_trials != self.best_trials
+        return (
+            self.baseline_trials is not None
+            and self.best_trials is not None
+            and self.baseline_trials != self.best_trials
+        )
 
 
 def check_projection(projection: str) -> None:
@@ -101,14 +105,35 @@ def rows(comparisons: list[Comparison], metric: str = "accuracy") -> list[Report
         diff = c.differences.get(metric)
         low = diff.low if diff is not None and diff.exists else nan
         high = diff.high if diff is not None and diff.exists else nan
-        out.append(ReportRow(
-            c.dataset, c.protocol, len(c.paired), c.baseline.candidate.loss, 100 * base["mean"], 100 * base["std"],
-            c.best.candidate.loss, 100 * best["mean"], 100 * best["std"], diff.mean if diff else nan, low, high,
-            100 * base["worst"], c.baseline.collapsed, c.baseline.candidate.untuned, c.baseline.candidate.trials,
-            100 * best["worst"], c.best.collapsed, c.best.candidate.trials,
-            diff.method if diff else "t", diff.confidence if diff else 0.95,
-            diff.p_t if diff else None, diff.p_wilcoxon if diff else None,
-            *_selection(c.baseline.candidate), *_selection(c.best.candidate)))
+        out.append(
+            ReportRow(
+                c.dataset,
+                c.protocol,
+                len(c.paired),
+                c.baseline.candidate.loss,
+                100 * base["mean"],
+                100 * base["std"],
+                c.best.candidate.loss,
+                100 * best["mean"],
+                100 * best["std"],
+                diff.mean if diff else nan,
+                low,
+                high,
+                100 * base["worst"],
+                c.baseline.collapsed,
+                c.baseline.candidate.untuned,
+                c.baseline.candidate.trials,
+                100 * best["worst"],
+                c.best.collapsed,
+                c.best.candidate.trials,
+                diff.method if diff else "t",
+                diff.confidence if diff else 0.95,
+                diff.p_t if diff else None,
+                diff.p_wilcoxon if diff else None,
+                *_selection(c.baseline.candidate),
+                *_selection(c.best.candidate),
+            )
+        )
     return out
 
 
@@ -146,51 +171,67 @@ def caption(comparisons: list[Comparison], metric: str = "accuracy") -> str:
     methods = sorted({i.method for i in intervals}) or ["t"]
     conf = intervals[0].confidence if intervals else 0.95
     how = " or ".join(INTERVAL_NAMES.get(m, m) for m in methods)
-    return (f"Test {METRIC_NAMES[metric]} (%), mean ± sample std over few-shot draws, the worst draw and the number "
-            f"of collapsed draws (every prediction one class), CCE / best. Δ = best − CCE in percentage points, "
-            f"paired over the same draws, with its {conf:.0%} {how} (* = interval excludes 0; none below "
-            f"{MIN_PAIRED} paired draws) and the two-sided p-values of a paired t-test and of the Wilcoxon "
-            "signed-rank test. Trials: each side's search budget.")
+    return (
+        f"Test {METRIC_NAMES[metric]} (%), mean ± sample std over few-shot draws, the worst draw and the number "
+        f"of collapsed draws (every prediction one class), CCE / best. Δ = best − CCE in percentage points, "
+        f"paired over the same draws, with its {conf:.0%} {how} (* = interval excludes 0; none below "
+        f"{MIN_PAIRED} paired draws) and the two-sided p-values of a paired t-test and of the Wilcoxon "
+        "signed-rank test. Trials: each side's search budget."
+    )
 
 
 def markdown(comparisons: list[Comparison], metric: str = "accuracy") -> str:
     """The table as Markdown, with a caption that says what the numbers are and notes under it."""
     table = rows(comparisons, metric)
-    lines = [caption(comparisons, metric), "",
-             "| Dataset | Protocol | Draws | CCE baseline | Best configuration | Loss | Worst draw | Collapsed "
-             "| Trials | Δ (pp) | p (t / Wilcoxon) |",
-             "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        caption(comparisons, metric),
+        "",
+        "| Dataset | Protocol | Draws | CCE baseline | Best configuration | Loss | Worst draw | Collapsed "
+        "| Trials | Δ (pp) | p (t / Wilcoxon) |",
+        "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|",
+    ]
     for r in table:
         base = _pm(r.baseline_mean, r.baseline_std) + (f" {UNTUNED_MARK}" if r.baseline_untuned else "")
-        trials = f"{_trials(r.baseline_trials)} / {_trials(r.best_trials)}" + (f" {BUDGET_MARK}" if r.budgets_differ else "")
-        lines.append(f"| {r.dataset} | {r.protocol} | {r.draws} | {base} | {_pm(r.best_mean, r.best_std)} | "
-                     f"{r.best_loss} | {r.baseline_worst:.1f} / {r.best_worst:.1f} | "
-                     f"{r.baseline_collapsed} / {r.best_collapsed} | {trials} | {_diff(r)} | "
-                     f"{_p(r.p_t)} / {_p(r.p_wilcoxon)} |")
+        trials = f"{_trials(r.baseline_trials)} / {_trials(r.best_trials)}" + (
+            f" {BUDGET_MARK}" if r.budgets_differ else ""
+        )
+        lines.append(
+            f"| {r.dataset} | {r.protocol} | {r.draws} | {base} | {_pm(r.best_mean, r.best_std)} | "
+            f"{r.best_loss} | {r.baseline_worst:.1f} / {r.best_worst:.1f} | "
+            f"{r.baseline_collapsed} / {r.best_collapsed} | {trials} | {_diff(r)} | "
+            f"{_p(r.p_t)} / {_p(r.p_wilcoxon)} |"
+        )
     lines += ["", *optimism_table(table)]
     notes = []
     if any(r.baseline_untuned for r in table):
         notes.append(f"{UNTUNED_MARK} untuned baseline: CCE at default settings, no search chose them.")
     if any(r.budgets_differ for r in table):
-        notes.append(f"{BUDGET_MARK} the two searches had different budgets (trials); the comparison favours the "
-                     "side with more.")
+        notes.append(
+            f"{BUDGET_MARK} the two searches had different budgets (trials); the comparison favours the side with more."
+        )
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
 
 def optimism_table(table: list[ReportRow]) -> list[str]:
     """How far each side's dev score at selection overstated its test mean: the winner's curse."""
-    out = ["How each configuration was chosen: its dev score in the search that chose it (for a re-scored search, "
-           "the chosen trial's own search score), its mean ± std over the re-scoring draws where the leaders were "
-           "re-scored, and the test mean above; optimism = dev at selection − test (pp).", "",
-           "| Dataset | Side | Loss | Dev at selection | Re-scored dev | Test | Optimism (pp) |",
-           "|---|---|---|---:|---:|---:|---:|"]
+    out = [
+        "How each configuration was chosen: its dev score in the search that chose it (for a re-scored search, "
+        "the chosen trial's own search score), its mean ± std over the re-scoring draws where the leaders were "
+        "re-scored, and the test mean above; optimism = dev at selection − test (pp).",
+        "",
+        "| Dataset | Side | Loss | Dev at selection | Re-scored dev | Test | Optimism (pp) |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
     for r in table:
         for side, loss, selection, rescored, test, optimism in (
-                ("CCE", r.baseline_loss, r.baseline_selection, r.baseline_rescored, r.baseline_mean, r.baseline_optimism),
-                ("best", r.best_loss, r.best_selection, r.best_rescored, r.best_mean, r.best_optimism)):
-            out.append(f"| {r.dataset} | {side} | {loss} | {_num(selection)} | "
-                       f"{'–' if rescored is None else _pm(*rescored)} | {test:.1f} | "
-                       f"{'–' if optimism is None else f'{optimism:+.1f}'} |")
+            ("CCE", r.baseline_loss, r.baseline_selection, r.baseline_rescored, r.baseline_mean, r.baseline_optimism),
+            ("best", r.best_loss, r.best_selection, r.best_rescored, r.best_mean, r.best_optimism),
+        ):
+            out.append(
+                f"| {r.dataset} | {side} | {loss} | {_num(selection)} | "
+                f"{'–' if rescored is None else _pm(*rescored)} | {test:.1f} | "
+                f"{'–' if optimism is None else f'{optimism:+.1f}'} |"
+            )
     return out
 
 
@@ -198,12 +239,42 @@ def _num(value: float | None) -> str:
     return "–" if value is None else f"{value:.1f}"
 
 
-CSV_COLUMNS = ("dataset", "protocol", "draws", "metric", "baseline_loss", "baseline_untuned", "baseline_trials",
-               "baseline_mean", "baseline_std", "baseline_worst", "baseline_collapsed", "best_loss", "best_trials",
-               "best_mean", "best_std", "best_worst", "best_collapsed", "diff_pp", "diff_low", "diff_high",
-               "interval", "confidence", "p_t", "p_wilcoxon", "significant", "budgets_differ",
-               "baseline_dev_selection", "baseline_dev_rescored", "baseline_dev_rescored_std", "baseline_optimism",
-               "best_dev_selection", "best_dev_rescored", "best_dev_rescored_std", "best_optimism")
+CSV_COLUMNS = (
+    "dataset",
+    "protocol",
+    "draws",
+    "metric",
+    "baseline_loss",
+    "baseline_untuned",
+    "baseline_trials",
+    "baseline_mean",
+    "baseline_std",
+    "baseline_worst",
+    "baseline_collapsed",
+    "best_loss",
+    "best_trials",
+    "best_mean",
+    "best_std",
+    "best_worst",
+    "best_collapsed",
+    "diff_pp",
+    "diff_low",
+    "diff_high",
+    "interval",
+    "confidence",
+    "p_t",
+    "p_wilcoxon",
+    "significant",
+    "budgets_differ",
+    "baseline_dev_selection",
+    "baseline_dev_rescored",
+    "baseline_dev_rescored_std",
+    "baseline_optimism",
+    "best_dev_selection",
+    "best_dev_rescored",
+    "best_dev_rescored_std",
+    "best_optimism",
+)
 
 
 def write_csv(comparisons: list[Comparison], path: str | Path) -> Path:
@@ -218,22 +289,53 @@ def write_csv(comparisons: list[Comparison], path: str | Path) -> Path:
         writer.writerow(CSV_COLUMNS)
         for metric in METRICS:
             for r in rows(comparisons, metric):
-                writer.writerow([r.dataset, r.protocol, r.draws, metric, r.baseline_loss, r.baseline_untuned,
-                                 _trials(r.baseline_trials).replace("–", ""), num(r.baseline_mean), num(r.baseline_std),
-                                 num(r.baseline_worst), r.baseline_collapsed, r.best_loss,
-                                 _trials(r.best_trials).replace("–", ""), num(r.best_mean), num(r.best_std),
-                                 num(r.best_worst), r.best_collapsed, num(r.diff_mean), num(r.diff_low), num(r.diff_high),
-                                 r.interval, r.confidence, "" if r.p_t is None else r.p_t,
-                                 "" if r.p_wilcoxon is None else r.p_wilcoxon, r.significant, r.budgets_differ,
-                                 *_selection_cells(r.baseline_selection, r.baseline_rescored, r.baseline_optimism, num),
-                                 *_selection_cells(r.best_selection, r.best_rescored, r.best_optimism, num)])
+                writer.writerow(
+                    [
+                        r.dataset,
+                        r.protocol,
+                        r.draws,
+                        metric,
+                        r.baseline_loss,
+                        r.baseline_untuned,
+                        _trials(r.baseline_trials).replace("–", ""),
+                        num(r.baseline_mean),
+                        num(r.baseline_std),
+                        num(r.baseline_worst),
+                        r.baseline_collapsed,
+                        r.best_loss,
+                        _trials(r.best_trials).replace("–", ""),
+                        num(r.best_mean),
+                        num(r.best_std),
+                        num(r.best_worst),
+                        r.best_collapsed,
+                        num(r.diff_mean),
+                        num(r.diff_low),
+                        num(r.diff_high),
+                        r.interval,
+                        r.confidence,
+                        "" if r.p_t is None else r.p_t,
+                        "" if r.p_wilcoxon is None else r.p_wilcoxon,
+                        r.significant,
+                        r.budgets_differ,
+                        *_selection_cells(r.baseline_selection, r.baseline_rescored, r.baseline_optimism, num),
+                        *_selection_cells(r.best_selection, r.best_rescored, r.best_optimism, num),
+                    ]
+                )
     return path
 
 
-def _selection_cells(selection: float | None, rescored: tuple[float, float] | None, optimism: float | None,
-                     num: Callable[[float | None], float | str]) -> list[float | str]:
-    return [num(selection), num(rescored[0] if rescored else None), num(rescored[1] if rescored else None),
-            num(optimism)]
+def _selection_cells(
+    selection: float | None,
+    rescored: tuple[float, float] | None,
+    optimism: float | None,
+    num: Callable[[float | None], float | str],
+) -> list[float | str]:
+    return [
+        num(selection),
+        num(rescored[0] if rescored else None),
+        num(rescored[1] if rescored else None),
+        num(optimism),
+    ]
 
 
 def describe_candidate(c: Candidate) -> str:
@@ -250,7 +352,9 @@ def draw_line(job: Job, result: DrawResult) -> str:
         return f"{what}: FAILED {result.error}"
     t = result.test
     collapsed = "  COLLAPSED (one class)" if result.collapsed else ""
-    return f"{what}: test acc {t['accuracy']:.4f}  macro-F1 {t['macro_f1']:.4f}{collapsed}  {fmt_duration(result.seconds)}"
+    return (
+        f"{what}: test acc {t['accuracy']:.4f}  macro-F1 {t['macro_f1']:.4f}{collapsed}  {fmt_duration(result.seconds)}"
+    )
 
 
 def _side_label(label: str, r: ConfigResult) -> str:
@@ -264,8 +368,12 @@ def comparison_lines(c: Comparison) -> list[str]:
     difference with its interval and p-values, as text."""
     draws = len(c.best.draws)
     mode = c.best.candidate.config.get("inference.mode", "head")
-    lines = [f"{c.dataset} ({c.protocol}), {draws} draws, test scores in % (best inference: {mode})",
-             f"  {'':<36}" + "".join(f"{METRIC_NAMES[m] + ' (mean ± std, worst)':>32}" for m in METRICS) + f"{'collapsed':>11}"]
+    lines = [
+        f"{c.dataset} ({c.protocol}), {draws} draws, test scores in % (best inference: {mode})",
+        f"  {'':<36}"
+        + "".join(f"{METRIC_NAMES[m] + ' (mean ± std, worst)':>32}" for m in METRICS)
+        + f"{'collapsed':>11}",
+    ]
     baseline = "CCE baseline" if c.baseline.candidate.loss == NO_DML else "baseline"  # --baseline may name any config
     for label, r in ((baseline, c.baseline), ("best", c.best)):
         s = r.summary()
@@ -274,11 +382,14 @@ def comparison_lines(c: Comparison) -> list[str]:
     if c.differences:
         first = next(iter(c.differences.values()))
         if first.exists:
-            lines.append(f"  {f'Δ best − CCE (pp, {first.confidence:.0%} {first.method} CI)':<36}"
-                         + "".join(f"{_interval(c.differences[m]):>32}" for m in METRICS))
-            lines.append(f"  {'p paired t / Wilcoxon':<36}"
-                         + "".join(f"{_p(c.differences[m].p_t) + ' / ' + _p(c.differences[m].p_wilcoxon):>32}"
-                                   for m in METRICS))
+            lines.append(
+                f"  {f'Δ best − CCE (pp, {first.confidence:.0%} {first.method} CI)':<36}"
+                + "".join(f"{_interval(c.differences[m]):>32}" for m in METRICS)
+            )
+            lines.append(
+                f"  {'p paired t / Wilcoxon':<36}"
+                + "".join(f"{_p(c.differences[m].p_t) + ' / ' + _p(c.differences[m].p_wilcoxon):>32}" for m in METRICS)
+            )
         else:
             lines.append(f"  {'Δ best − CCE (pp)':<36}" + "".join(f"{c.differences[m].mean:>+32.1f}" for m in METRICS))
             lines.append(f"  no interval and no p-values: {len(c.paired)} paired draws, {MIN_PAIRED} needed")
@@ -289,8 +400,10 @@ def comparison_lines(c: Comparison) -> list[str]:
     if c.baseline.candidate.untuned:
         lines.append("  note: the CCE baseline is untuned (default settings; no search chose them)")
     if c.budgets_differ:
-        lines.append(f"  note: the searches had different budgets: best {c.best.candidate.trials} trials, "
-                     f"CCE {c.baseline.candidate.trials} trials")
+        lines.append(
+            f"  note: the searches had different budgets: best {c.best.candidate.trials} trials, "
+            f"CCE {c.baseline.candidate.trials} trials"
+        )
     failed = [f"{role} draw {d.index}" for role in ("best", "baseline") for d in c.result(role).draws if not d.ok]
     if failed:
         lines.append(f"  failed (left out of the paired difference): {', '.join(failed)}")
@@ -303,9 +416,13 @@ def selection_line(label: str, r: ConfigResult, metric: str = "accuracy") -> str
     optimism = r.optimism(metric)
     if c.selection_score is None or optimism is None:
         return None
-    rescored = f", re-scored {_pm(100 * c.rescored[0], 100 * c.rescored[1])} ({c.rescored[2]} draws)" if c.rescored else ""
-    return (f"  {label}: dev at selection {100 * c.selection_score:.1f}{rescored}, "
-            f"test {100 * r.summary()[metric]['mean']:.1f}: optimism {optimism:+.1f} pp")
+    rescored = (
+        f", re-scored {_pm(100 * c.rescored[0], 100 * c.rescored[1])} ({c.rescored[2]} draws)" if c.rescored else ""
+    )
+    return (
+        f"  {label}: dev at selection {100 * c.selection_score:.1f}{rescored}, "
+        f"test {100 * r.summary()[metric]['mean']:.1f}: optimism {optimism:+.1f} pp"
+    )
 
 
 def _spread(summary: dict[str, float]) -> str:
@@ -318,6 +435,7 @@ def _interval(i: Interval) -> str:
 
 
 # ----------------------------------------------------------------- plots
+
 
 def _pyplot():
     import matplotlib
@@ -337,15 +455,25 @@ def plot_differences(comparisons: list[Comparison], path: str | Path, metric: st
         color = "tab:green" if r.significant and r.diff_low > 0 else "tab:red" if r.significant else "tab:gray"
         err = [[r.diff_mean - r.diff_low], [r.diff_high - r.diff_mean]] if r.has_interval else None
         ax.errorbar(r.diff_mean, y, xerr=err, fmt="o", color=color, capsize=4)
-        ax.annotate(f"{r.best_loss}", (r.diff_high if r.has_interval else r.diff_mean, y), xytext=(6, 0),
-                    textcoords="offset points", va="center", fontsize=8, color="0.3")
+        ax.annotate(
+            f"{r.best_loss}",
+            (r.diff_high if r.has_interval else r.diff_mean, y),
+            xytext=(6, 0),
+            textcoords="offset points",
+            va="center",
+            fontsize=8,
+            color="0.3",
+        )
     ax.axvline(0, color="black", linewidth=0.8)
     ax.set_yticks(range(len(table)), [r.dataset for r in table])
     ax.set_ylim(-0.7, len(table) - 0.3)
     ax.invert_yaxis()
     methods = sorted({r.interval for r in table}) or ["t"]
-    ax.set_xlabel(f"Δ test {METRIC_NAMES[metric]} (percentage points), best − CCE, "
-                  f"{' or '.join(INTERVAL_NAMES.get(m, m) for m in methods)}", fontsize=8)
+    ax.set_xlabel(
+        f"Δ test {METRIC_NAMES[metric]} (percentage points), best − CCE, "
+        f"{' or '.join(INTERVAL_NAMES.get(m, m) for m in methods)}",
+        fontsize=8,
+    )
     ax.set_title("Best configuration against the CCE baseline", fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
@@ -374,12 +502,15 @@ def tsne_2d(points: np.ndarray, extra: np.ndarray) -> tuple[np.ndarray, np.ndarr
     from sklearn.manifold import TSNE
 
     both = np.vstack([points, extra])
-    xy = TSNE(n_components=2, init="pca", random_state=0, perplexity=min(30.0, max(2.0, (len(both) - 1) / 3))).fit_transform(both)
-    return xy[: len(points)], xy[len(points):]
+    xy = TSNE(
+        n_components=2, init="pca", random_state=0, perplexity=min(30.0, max(2.0, (len(both) - 1) / 3))
+    ).fit_transform(both)
+    return xy[: len(points)], xy[len(points) :]
 
 
 PROJECTIONS: dict[str, Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]] = dict(
-    zip(choices.PROJECTIONS, (pca_2d, tsne_2d)))
+    zip(choices.PROJECTIONS, (pca_2d, tsne_2d))
+)
 
 
 def plot_embeddings(comparison: Comparison, path: str | Path, projection: str = "pca") -> Path:
@@ -396,12 +527,23 @@ def plot_embeddings(comparison: Comparison, path: str | Path, projection: str = 
     for ax, (role, snap) in zip(axes[0], panels):
         _panel(ax, comparison, role, snap, projection, colors)
     handles = [plt.Line2D([], [], marker="o", linestyle="", color=colors(c), label=n) for c, n in enumerate(names)]
-    handles.append(plt.Line2D([], [], marker="*", linestyle="", color="white", markeredgecolor="black",
-                              markersize=12, label="proxy / class center"))
+    handles.append(
+        plt.Line2D(
+            [],
+            [],
+            marker="*",
+            linestyle="",
+            color="white",
+            markeredgecolor="black",
+            markersize=12,
+            label="proxy / class center",
+        )
+    )
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 7), fontsize=8, frameon=False)
     draw = f", draw {comparison.best_draw}" if comparison.best_draw is not None else ""
-    fig.suptitle(f"{comparison.dataset}: test embeddings ({projection.upper()} of L2-normalised vectors{draw})",
-                 fontsize=11)
+    fig.suptitle(
+        f"{comparison.dataset}: test embeddings ({projection.upper()} of L2-normalised vectors{draw})", fontsize=11
+    )
     fig.tight_layout(rect=(0, 0.07, 1, 0.95))
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -418,8 +560,16 @@ def _panel(ax, comparison: Comparison, role: str, snap: Snapshot, projection: st
     for c in np.unique(labels):
         m = labels == c
         ax.scatter(xy[m, 0], xy[m, 1], s=6, alpha=0.45, color=colors(int(c)), linewidths=0)
-    ax.scatter(proto[:, 0], proto[:, 1], s=180, marker="*", c=[colors(int(c)) for c in snap.prototype_labels],
-               edgecolors="black", linewidths=0.9, zorder=3)
+    ax.scatter(
+        proto[:, 0],
+        proto[:, 1],
+        s=180,
+        marker="*",
+        c=[colors(int(c)) for c in snap.prototype_labels],
+        edgecolors="black",
+        linewidths=0.9,
+        zorder=3,
+    )
     result = comparison.result(role)
     draw = next((d for d in result.draws if d.index == comparison.best_draw and d.ok), None)
     score = f", test acc {100 * draw.test['accuracy']:.1f}%" if draw else ""
@@ -430,6 +580,7 @@ def _panel(ax, comparison: Comparison, role: str, snap: Snapshot, projection: st
 
 
 # ----------------------------------------------------------------- the whole report
+
 
 @dataclass
 class Report:
@@ -449,8 +600,9 @@ class Report:
         return rows(self.comparisons, self.metric)
 
 
-def write_report(comparisons: list[Comparison], out: str | Path, metric: str = "accuracy",
-                 projection: str = "pca") -> list[Path]:
+def write_report(
+    comparisons: list[Comparison], out: str | Path, metric: str = "accuracy", projection: str = "pca"
+) -> list[Path]:
     """results.md, results.csv, diff.png and embeddings_<dataset>.png under ``out``; returns the files."""
     check_metric(metric)
     if not comparisons:
@@ -459,7 +611,11 @@ def write_report(comparisons: list[Comparison], out: str | Path, metric: str = "
     folder.mkdir(parents=True, exist_ok=True)
     md = folder / "results.md"
     md.write_text("# Final evaluation\n\n" + markdown(comparisons, metric) + _sources(comparisons))
-    files = [md, write_csv(comparisons, folder / "results.csv"), plot_differences(comparisons, folder / "diff.png", metric)]
+    files = [
+        md,
+        write_csv(comparisons, folder / "results.csv"),
+        plot_differences(comparisons, folder / "diff.png", metric),
+    ]
     for c in comparisons:
         if c.snapshots:
             files.append(plot_embeddings(c, folder / f"embeddings_{_safe(c.dataset)}.png", projection))
@@ -469,8 +625,10 @@ def write_report(comparisons: list[Comparison], out: str | Path, metric: str = "
 def _sources(comparisons: list[Comparison]) -> str:
     lines = ["", "Configurations:", ""]
     for c in comparisons:
-        lines.append(f"- {c.dataset}: best = {c.best.candidate.loss} from {c.best.candidate.source}; "
-                     f"baseline = {c.baseline.candidate.source}")
+        lines.append(
+            f"- {c.dataset}: best = {c.best.candidate.loss} from {c.best.candidate.source}; "
+            f"baseline = {c.baseline.candidate.source}"
+        )
     return "\n".join(lines) + "\n"
 
 

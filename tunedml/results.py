@@ -114,9 +114,11 @@ class ConfigResult:
         out = {}
         for m in METRICS:
             x = self.scores(m)
-            out[m] = {"mean": float(x.mean()) if len(x) else nan,
-                      "std": float(x.std(ddof=1)) if len(x) > 1 else (0.0 if len(x) else nan),
-                      "worst": float(x.min()) if len(x) else nan}
+            out[m] = {
+                "mean": float(x.mean()) if len(x) else nan,
+                "std": float(x.std(ddof=1)) if len(x) > 1 else (0.0 if len(x) else nan),
+                "worst": float(x.min()) if len(x) else nan,
+            }
         return out
 
     @property
@@ -143,15 +145,23 @@ class Snapshot:
     state: dict[str, Any] | None = None  # {"model": state dict, "loss": state dict}
 
     def arrays(self, prefix: str = "") -> dict[str, np.ndarray]:
-        return {f"{prefix}embeddings": self.embeddings, f"{prefix}labels": self.labels,
-                f"{prefix}prototypes": self.prototypes, f"{prefix}prototype_labels": self.prototype_labels,
-                f"{prefix}prototype_kind": np.array(self.prototype_kind)}
+        return {
+            f"{prefix}embeddings": self.embeddings,
+            f"{prefix}labels": self.labels,
+            f"{prefix}prototypes": self.prototypes,
+            f"{prefix}prototype_labels": self.prototype_labels,
+            f"{prefix}prototype_kind": np.array(self.prototype_kind),
+        }
 
     @classmethod
     def from_arrays(cls, arrays: Any, prefix: str = "") -> "Snapshot":
-        return cls(np.asarray(arrays[f"{prefix}embeddings"]), np.asarray(arrays[f"{prefix}labels"]),
-                   np.asarray(arrays[f"{prefix}prototypes"]), np.asarray(arrays[f"{prefix}prototype_labels"]),
-                   str(arrays[f"{prefix}prototype_kind"]))
+        return cls(
+            np.asarray(arrays[f"{prefix}embeddings"]),
+            np.asarray(arrays[f"{prefix}labels"]),
+            np.asarray(arrays[f"{prefix}prototypes"]),
+            np.asarray(arrays[f"{prefix}prototype_labels"]),
+            str(arrays[f"{prefix}prototype_kind"]),
+        )
 
 
 @dataclass
@@ -190,27 +200,59 @@ class Comparison:
     def to_dict(self) -> dict[str, Any]:
         def side(r: ConfigResult) -> dict[str, Any]:
             c = r.candidate
-            return {"loss": c.loss, "source": c.source, "run_id": c.run_id, "untuned": c.untuned, "trials": c.trials,
-                    "selection_score": c.selection_score, "rescored": list(c.rescored) if c.rescored else None,
-                    "config": c.config, "summary": r.summary(), "collapsed": r.collapsed,
-                    "draws": [d.__dict__ for d in r.draws]}
+            return {
+                "loss": c.loss,
+                "source": c.source,
+                "run_id": c.run_id,
+                "untuned": c.untuned,
+                "trials": c.trials,
+                "selection_score": c.selection_score,
+                "rescored": list(c.rescored) if c.rescored else None,
+                "config": c.config,
+                "summary": r.summary(),
+                "collapsed": r.collapsed,
+                "draws": [d.__dict__ for d in r.draws],
+            }
 
-        return {"dataset": self.dataset, "label_names": self.label_names, "protocol": self.protocol,
-                "best": side(self.best), "baseline": side(self.baseline),
-                "differences_pp": {m: i.to_dict() for m, i in self.differences.items()},
-                "paired_draws": self.paired, "best_draw": self.best_draw, "seconds": round(self.seconds, 1)}
+        return {
+            "dataset": self.dataset,
+            "label_names": self.label_names,
+            "protocol": self.protocol,
+            "best": side(self.best),
+            "baseline": side(self.baseline),
+            "differences_pp": {m: i.to_dict() for m, i in self.differences.items()},
+            "paired_draws": self.paired,
+            "best_draw": self.best_draw,
+            "seconds": round(self.seconds, 1),
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Comparison":
         """Also reads comparison.json files of older versions (no method, p-values, trials or flags)."""
+
         def side(role: str) -> ConfigResult:
             s = d[role]
             rescored = s.get("rescored")
-            candidate = Candidate(role, s["config"], s["source"], s.get("run_id"),
-                                  s.get("untuned", s["source"] == "CCE defaults"), s.get("trials"),
-                                  s.get("selection_score"), tuple(rescored) if rescored else None)
+            candidate = Candidate(
+                role,
+                s["config"],
+                s["source"],
+                s.get("run_id"),
+                s.get("untuned", s["source"] == "CCE defaults"),
+                s.get("trials"),
+                s.get("selection_score"),
+                tuple(rescored) if rescored else None,
+            )
             return ConfigResult(candidate, [DrawResult(**x) for x in s["draws"]])
 
-        return cls(d["dataset"], list(d["label_names"]), d["protocol"], side("best"), side("baseline"),
-                   {m: Interval(**i) for m, i in d["differences_pp"].items()}, list(d["paired_draws"]),
-                   d.get("best_draw"), seconds=float(d.get("seconds", 0.0)))
+        return cls(
+            d["dataset"],
+            list(d["label_names"]),
+            d["protocol"],
+            side("best"),
+            side("baseline"),
+            {m: Interval(**i) for m, i in d["differences_pp"].items()},
+            list(d["paired_draws"]),
+            d.get("best_draw"),
+            seconds=float(d.get("seconds", 0.0)),
+        )

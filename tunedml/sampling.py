@@ -45,15 +45,16 @@ class RandomBatches:
     batch_size: int
 
     @classmethod
-    def for_draw(cls, indices: np.ndarray, labels: np.ndarray, label_names: list[str], batch_size: int,
-                 m: int | None) -> "RandomBatches":
+    def for_draw(
+        cls, indices: np.ndarray, labels: np.ndarray, label_names: list[str], batch_size: int, m: int | None
+    ) -> "RandomBatches":
         return cls(indices, batch_size)
 
     def __call__(self, rng: np.random.Generator) -> Batches:
         while True:
             order = rng.permutation(self.indices)
             for start in range(0, len(order), self.batch_size):
-                yield order[start: start + self.batch_size]
+                yield order[start : start + self.batch_size]
 
 
 def auto_m(batch_size: int, num_classes: int) -> int | None:
@@ -72,16 +73,22 @@ def check_m_per_class(batch_size: int, m: int | None, source: str = "config") ->
     sampler takes whole blocks of m; a one-class batch has no negative pairs)."""
     if m is None:
         if batch_size < 4:
-            raise ConfigError(f"{source}: data.sampler=m_per_class with train.batch_size={batch_size}: a batch needs two "
-                              "classes of two examples or more (4); raise train.batch_size or use data.sampler=random")
+            raise ConfigError(
+                f"{source}: data.sampler=m_per_class with train.batch_size={batch_size}: a batch needs two "
+                "classes of two examples or more (4); raise train.batch_size or use data.sampler=random"
+            )
         return
     if batch_size % m:
-        raise ConfigError(f"{source}: train.batch_size={batch_size} is not a multiple of data.m_per_class={m} "
-                          "(a batch holds whole blocks of m examples of a class); change either, or leave "
-                          "data.m_per_class unset to split the batch evenly")
+        raise ConfigError(
+            f"{source}: train.batch_size={batch_size} is not a multiple of data.m_per_class={m} "
+            "(a batch holds whole blocks of m examples of a class); change either, or leave "
+            "data.m_per_class unset to split the batch evenly"
+        )
     if batch_size // m < 2:
-        raise ConfigError(f"{source}: train.batch_size={batch_size} with data.m_per_class={m} holds one class per "
-                          f"batch: no negative pairs; use a batch of {2 * m} or more, or a smaller data.m_per_class")
+        raise ConfigError(
+            f"{source}: train.batch_size={batch_size} with data.m_per_class={m} holds one class per "
+            f"batch: no negative pairs; use a batch of {2 * m} or more, or a smaller data.m_per_class"
+        )
 
 
 @dataclass(frozen=True)
@@ -101,8 +108,9 @@ class MPerClassBatches:
     m: int
 
     @classmethod
-    def for_draw(cls, indices: np.ndarray, labels: np.ndarray, label_names: list[str], batch_size: int,
-                 m: int | None) -> "MPerClassBatches":
+    def for_draw(
+        cls, indices: np.ndarray, labels: np.ndarray, label_names: list[str], batch_size: int, m: int | None
+    ) -> "MPerClassBatches":
         """Raises DataError when the draw cannot give these batches (see :func:`resolve_m`)."""
         return cls(indices, labels, batch_size, resolve_m(batch_size, m, labels, label_names))
 
@@ -110,12 +118,13 @@ class MPerClassBatches:
         from pytorch_metric_learning.samplers import MPerClassSampler
 
         steps = math.ceil(len(self.indices) / self.batch_size)
-        sampler = MPerClassSampler(self.labels, self.m, batch_size=self.batch_size,
-                                   length_before_new_iter=steps * self.batch_size)
+        sampler = MPerClassSampler(
+            self.labels, self.m, batch_size=self.batch_size, length_before_new_iter=steps * self.batch_size
+        )
         while True:
             positions = np.fromiter(iter(sampler), dtype=np.int64)
             for start in range(0, len(positions), self.batch_size):
-                yield self.indices[positions[start: start + self.batch_size]]
+                yield self.indices[positions[start : start + self.batch_size]]
 
 
 def resolve_m(batch_size: int, m: int | None, labels: np.ndarray, label_names: list[str]) -> int:
@@ -124,19 +133,28 @@ def resolve_m(batch_size: int, m: int | None, labels: np.ndarray, label_names: l
     classes, counts = np.unique(labels, return_counts=True)
     taken = m if m is not None else auto_m(batch_size, len(classes))
     if taken is None:
-        raise DataError(f"train.batch_size={batch_size} cannot be split evenly over 2 to {len(classes)} classes of "
-                        "two examples or more (data.sampler=m_per_class); use an even train.batch_size")
+        raise DataError(
+            f"train.batch_size={batch_size} cannot be split evenly over 2 to {len(classes)} classes of "
+            "two examples or more (data.sampler=m_per_class); use an even train.batch_size"
+        )
     if taken * len(classes) < batch_size:
         fits = auto_m(batch_size, len(classes))
-        raise DataError(f"data.m_per_class={taken} with train.batch_size={batch_size} needs {batch_size // taken} "
-                        f"classes per batch, but the draw has {len(classes)}; "
-                        + (f"use data.m_per_class={fits} (or leave it unset) or lower train.batch_size" if fits
-                           else "lower train.batch_size"))
+        raise DataError(
+            f"data.m_per_class={taken} with train.batch_size={batch_size} needs {batch_size // taken} "
+            f"classes per batch, but the draw has {len(classes)}; "
+            + (
+                f"use data.m_per_class={fits} (or leave it unset) or lower train.batch_size"
+                if fits
+                else "lower train.batch_size"
+            )
+        )
     if counts.min() < taken:
         name = label_names[int(classes[counts.argmin()])]
         given = f"data.m_per_class={taken}" if m is not None else f"a batch of {batch_size} takes {taken} of each class"
-        raise DataError(f"class {name!r} has {counts.min()} examples in the training draw; {given}, which it cannot "
-                        f"meet without repeats; lower train.batch_size or data.m_per_class, or raise data.k")
+        raise DataError(
+            f"class {name!r} has {counts.min()} examples in the training draw; {given}, which it cannot "
+            f"meet without repeats; lower train.batch_size or data.m_per_class, or raise data.k"
+        )
     return taken
 
 
@@ -147,8 +165,9 @@ SAMPLERS: dict[str, type[RandomBatches] | type[MPerClassBatches]] = {
 }
 
 
-def build_sampler(name: str, indices: np.ndarray, labels: np.ndarray, label_names: list[str], batch_size: int,
-                  m: int | None = None) -> Sampler:
+def build_sampler(
+    name: str, indices: np.ndarray, labels: np.ndarray, label_names: list[str], batch_size: int, m: int | None = None
+) -> Sampler:
     """The batches of ``data.sampler`` over a draw's training ``indices`` (``labels``: theirs);
     call the result with a generator for an endless stream of index arrays.
 

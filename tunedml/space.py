@@ -59,7 +59,9 @@ class Dist:
 class Space:
     fixed: dict[str, Any] = field(default_factory=dict)
     dists: list[Dist] = field(default_factory=list)
-    branches: dict[str, tuple[str, dict[Any, "Space"]]] = field(default_factory=dict)  # key -> (optuna name, option -> sub-space)
+    branches: dict[str, tuple[str, dict[Any, "Space"]]] = field(
+        default_factory=dict
+    )  # key -> (optuna name, option -> sub-space)
 
     def sample(self, trial: Any) -> dict[str, Any]:
         """Define-by-run: suggest every parameter through ``trial``; return the flat config."""
@@ -86,8 +88,12 @@ class Space:
             base[d.key] = int(value) if d.kind == "int" else value
         combos = [base]
         for key, (_, options) in self.branches.items():
-            combos = [{**c, key: option, **sub} for c in combos
-                      for option, space in options.items() for sub in space.examples(end)]
+            combos = [
+                {**c, key: option, **sub}
+                for c in combos
+                for option, space in options.items()
+                for sub in space.examples(end)
+            ]
         return combos
 
     def largest(self, key: str, default: Any, smallest: bool = False) -> list[Any]:
@@ -117,8 +123,10 @@ class Space:
         for key, (name, options) in self.branches.items():
             if key in point:
                 if point[key] not in options:
-                    raise ConfigError(f"{path}: point {key}={point[key]!r} is not an option of this space; "
-                                      f"valid: {', '.join(map(str, options))}")
+                    raise ConfigError(
+                        f"{path}: point {key}={point[key]!r} is not an option of this space; "
+                        f"valid: {', '.join(map(str, options))}"
+                    )
                 out[name] = point[key]
                 out.update(options[point[key]].params(point, path))
         return out
@@ -132,10 +140,16 @@ class Space:
         searched: dict[str, Any] = {d.key: d for d in self.dists}
         out = [("", values, searched)]
         for key, (_, options) in self.branches.items():
-            out = [(", ".join(filter(None, (label, f"{key}={option}", sub_label))),
-                    {**vals, key: [option], **sub_vals}, {**found, key: options, **sub_found})
-                   for label, vals, found in out for option, space in options.items()
-                   for sub_label, sub_vals, sub_found in space.paths()]
+            out = [
+                (
+                    ", ".join(filter(None, (label, f"{key}={option}", sub_label))),
+                    {**vals, key: [option], **sub_vals},
+                    {**found, key: options, **sub_found},
+                )
+                for label, vals, found in out
+                for option, space in options.items()
+                for sub_label, sub_vals, sub_found in space.paths()
+            ]
         return out
 
     def options_of(self, key: str) -> list[Any]:
@@ -208,8 +222,10 @@ class SearchSpace:
         searched = self.root.keys() - set(self.root.fixed)
         clash = sorted(k for k in base if k in searched)
         if clash:
-            raise ConfigError(f"{self.path}: {', '.join(clash)} is searched in this space and also set on the "
-                              "command line / --config; remove one of them")
+            raise ConfigError(
+                f"{self.path}: {', '.join(clash)} is searched in this space and also set on the "
+                "command line / --config; remove one of them"
+            )
         for key in set(base) & set(self.root.fixed):
             self.root.fixed[key] = base[key]
         self._take_loss_spelling(base, searched)
@@ -228,8 +244,10 @@ class SearchSpace:
         for key in base:
             for other in sorted(k for k in self.root.keys() if same_parameter(k, key, loss_name)):
                 if other in searched:
-                    raise ConfigError(f"{self.path}: {other} is searched in this space and {key} (the same "
-                                      "hyperparameter) is set on the command line / --config; remove one of them")
+                    raise ConfigError(
+                        f"{self.path}: {other} is searched in this space and {key} (the same "
+                        "hyperparameter) is set on the command line / --config; remove one of them"
+                    )
                 self.root.drop(other)
 
     def _check_used(self, base: dict[str, Any], datasets: list[str] | None) -> None:
@@ -244,8 +262,9 @@ class SearchSpace:
             rule = FIELDS[key].used if key in FIELDS else None
             if rule is None or not given_by_user(key, value):
                 continue
-            contexts = [{k: values.get(k, [fixed.get(k, FIELDS[k].default)]) for k in rule.keys}
-                        for _, values, _ in paths]
+            contexts = [
+                {k: values.get(k, [fixed.get(k, FIELDS[k].default)]) for k in rule.keys} for _, values, _ in paths
+            ]
             if datasets and "data.dataset" in rule.keys and "data.dataset" not in self.root.keys():
                 contexts = [{**context, "data.dataset": datasets} for context in contexts]
             if not any(rule.anywhere(context) for context in contexts):
@@ -261,8 +280,10 @@ class SearchSpace:
         given = [k for k in RUN_LENGTH if base.get(k) is not None]
         for other in (k for k in RUN_LENGTH if given and k not in given):
             if other in searched:
-                raise ConfigError(f"{self.path}: {other} is searched in this space and {given[0]} is set on the "
-                                  "command line / --config; both set the run's length: remove one of them")
+                raise ConfigError(
+                    f"{self.path}: {other} is searched in this space and {given[0]} is set on the "
+                    "command line / --config; both set the run's length: remove one of them"
+                )
             self.root.drop(other)
 
     def _check_applies(self, base: dict[str, Any]) -> None:
@@ -279,8 +300,10 @@ class SearchSpace:
                 if bad is not None:
                     where = f"in branch {label}" if label else "at the top level"
                     shown = ", ".join(f"{k}={v}" for k, v in bad.items())
-                    raise ConfigError(f"{self.path}: {key} is searched {where}, where it does nothing ({shown}); "
-                                      f"it applies {rule.text}: search it only in the branches where it does")
+                    raise ConfigError(
+                        f"{self.path}: {key} is searched {where}, where it does nothing ({shown}); "
+                        f"it applies {rule.text}: search it only in the branches where it does"
+                    )
 
 
 def config_keys(params: dict[str, Any]) -> dict[str, Any]:
@@ -311,7 +334,9 @@ def read_space_yaml(path: str | Path, sources: list[tuple[str, str]] | None = No
     return keys
 
 
-def _read_including(path: Path, including: tuple[Path, ...], sources: list[tuple[str, str]]) -> tuple[dict[str, Any], dict[str, str]]:
+def _read_including(
+    path: Path, including: tuple[Path, ...], sources: list[tuple[str, str]]
+) -> tuple[dict[str, Any], dict[str, str]]:
     """(keys, key -> the file that defines it) of ``path`` and, recursively, its includes;
     ``including`` is the chain of files that led here (for cycles and messages)."""
     parent = including[-1] if including else None
@@ -319,8 +344,9 @@ def _read_including(path: Path, including: tuple[Path, ...], sources: list[tuple
         cycle = " -> ".join(p.name for p in (*including, path))
         raise ConfigError(f"{parent}: {INCLUDE}: {path.name} includes itself ({cycle})")
     if not path.is_file():
-        raise ConfigError(f"{parent}: {INCLUDE}: {path.name} not found (looked for {path})" if parent
-                          else f"{path}: file not found")
+        raise ConfigError(
+            f"{parent}: {INCLUDE}: {path.name} not found (looked for {path})" if parent else f"{path}: file not found"
+        )
     raw = dict(load_yaml(path))
     sources.append((str(path), path.read_text()))
     includes = raw.pop(INCLUDE, [])
@@ -333,8 +359,9 @@ def _read_including(path: Path, including: tuple[Path, ...], sources: list[tuple
         sub, sub_origin = _read_including(path.parent / name, (*including, path), sources)
         for key, value in sub.items():
             if key in keys:
-                raise ConfigError(f"{path}: {key} is defined twice, in {origin[key]} and in {sub_origin[key]}; "
-                                  "define it once")
+                raise ConfigError(
+                    f"{path}: {key} is defined twice, in {origin[key]} and in {sub_origin[key]}; define it once"
+                )
             keys[key], origin[key] = value, sub_origin[key]
     own = {str(k): v for k, v in raw.items()}
     for key in own:
@@ -382,11 +409,14 @@ def _hyperparameters(key: str, loss_names: tuple[str, ...], path: str) -> list[H
     return [hyperparameter_for(key, loss, path) for loss in loss_names]
 
 
-def _parse_choice(key: str, args: Any, path: str, hps: list[Hyperparameter], prefix: str,
-                  loss_names: tuple[str, ...]) -> dict[Any, Space]:
+def _parse_choice(
+    key: str, args: Any, path: str, hps: list[Hyperparameter], prefix: str, loss_names: tuple[str, ...]
+) -> dict[Any, Space]:
     where = f"{path}: {key}"
     if not isinstance(args, dict) or not args:
-        raise ConfigError(f"{where}: choice needs a mapping of options to sub-spaces, e.g. {{none: {{}}, proxy_anchor: {{...}}}}")
+        raise ConfigError(
+            f"{where}: choice needs a mapping of options to sub-spaces, e.g. {{none: {{}}, proxy_anchor: {{...}}}}"
+        )
     options: dict[Any, Space] = {}
     for option, sub in args.items():
         for hp in hps:
@@ -394,7 +424,9 @@ def _parse_choice(key: str, args: Any, path: str, hps: list[Hyperparameter], pre
         if sub is not None and not isinstance(sub, dict):
             raise ConfigError(f"{where}: option {option!r} must map to a sub-space (a mapping, or {{}})")
         narrowed = (str(option),) if key == "loss.name" else loss_names
-        options[option] = _parse(sub or {}, path, narrowed, prefix=f"{prefix},{key}={option}" if prefix else f"{option}")
+        options[option] = _parse(
+            sub or {}, path, narrowed, prefix=f"{prefix},{key}={option}" if prefix else f"{option}"
+        )
     return options
 
 
@@ -413,8 +445,10 @@ def _parse_dist(key: str, kind: str, args: Any, where: str, hps: list[Hyperparam
     allowed = RANGE_OPTIONS[kind]
     unknown = sorted(set(opts) - set(allowed))
     if unknown:
-        raise ConfigError(f"{where}: {kind} takes low, high{''.join(', ' + a for a in allowed)}; "
-                          f"unknown: {', '.join(map(str, unknown))}")
+        raise ConfigError(
+            f"{where}: {kind} takes low, high{''.join(', ' + a for a in allowed)}; "
+            f"unknown: {', '.join(map(str, unknown))}"
+        )
     if len(bounds) != 2 or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds):
         raise ConfigError(f"{where}: {kind} needs two numbers [low, high], got {args!r}")
     if kind == "int" and not all(float(b).is_integer() for b in bounds):
@@ -432,8 +466,9 @@ def _parse_dist(key: str, kind: str, args: Any, where: str, hps: list[Hyperparam
         if kind == "int" and hp.kind is not int:
             raise ConfigError(f"{where}: int distribution on a {hp.kind.__name__} key; use uniform or loguniform")
         if kind != "int" and hp.kind is not float:
-            raise ConfigError(f"{where}: {kind} on a {hp.kind.__name__} key; use "
-                              f"{'int' if hp.kind is int else 'categorical'}")
+            raise ConfigError(
+                f"{where}: {kind} on a {hp.kind.__name__} key; use {'int' if hp.kind is int else 'categorical'}"
+            )
         for b in (low, high):
             hp.check(int(b) if hp.kind is int else b, key, where.split(":")[0])
     return Dist(key, kind, low, high, log=log, step=step, name=name)

@@ -49,8 +49,10 @@ class StagePlan:
         if not HEAD_FITS[cfg.head.fit].takes_steps:
             return cls(total_steps, total_steps, True)
         if total_steps < 2:
-            raise ConfigError(f"train.schedule=two_stage with head.fit=linear needs a step for each stage; the run has "
-                              f"{total_steps}; lengthen the run or use head.fit=logistic")
+            raise ConfigError(
+                f"train.schedule=two_stage with head.fit=linear needs a step for each stage; the run has "
+                f"{total_steps}; lengthen the run or use head.fit=logistic"
+            )
         encoder = min(total_steps - 1, max(1, round(t.stage1_fraction * total_steps)))
         return cls(total_steps, encoder, True)
 
@@ -84,15 +86,27 @@ class LinearHeadFit:
 
     takes_steps = True
 
-    def __init__(self, model: "EncoderClassifier", embeddings: torch.Tensor, indices: np.ndarray,
-                 labels: torch.Tensor, cfg: "RunConfig", steps: int):
+    def __init__(
+        self,
+        model: "EncoderClassifier",
+        embeddings: torch.Tensor,
+        indices: np.ndarray,
+        labels: torch.Tensor,
+        cfg: "RunConfig",
+        steps: int,
+    ):
         from transformers import get_linear_schedule_with_warmup
 
         self.model, self.embeddings = model, embeddings
         self.rows = {int(i): r for r, i in enumerate(indices)}
         head = model.head
-        self.optimizer = torch.optim.AdamW([{"params": [head.weight], "weight_decay": cfg.train.weight_decay},
-                                            {"params": [head.bias], "weight_decay": 0.0}], lr=cfg.head.lr)
+        self.optimizer = torch.optim.AdamW(
+            [
+                {"params": [head.weight], "weight_decay": cfg.train.weight_decay},
+                {"params": [head.bias], "weight_decay": 0.0},
+            ],
+            lr=cfg.head.lr,
+        )
         self.scheduler = get_linear_schedule_with_warmup(self.optimizer, int(cfg.train.warmup_ratio * steps), steps)
         self.max_grad_norm = cfg.train.max_grad_norm
         self.steps_taken = 0
@@ -128,16 +142,25 @@ class LogisticHeadFit:
 
     takes_steps = False
 
-    def __init__(self, model: "EncoderClassifier", embeddings: torch.Tensor, indices: np.ndarray,
-                 labels: torch.Tensor, cfg: "RunConfig", steps: int):
+    def __init__(
+        self,
+        model: "EncoderClassifier",
+        embeddings: torch.Tensor,
+        indices: np.ndarray,
+        labels: torch.Tensor,
+        cfg: "RunConfig",
+        steps: int,
+    ):
         from sklearn.linear_model import LogisticRegression
 
         x = embeddings.detach().float().cpu().numpy()
         y = labels.cpu().numpy()
         classes = model.head.out_features
         if not np.array_equal(np.unique(y), np.arange(classes)):
-            raise DataError(f"head.fit=logistic: the training draw has classes {sorted(set(y.tolist()))} of "
-                            f"{classes}; a logistic head needs every class")
+            raise DataError(
+                f"head.fit=logistic: the training draw has classes {sorted(set(y.tolist()))} of "
+                f"{classes}; a logistic head needs every class"
+            )
         regression = LogisticRegression(max_iter=1000).fit(x, y)
         weight, bias = regression.coef_, regression.intercept_
         if classes == 2:
@@ -160,4 +183,7 @@ class LogisticHeadFit:
 
 
 HeadFit = LinearHeadFit | LogisticHeadFit
-HEAD_FITS: dict[str, type[LinearHeadFit] | type[LogisticHeadFit]] = {"linear": LinearHeadFit, "logistic": LogisticHeadFit}
+HEAD_FITS: dict[str, type[LinearHeadFit] | type[LogisticHeadFit]] = {
+    "linear": LinearHeadFit,
+    "logistic": LogisticHeadFit,
+}

@@ -108,8 +108,13 @@ class Settings:
         for name in self.datasets:
             if name not in TASKS:
                 raise ConfigError("--datasets: " + unknown_choice("dataset", name, TASKS))
-        for option, value in (("--trials", self.trials), ("--seeds", self.seeds), ("--repeats", self.repeats),
-                              ("--concurrency", self.concurrency), ("--rescore-draws", self.rescore_draws)):
+        for option, value in (
+            ("--trials", self.trials),
+            ("--seeds", self.seeds),
+            ("--repeats", self.repeats),
+            ("--concurrency", self.concurrency),
+            ("--rescore-draws", self.rescore_draws),
+        ):
             if value < 1:
                 raise ConfigError(f"{option} must be >= 1, got {value}")
         if not 0 <= self.rescore <= self.trials:
@@ -142,37 +147,71 @@ class Settings:
     def key(self) -> str:
         """Hash of everything that changes a study's results: budgets, seeds, spaces' text, --set,
         model and data; not where it runs, where it records, nor which datasets (each has its own stages)."""
-        what = {"trials": self.trials, "seeds": self.seeds, "repeats": self.repeats, "scheduler": self.scheduler,
-                **({"rescore": self.rescore, "rescore_draws": self.rescore_draws} if self.rescore else {}),
-                "seed": self.sampler_seed, "concurrency": self.concurrency, "model": self.model or "",
-                "data_dir": str(Path(self.data_dir).resolve()) if self.data_dir else "",
-                "set": sorted(self.overrides().items()),
-                "spaces": [_space_digest(p) for p in (self.cce_space, self.dml_space)]}
+        what = {
+            "trials": self.trials,
+            "seeds": self.seeds,
+            "repeats": self.repeats,
+            "scheduler": self.scheduler,
+            **({"rescore": self.rescore, "rescore_draws": self.rescore_draws} if self.rescore else {}),
+            "seed": self.sampler_seed,
+            "concurrency": self.concurrency,
+            "model": self.model or "",
+            "data_dir": str(Path(self.data_dir).resolve()) if self.data_dir else "",
+            "set": sorted(self.overrides().items()),
+            "spaces": [_space_digest(p) for p in (self.cce_space, self.dml_space)],
+        }
         return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
     def params(self) -> dict[str, Any]:
         """What the study's MLflow run records as its params."""
-        return {"trials": self.trials, "seeds": self.seeds, "repeats": self.repeats, "rescore": self.rescore,
-                "rescore_draws": self.rescore_draws,
-                "space": Path(self.dml_space).name, "set": " ".join(self.sets) or "-",
-                "model": self.model or "default", "scheduler": self.scheduler, "sampler_seed": self.sampler_seed,
-                "concurrency": self.concurrency}
+        return {
+            "trials": self.trials,
+            "seeds": self.seeds,
+            "repeats": self.repeats,
+            "rescore": self.rescore,
+            "rescore_draws": self.rescore_draws,
+            "space": Path(self.dml_space).name,
+            "set": " ".join(self.sets) or "-",
+            "model": self.model or "default",
+            "scheduler": self.scheduler,
+            "sampler_seed": self.sampler_seed,
+            "concurrency": self.concurrency,
+        }
 
     def command(self) -> str:
         """The ``tunedml study`` command line of these settings (the one that continues the study)."""
-        argv = ["tunedml", "study", "--datasets", ",".join(self.datasets), "--trials", str(self.trials),
-                "--seeds", str(self.seeds), "--repeats", str(self.repeats), "--rescore", str(self.rescore),
-                "--rescore-draws", str(self.rescore_draws)]
+        argv = [
+            "tunedml",
+            "study",
+            "--datasets",
+            ",".join(self.datasets),
+            "--trials",
+            str(self.trials),
+            "--seeds",
+            str(self.seeds),
+            "--repeats",
+            str(self.repeats),
+            "--rescore",
+            str(self.rescore),
+            "--rescore-draws",
+            str(self.rescore_draws),
+        ]
         for s in self.sets:
             argv += ["--set", s]
-        optional = {"--space": self.space, "--model": self.model, "--data-dir": self.data_dir,
-                    "--scheduler": self.scheduler if self.scheduler != "asha" else None,
-                    "--sampler-seed": str(self.sampler_seed) if self.sampler_seed else None,
-                    "--concurrency": str(self.concurrency) if self.concurrency != 1 else None,
-                    "--cpus-per-trial": _num(self.cpus_per_trial),
-                    "--gpus-per-trial": None if self.gpus_per_trial == AUTO else _num(self.gpus_per_trial),
-                    "--address": self.address, "--storage": self.storage, "--tracking-uri": self.tracking_uri,
-                    "--out": self.out if self.out != "report" else None}
+        optional = {
+            "--space": self.space,
+            "--model": self.model,
+            "--data-dir": self.data_dir,
+            "--scheduler": self.scheduler if self.scheduler != "asha" else None,
+            "--sampler-seed": str(self.sampler_seed) if self.sampler_seed else None,
+            "--concurrency": str(self.concurrency) if self.concurrency != 1 else None,
+            "--cpus-per-trial": _num(self.cpus_per_trial),
+            "--gpus-per-trial": None if self.gpus_per_trial == AUTO else _num(self.gpus_per_trial),
+            "--address": self.address,
+            "--storage": self.storage,
+            "--tracking-uri": self.tracking_uri,
+            "--out": self.out if self.out != "report" else None,
+        }
         for option, value in optional.items():
             if value:
                 argv += [option, value]
@@ -184,6 +223,7 @@ def _num(value: float | str | None) -> str | None:
 
 
 # ----------------------------------------------------------------- the plan
+
 
 @dataclass(frozen=True)
 class Stage:
@@ -244,9 +284,11 @@ def study_spaces(settings: Settings, key: str, folder: Path) -> dict[str, str]:
         if not removed:
             files[kind] = str(source)
             continue
-        text = (f"# {source.name} (includes merged in) without {', '.join(removed)}: "
-                "given by tunedml study --set\n"
-                + yaml.safe_dump({k: v for k, v in merged.items() if k not in sets}, sort_keys=False))
+        text = (
+            f"# {source.name} (includes merged in) without {', '.join(removed)}: "
+            "given by tunedml study --set\n"
+            + yaml.safe_dump({k: v for k, v in merged.items() if k not in sets}, sort_keys=False)
+        )
         target = folder / f"study-{key[:8]}-{kind}" / source.name
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text)
@@ -255,29 +297,72 @@ def study_spaces(settings: Settings, key: str, folder: Path) -> dict[str, str]:
 
 
 def search_argv(settings: Settings, dataset: str, space: str, name: str, resume: bool) -> list[str]:
-    argv = ["search", "--datasets", dataset, "--space", space, "--trials", str(settings.trials),
-            "--repeats", str(settings.repeats), "--rescore", str(settings.rescore),
-            "--rescore-draws", str(settings.rescore_draws), "--scheduler", settings.scheduler,
-            "--sampler-seed", str(settings.sampler_seed),
-            "--concurrency", str(settings.concurrency), "--storage", settings.storage_path, "--name", name,
-            "--tracking-uri", settings.tracking_uri]
+    argv = [
+        "search",
+        "--datasets",
+        dataset,
+        "--space",
+        space,
+        "--trials",
+        str(settings.trials),
+        "--repeats",
+        str(settings.repeats),
+        "--rescore",
+        str(settings.rescore),
+        "--rescore-draws",
+        str(settings.rescore_draws),
+        "--scheduler",
+        settings.scheduler,
+        "--sampler-seed",
+        str(settings.sampler_seed),
+        "--concurrency",
+        str(settings.concurrency),
+        "--storage",
+        settings.storage_path,
+        "--name",
+        name,
+        "--tracking-uri",
+        settings.tracking_uri,
+    ]
     argv += ["--resume"] if resume else []
-    argv += _common(settings) + _pairs({"--cpus-per-trial": _num(settings.cpus_per_trial),
-                                        "--gpus-per-trial": _num(settings.gpus_per_trial)})
+    argv += _common(settings) + _pairs(
+        {"--cpus-per-trial": _num(settings.cpus_per_trial), "--gpus-per-trial": _num(settings.gpus_per_trial)}
+    )
     return argv
 
 
 def retrain_argv(settings: Settings, dataset: str, dml_run: str, cce_run: str) -> list[str]:
     """Exactly this study's two searches: the DML search's best against the CCE search's best."""
-    argv = ["retrain", "--dataset", dataset, "--run-id", dml_run, "--baseline", cce_run, "--seeds", str(settings.seeds),
-            "--tracking-uri", settings.tracking_uri]
-    return argv + _common(settings) + _pairs({"--cpus-per-draw": _num(settings.cpus_per_trial),
-                                              "--gpus-per-draw": _num(settings.gpus_per_trial)})
+    argv = [
+        "retrain",
+        "--dataset",
+        dataset,
+        "--run-id",
+        dml_run,
+        "--baseline",
+        cce_run,
+        "--seeds",
+        str(settings.seeds),
+        "--tracking-uri",
+        settings.tracking_uri,
+    ]
+    return (
+        argv
+        + _common(settings)
+        + _pairs({"--cpus-per-draw": _num(settings.cpus_per_trial), "--gpus-per-draw": _num(settings.gpus_per_trial)})
+    )
 
 
 def report_argv(settings: Settings) -> list[str]:
-    return ["report", "--datasets", ",".join(settings.datasets), "--out", settings.out,
-            "--tracking-uri", settings.tracking_uri]
+    return [
+        "report",
+        "--datasets",
+        ",".join(settings.datasets),
+        "--out",
+        settings.out,
+        "--tracking-uri",
+        settings.tracking_uri,
+    ]
 
 
 def _common(settings: Settings) -> list[str]:
@@ -308,6 +393,7 @@ def restorable(storage: str, name: str) -> bool:
 
 
 # ----------------------------------------------------------------- running it
+
 
 @dataclass
 class Clock:
@@ -365,12 +451,17 @@ class Study:
         s = self.settings
         ledger = Ledger(s.tracking_uri, self.key) if store_exists(s.tracking_uri) else None
         known = ledger is not None and ledger.find() is not None
-        self.say(f"study {self.key[:8]}: {', '.join(s.datasets)}; {s.trials} + {s.trials} trials (repeats {s.repeats}), "
-                 f"{s.seeds} draws; " + ("recorded before" if known else "a new study"))
+        self.say(
+            f"study {self.key[:8]}: {', '.join(s.datasets)}; {s.trials} + {s.trials} trials (repeats {s.repeats}), "
+            f"{s.seeds} draws; " + ("recorded before" if known else "a new study")
+        )
         for index, stage in enumerate(self.stages):
             recorded = ledger.done(stage) if known else None
-            self.say(f"study {stage.title}: " + (f"done before (run {recorded[:8]})" if recorded else "to run")
-                     + f"  [{index + 1}/{len(self.stages)}]")
+            self.say(
+                f"study {stage.title}: "
+                + (f"done before (run {recorded[:8]})" if recorded else "to run")
+                + f"  [{index + 1}/{len(self.stages)}]"
+            )
         self.say("dry run: every check passed; nothing was run or recorded")
         return 0
 
@@ -382,18 +473,21 @@ class Study:
         known = self.ledger.open(s.params(), create=not s.resume)
         self.pending = [i for i, stage in enumerate(self.stages) if self.ledger.done(stage) is None]
         done = len(self.stages) - len(self.pending)
-        self.say(f"study {self.key[:8]}: {', '.join(s.datasets)}; {s.trials} + {s.trials} trials "
-                 f"(repeats {s.repeats}; the {s.rescore} best re-scored on {s.rescore_draws} draws), {s.seeds} draws; "
-                 f"{done} of {len(self.stages)} stages done before"
-                 + ("" if known else " (new study)"))
+        self.say(
+            f"study {self.key[:8]}: {', '.join(s.datasets)}; {s.trials} + {s.trials} trials "
+            f"(repeats {s.repeats}; the {s.rescore} best re-scored on {s.rescore_draws} draws), {s.seeds} draws; "
+            f"{done} of {len(self.stages)} stages done before" + ("" if known else " (new study)")
+        )
         index = 0
         try:
             for index, stage in enumerate(self.stages):
                 self.run_stage(index, stage)
         except KeyboardInterrupt:
             self.ledger.end("KILLED")
-            raise StudyInterrupted(f"{self.stages[index].title} stopped, the stages done are kept; "
-                                   f"continue the study with: {s.command()} --resume") from None
+            raise StudyInterrupted(
+                f"{self.stages[index].title} stopped, the stages done are kept; "
+                f"continue the study with: {s.command()} --resume"
+            ) from None
         except BaseException:
             self.ledger.end("FAILED")
             raise
@@ -421,8 +515,9 @@ class Study:
         self.clock.record(stage.units, seconds)
         if stage.dataset:
             self.runs[(stage.dataset, stage.kind)] = run_id
-        self.ledger.mark(stage, run_id, **({REPORT_DATASETS_TAG: ",".join(self.settings.datasets)}
-                                          if stage.kind == "report" else {}))
+        self.ledger.mark(
+            stage, run_id, **({REPORT_DATASETS_TAG: ",".join(self.settings.datasets)} if stage.kind == "report" else {})
+        )
         self.line(index, stage, f"{what} in {fmt_duration(seconds)} (run {run_id[:8]})")
 
     def search(self, stage: Stage) -> tuple[str, str]:
@@ -430,20 +525,26 @@ class Study:
         name = search_name(s, stage.dataset, stage.kind, self.key)
         previous = self.ledger.search_run(stage.dataset, name)
         finished = previous is not None and previous.info.status == "FINISHED"
-        action = search_action(finished, previous is not None,
-                               previous is not None and not finished and restorable(s.storage_path, name))
+        action = search_action(
+            finished, previous is not None, previous is not None and not finished and restorable(s.storage_path, name)
+        )
         if action != "skip":
-            self.command(search_argv(s, stage.dataset, self.spaces[stage.kind], name, resume=action == "resume"),
-                         stage.title)
+            self.command(
+                search_argv(s, stage.dataset, self.spaces[stage.kind], name, resume=action == "resume"), stage.title
+            )
             previous = self.ledger.search_run(stage.dataset, name)
         if previous is None or previous.info.status != "FINISHED":
             status = previous.info.status if previous else "not recorded"
-            raise StageFailed(f"{stage.title}: search {name} did not finish ({status}); every trial failed or "
-                             f"none scored: see its MLflow run{f' {previous.info.run_id}' if previous else ''}")
+            raise StageFailed(
+                f"{stage.title}: search {name} did not finish ({status}); every trial failed or "
+                f"none scored: see its MLflow run{f' {previous.info.run_id}' if previous else ''}"
+            )
         tags = previous.data.tags
         counts = [tags.get(f"tunedml.trials_{k}", "?") for k in ("finished", "stopped_early", "failed")]
-        what = (f"{sum(int(c) for c in counts if c.isdigit())} trials ({counts[0]} finished, {counts[1]} stopped early, "
-                f"{counts[2]} failed), best dev {previous.data.metrics.get('best_score', float('nan')):.4f}")
+        what = (
+            f"{sum(int(c) for c in counts if c.isdigit())} trials ({counts[0]} finished, {counts[1]} stopped early, "
+            f"{counts[2]} failed), best dev {previous.data.metrics.get('best_score', float('nan')):.4f}"
+        )
         return previous.info.run_id, ("resumed: " if action == "resume" else "") + what
 
     def retrain(self, stage: Stage, start_ms: int) -> tuple[str, str]:
@@ -453,7 +554,9 @@ class Study:
         if run_id is None:
             raise StageFailed(f"{stage.title}: the retrain of search run {dml} recorded no finished final run")
         diff = self.ledger.client.get_run(run_id).data.metrics.get("diff_accuracy_pp")
-        return run_id, f"{self.settings.seeds} draws each" + (f", DML - CCE {diff:+.2f} pp accuracy" if diff is not None else "")
+        return run_id, f"{self.settings.seeds} draws each" + (
+            f", DML - CCE {diff:+.2f} pp accuracy" if diff is not None else ""
+        )
 
     def report(self, start_ms: int) -> tuple[str, str]:
         self.command(report_argv(self.settings), "report")
@@ -467,8 +570,10 @@ class Study:
 
     def report_is_current(self) -> bool:
         """A recorded report counts only for the same datasets and while its files are still there."""
-        return (self.ledger.tag(REPORT_DATASETS_TAG) == ",".join(self.settings.datasets)
-                and (Path(self.settings.out) / "results.md").is_file())
+        return (
+            self.ledger.tag(REPORT_DATASETS_TAG) == ",".join(self.settings.datasets)
+            and (Path(self.settings.out) / "results.md").is_file()
+        )
 
     def command(self, argv: list[str], title: str) -> None:
         """Run one tunedml command; its summary on stdout is not shown (the study prints its own).
@@ -483,8 +588,10 @@ class Study:
 
     def line(self, index: int, stage: Stage, text: str) -> None:
         left = sum(self.stages[i].units for i in self.pending if i > index)
-        self.say(f"study {stage.title}: {text}  [{index + 1}/{len(self.stages)}]  "
-                 f"elapsed {self.clock.elapsed()}  ETA {self.clock.eta(left)}")
+        self.say(
+            f"study {stage.title}: {text}  [{index + 1}/{len(self.stages)}]  "
+            f"elapsed {self.clock.elapsed()}  ETA {self.clock.eta(left)}"
+        )
 
     def say(self, text: str) -> None:
         print(text, file=self.stream or sys.stderr, flush=True)
@@ -493,8 +600,10 @@ class Study:
         results = Path(self.settings.out) / "results.md"
         if results.is_file():
             print(results.read_text(), end="")
-        print(f"study {self.key[:8]} finished: report in {self.settings.out}/, MLflow run {self.ledger.run_id} "
-              f"in experiment {STUDY_EXPERIMENT} at {self.settings.tracking_uri}")
+        print(
+            f"study {self.key[:8]} finished: report in {self.settings.out}/, MLflow run {self.ledger.run_id} "
+            f"in experiment {STUDY_EXPERIMENT} at {self.settings.tracking_uri}"
+        )
 
 
 def run_study(settings: Settings, commands: Commands, dry_run: bool = False) -> int:

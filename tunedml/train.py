@@ -141,19 +141,35 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig, tokens: TokenizedCorpus, draw: Draw):
         self.cfg, self.tokens, self.draw = cfg, tokens, draw
-        corpus = tokens.corpus  # the sampler first: a draw that cannot give its batches is refused before the model loads
-        self.sampler = build_sampler(cfg.data.sampler, draw.train, corpus.labels[draw.train], corpus.label_names,
-                                     cfg.train.batch_size, cfg.data.m_per_class)
+        corpus = (
+            tokens.corpus
+        )  # the sampler first: a draw that cannot give its batches is refused before the model loads
+        self.sampler = build_sampler(
+            cfg.data.sampler,
+            draw.train,
+            corpus.labels[draw.train],
+            corpus.label_names,
+            cfg.train.batch_size,
+            cfg.data.m_per_class,
+        )
         torch.set_num_threads(granted_threads(cfg.train.threads))
         self.device = pick_device(cfg.train.device)
         num_classes = tokens.corpus.num_classes
         self.random = RandomState.capture(self.device)  # replaced by the seeded state below
         with self.own_rng():
             seed_everything(cfg.train.seed)
-            self.model = build_model(cfg.model.name, num_classes, cfg.model.pooling, cfg.model.dropout,
-                                     cfg.model.reinit_layers).to(self.device)
-            self.loss = build_loss(cfg.loss.name, encoder_ce_weight(cfg), cfg.loss.dml_weight, cfg.loss.params,
-                                   num_classes, self.model.hidden_size, weighting=cfg.loss.weighting).to(self.device)
+            self.model = build_model(
+                cfg.model.name, num_classes, cfg.model.pooling, cfg.model.dropout, cfg.model.reinit_layers
+            ).to(self.device)
+            self.loss = build_loss(
+                cfg.loss.name,
+                encoder_ce_weight(cfg),
+                cfg.loss.dml_weight,
+                cfg.loss.params,
+                num_classes,
+                self.model.hidden_size,
+                weighting=cfg.loss.weighting,
+            ).to(self.device)
         if cfg.model.freeze_embeddings:
             self.model.encoder.get_input_embeddings().weight.requires_grad_(False)
         if cfg.train.compile:  # in place: the module and its parameter names stay as they are
@@ -161,8 +177,9 @@ class Trainer:
         self.adversary = build_adversary(cfg.adversarial)
         self.shared_parameters = [p for p in self.model.parameters() if p.requires_grad]
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]  # clipped in this order
-        self.model_parameters = ([p for n, p in named if not _exempt_from_decay(n, p)]
-                                 + [p for n, p in named if _exempt_from_decay(n, p)])
+        self.model_parameters = [p for n, p in named if not _exempt_from_decay(n, p)] + [
+            p for n, p in named if _exempt_from_decay(n, p)
+        ]
         self.optimizer = self._optimizer()
         t = cfg.train
         self.steps_per_epoch = t.steps_per_epoch(len(draw.train))
@@ -172,7 +189,9 @@ class Trainer:
         from transformers import get_linear_schedule_with_warmup
 
         encoder_steps = self.plan.encoder_steps  # the encoder's schedule ends with its stage
-        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, int(t.warmup_ratio * encoder_steps), encoder_steps)
+        self.scheduler = get_linear_schedule_with_warmup(
+            self.optimizer, int(t.warmup_ratio * encoder_steps), encoder_steps
+        )
         self.rng = np.random.default_rng(t.seed)
         self.step = 0
         self.batches_without_positives = 0  # so far
@@ -209,8 +228,10 @@ class Trainer:
             if p.requires_grad:
                 groups.setdefault((scales.get(name, 1.0), _exempt_from_decay(name, p)), []).append(p)
         ordered = sorted(groups.items(), key=lambda item: (-item[0][0], item[0][1]))  # decay before no decay
-        param_groups = [{"params": params, "weight_decay": 0.0 if exempt else t.weight_decay, "lr": t.lr * scale}
-                        for (scale, exempt), params in ordered]
+        param_groups = [
+            {"params": params, "weight_decay": 0.0 if exempt else t.weight_decay, "lr": t.lr * scale}
+            for (scale, exempt), params in ordered
+        ]
         proxies = list(self.loss.parameters())
         if proxies:
             param_groups.append({"params": proxies, "weight_decay": 0.0, "lr": t.proxy_lr})
@@ -230,12 +251,12 @@ class Trainer:
         scales = {}
         for name, _ in self.model.named_parameters():
             if name.startswith(prefix):
-                depth = len(layers) - int(name[len(prefix):].split(".")[0])
+                depth = len(layers) - int(name[len(prefix) :].split(".")[0])
             elif name.startswith("encoder.") and "embeddings" in name:
                 depth = len(layers) + 1
             else:
                 depth = 0
-            scales[name] = decay ** depth
+            scales[name] = decay**depth
         return scales
 
     def train_steps(self, n: int) -> tuple[float, dict[str, float]]:
@@ -294,8 +315,9 @@ class Trainer:
         out = self.outputs(self.draw.train)
         embeddings = out.embeddings.clone().to(self.device)  # a normal tensor: forward_all's are inference tensors
         labels = torch.from_numpy(out.labels).to(self.device)
-        self.head_fit = HEAD_FITS[self.cfg.head.fit](self.model, embeddings, self.draw.train, labels, self.cfg,
-                                                     self.plan.head_steps)
+        self.head_fit = HEAD_FITS[self.cfg.head.fit](
+            self.model, embeddings, self.draw.train, labels, self.cfg, self.plan.head_steps
+        )
         return self.head_fit.fit_parts
 
     def _step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -312,8 +334,14 @@ class Trainer:
             loss, parts = self.loss(out.logits, labels, emb, emb_labels)
         else:  # the adversarial views join the DML batch with their examples' labels
             adv_emb, adv_labels = _dml_inputs(adv, labels, token_mode)
-            loss, parts = self.loss(out.logits, labels, torch.cat([emb, adv_emb]), torch.cat([emb_labels, adv_labels]),
-                                    adv_logits=adv.logits, adv_weight=self.adversary.weight)
+            loss, parts = self.loss(
+                out.logits,
+                labels,
+                torch.cat([emb, adv_emb]),
+                torch.cat([emb_labels, adv_labels]),
+                adv_logits=adv.logits,
+                adv_weight=self.adversary.weight,
+            )
         if not torch.isfinite(loss):
             raise NonFiniteLossError(self.step, {k: float(v.detach()) for k, v in parts.items()})
         self.optimizer.zero_grad(set_to_none=True)
@@ -337,9 +365,13 @@ class Trainer:
                 torch.nn.utils.clip_grad_norm_(params, max_norm)
 
     def outputs(self, indices: np.ndarray) -> Outputs:
-        return forward_all(self.model, self.tokens, indices, self.cfg.train.eval_batch_size, self.device, self.cfg.train.bf16)
+        return forward_all(
+            self.model, self.tokens, indices, self.cfg.train.eval_batch_size, self.device, self.cfg.train.bf16
+        )
 
-    def evaluate(self, indices: np.ndarray, outputs: Outputs | None = None, mode: str | None = None) -> dict[str, float]:
+    def evaluate(
+        self, indices: np.ndarray, outputs: Outputs | None = None, mode: str | None = None
+    ) -> dict[str, float]:
         """Accuracy and macro-F1 on ``indices`` with the configured inference mode (or ``mode``);
         ``outputs``: the model's outputs on ``indices`` where the caller has them already (one pass
         over a test set)."""
@@ -374,9 +406,17 @@ class Trainer:
             if self.step == self.total_steps and self._head_due():  # a logistic head, fitted after the last step
                 parts = {**parts, **self._start_head()}
             dev = self.evaluate(self.draw.dev, mode=self._dev_mode())
-            result = EvalResult(self.step, self.step / self.steps_per_epoch, loss, parts, dev,
-                                time.perf_counter() - start, self.stage, self.batches_without_positives - without[0],
-                                self.examples_without_positive - without[1])
+            result = EvalResult(
+                self.step,
+                self.step / self.steps_per_epoch,
+                loss,
+                parts,
+                dev,
+                time.perf_counter() - start,
+                self.stage,
+                self.batches_without_positives - without[0],
+                self.examples_without_positive - without[1],
+            )
             if self.cfg.train.restore_best and result.stage != ENCODER:  # stage 1's weights come without a head
                 self._keep_if_best(result)
             yield result
@@ -386,8 +426,10 @@ class Trainer:
         ties keep the earlier one)."""
         key = (result.dev["accuracy"], result.dev["macro_f1"])
         if self.best is None or key > (self.best[0].dev["accuracy"], self.best[0].dev["macro_f1"]):
-            state = {name: {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
-                     for name, module in (("model", self.model), ("loss", self.loss))}
+            state = {
+                name: {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+                for name, module in (("model", self.model), ("loss", self.loss))
+            }
             self.best = (result, state)
 
     def restore_best(self) -> EvalResult:
@@ -431,12 +473,24 @@ def draw_for(cfg: RunConfig, tokens: TokenizedCorpus) -> Draw:
     from .data import draw
 
     d = cfg.data
-    return draw(tokens.corpus, d.protocol, k=d.k, sample_size=d.sample_size, folds=d.folds, fold=d.fold,
-                seed=d.seed, test_size=d.test_size)
+    return draw(
+        tokens.corpus,
+        d.protocol,
+        k=d.k,
+        sample_size=d.sample_size,
+        folds=d.folds,
+        fold=d.fold,
+        seed=d.seed,
+        test_size=d.test_size,
+    )
 
 
-def run_training(cfg: RunConfig, tokens: TokenizedCorpus | None = None, callback: EvalCallback | None = None,
-                 evaluate_test: bool = True) -> FitResult:
+def run_training(
+    cfg: RunConfig,
+    tokens: TokenizedCorpus | None = None,
+    callback: EvalCallback | None = None,
+    evaluate_test: bool = True,
+) -> FitResult:
     """The whole `tunedml train`: data, draw, model, the run's steps, final scores."""
     tokens = tokens or prepare_tokens(cfg)
     return Trainer(cfg, tokens, draw_for(cfg, tokens)).fit(callback, evaluate_test)

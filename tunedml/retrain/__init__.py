@@ -47,8 +47,9 @@ from .selection import (
 from .stats import MIN_PAIRED, bootstrap_interval, compare, paired_differences, paired_p_values, t_interval
 
 
-def retrain(tokens: Any, best: Candidate, baseline: Candidate, options: RetrainOptions,
-            on_draw: DrawCallback | None = None) -> Comparison:
+def retrain(
+    tokens: Any, best: Candidate, baseline: Candidate, options: RetrainOptions, on_draw: DrawCallback | None = None
+) -> Comparison:
     """Train both configurations on the same draws; compare them draw by draw."""
     options.validate()
     baseline = align_baseline(best, baseline)
@@ -56,8 +57,11 @@ def retrain(tokens: Any, best: Candidate, baseline: Candidate, options: RetrainO
     per_role = {c.role: draw_configs(c.run_config, options.seeds) for c in (best, baseline)}
     jobs = [Job(role, i, cfgs[i]) for i in range(len(per_role["best"])) for role, cfgs in per_role.items()]
     how = plan(options, len(jobs))
-    stream = run_ray(jobs, tokens, options.keep_model, options, how) if how.ray else \
-        run_local(jobs, tokens, options.keep_model)
+    stream = (
+        run_ray(jobs, tokens, options.keep_model, options, how)
+        if how.ray
+        else run_local(jobs, tokens, options.keep_model)
+    )
     results = {"best": ConfigResult(best), "baseline": ConfigResult(baseline)}
     handles: dict[tuple[str, int], Any] = {}
     for job, result, handle in stream:
@@ -68,8 +72,14 @@ def retrain(tokens: Any, best: Candidate, baseline: Candidate, options: RetrainO
             on_draw(job, result)
     for r in results.values():
         r.draws.sort(key=lambda d: d.index)
-    comparison = compare(str(best.config["data.dataset"]), list(tokens.corpus.label_names),
-                         describe_protocol(best.run_config), results["best"], results["baseline"], options)
+    comparison = compare(
+        str(best.config["data.dataset"]),
+        list(tokens.corpus.label_names),
+        describe_protocol(best.run_config),
+        results["best"],
+        results["baseline"],
+        options,
+    )
     if comparison.best_draw is not None:
         for role in ROLES:
             snapshot = fetch(handles.get((role, comparison.best_draw)))
@@ -79,8 +89,39 @@ def retrain(tokens: Any, best: Candidate, baseline: Candidate, options: RetrainO
     return comparison
 
 
-__all__ = ["DEFAULT_DRAWS", "FRESH_OFFSET", "INTERVALS", "MIN_PAIRED", "ROLES", "UNTUNED", "Candidate", "Comparison",
-           "ConfigResult", "DrawResult", "Interval", "Job", "RetrainOptions", "SavedModel", "Selection", "Snapshot",
-           "align_baseline", "apply_overrides", "bootstrap_interval", "candidate_from_file", "cce_defaults", "compare",
-           "describe_protocol", "draw_configs", "load_model", "paired_differences", "paired_p_values",
-           "read_yaml_config", "retrain", "save_model", "save_top_model", "select", "t_interval", "train_draw"]
+__all__ = [
+    "DEFAULT_DRAWS",
+    "FRESH_OFFSET",
+    "INTERVALS",
+    "MIN_PAIRED",
+    "ROLES",
+    "UNTUNED",
+    "Candidate",
+    "Comparison",
+    "ConfigResult",
+    "DrawResult",
+    "Interval",
+    "Job",
+    "RetrainOptions",
+    "SavedModel",
+    "Selection",
+    "Snapshot",
+    "align_baseline",
+    "apply_overrides",
+    "bootstrap_interval",
+    "candidate_from_file",
+    "cce_defaults",
+    "compare",
+    "describe_protocol",
+    "draw_configs",
+    "load_model",
+    "paired_differences",
+    "paired_p_values",
+    "read_yaml_config",
+    "retrain",
+    "save_model",
+    "save_top_model",
+    "select",
+    "t_interval",
+    "train_draw",
+]

@@ -36,8 +36,9 @@ class DrawResources:
     gpus_note: str  # why ``auto`` chose ``gpus`` ("" where the user gave a number)
 
 
-def check_retrain_start(options: RetrainOptions, uri: str, save_model: str | None, *,
-                        connect: bool = True) -> DrawResources:
+def check_retrain_start(
+    options: RetrainOptions, uri: str, save_model: str | None, *, connect: bool = True
+) -> DrawResources:
     """What is known from the options alone: where it writes (--save-model, then the tracking
     store, opened unless ``connect`` is False), the cluster it joins and what each draw asks for."""
     from ..tracking import check_tracking
@@ -60,14 +61,22 @@ def check_retrain_resources(options: RetrainOptions) -> DrawResources:
         check_quantity(float(options.gpus_per_draw), "--gpus-per-draw")
     cluster = bool(options.address)  # as retrain plans it: RAY_ADDRESS alone does not make a cluster run
     if cluster and options.concurrency is not None:
-        raise ConfigError("--concurrency has no effect on a cluster (--address): Ray runs as many draws as the "
-                          "nodes fit; leave it out, or set --cpus-per-draw / --gpus-per-draw")
+        raise ConfigError(
+            "--concurrency has no effect on a cluster (--address): Ray runs as many draws as the "
+            "nodes fit; leave it out, or set --cpus-per-draw / --gpus-per-draw"
+        )
     where = "the cluster" if cluster else "this machine"
     nodes = nodes_for(cluster, options.address, options.verbose)
     grows = cluster and autoscaling()
     gpus, note = choose_gpus(options.gpus_per_draw, nodes, options.concurrency or 1, "draw", where, grows)
-    request = Request(options.cpus_per_draw or 1.0, gpus, options.concurrency or 1, "--cpus-per-draw",
-                      "--gpus-per-draw", "--concurrency")
+    request = Request(
+        options.cpus_per_draw or 1.0,
+        gpus,
+        options.concurrency or 1,
+        "--cpus-per-draw",
+        "--gpus-per-draw",
+        "--concurrency",
+    )
     check_request(request, nodes, where, wait_ok=grows)
     return DrawResources(options.cpus_per_draw, gpus, note)
 
@@ -84,16 +93,19 @@ def check_retrain(best: Candidate, baseline: Candidate, options: RetrainOptions)
     for candidate in (best, baseline):
         cfg = candidate.run_config
         check_model(cfg.model.name)
-        check_model_fits(cfg.model.name, cfg.model.reinit_layers, cfg.data.max_length,
-                         f"the {candidate.role} configuration")
+        check_model_fits(
+            cfg.model.name, cfg.model.reinit_layers, cfg.data.max_length, f"the {candidate.role} configuration"
+        )
     d = best.run_config.data
     corpus = load_corpus(d.dataset, d.data_dir, d.text_column, d.label_column)
     for role, cfgs in configs.items():
         check_draws(corpus, [c.to_flat() for c in cfgs], f"the {role} configuration")
     draws = sum(len(c) for c in configs.values())
     if options.concurrency is not None and options.concurrency > draws:
-        raise ConfigError(f"--concurrency {options.concurrency} is more than the {draws} draws to train "
-                          "(best and baseline); at most that many run at once")
+        raise ConfigError(
+            f"--concurrency {options.concurrency} is more than the {draws} draws to train "
+            "(best and baseline); at most that many run at once"
+        )
 
 
 def draws_of(best: Candidate, options: RetrainOptions) -> int:
@@ -101,4 +113,3 @@ def draws_of(best: Candidate, options: RetrainOptions) -> int:
     from .draws import draw_configs
 
     return len(draw_configs(best.run_config, options.seeds))
-

@@ -49,8 +49,11 @@ def draw_configs(cfg: RunConfig, seeds: int | None) -> list[RunConfig]:
     """
     if cfg.data.protocol == "kfold":
         per_fold = seeds or 1
-        return [replace(c, data=replace(c.data, fold=i % cfg.data.folds))
-                for i in range(cfg.data.folds * per_fold) for c in [fresh_config(cfg, FRESH_OFFSET + i)]]
+        return [
+            replace(c, data=replace(c.data, fold=i % cfg.data.folds))
+            for i in range(cfg.data.folds * per_fold)
+            for c in [fresh_config(cfg, FRESH_OFFSET + i)]
+        ]
     return [fresh_config(cfg, FRESH_OFFSET + i) for i in range(seeds or DEFAULT_DRAWS)]
 
 
@@ -73,7 +76,9 @@ def train_draw(cfg: RunConfig, tokens: Any, index: int, keep_state: bool = False
     try:
         fit = trainer.fit(evaluate_test=False)
     except NonFiniteLossError as e:
-        return DrawResult(index, cfg.data.seed, cfg.train.seed, fold, None, None, time.perf_counter() - start, str(e)), None
+        return DrawResult(
+            index, cfg.data.seed, cfg.train.seed, fold, None, None, time.perf_counter() - start, str(e)
+        ), None
     out = trainer.outputs(trainer.draw.test)
     test = trainer.evaluate(trainer.draw.test, out)
     snapshot = _snapshot(trainer, out, keep_state)
@@ -88,11 +93,18 @@ def _snapshot(trainer: Trainer, test: Outputs, keep_state: bool) -> Snapshot:
         prototypes, kind = proxies.detach().float().cpu().numpy(), "proxies"
     else:
         prototypes, kind = class_centers(trainer.outputs(trainer.draw.train), num_classes).numpy(), "class centers"
-    snapshot = Snapshot(test.embeddings.numpy(), np.asarray(test.labels), prototypes,
-                        np.repeat(np.arange(num_classes), len(prototypes) // num_classes), kind)
+    snapshot = Snapshot(
+        test.embeddings.numpy(),
+        np.asarray(test.labels),
+        prototypes,
+        np.repeat(np.arange(num_classes), len(prototypes) // num_classes),
+        kind,
+    )
     if keep_state:
-        snapshot.state = {"model": {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()},
-                          "loss": {k: v.detach().cpu() for k, v in trainer.loss.state_dict().items()}}
+        snapshot.state = {
+            "model": {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()},
+            "loss": {k: v.detach().cpu() for k, v in trainer.loss.state_dict().items()},
+        }
     return snapshot
 
 

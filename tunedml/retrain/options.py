@@ -26,7 +26,10 @@ class RetrainOptions:
         checks = [
             (self.seeds is None or self.seeds >= 1, f"--seeds must be >= 1, got {self.seeds}"),
             (self.concurrency is None or self.concurrency >= 1, f"--concurrency must be >= 1, got {self.concurrency}"),
-            (self.cpus_per_draw is None or self.cpus_per_draw > 0, f"--cpus-per-draw must be > 0, got {self.cpus_per_draw}"),
+            (
+                self.cpus_per_draw is None or self.cpus_per_draw > 0,
+                f"--cpus-per-draw must be > 0, got {self.cpus_per_draw}",
+            ),
             (is_gpus(self.gpus_per_draw), f"--gpus-per-draw must be auto or >= 0, got {self.gpus_per_draw}"),
             (self.bootstrap >= 100, f"--bootstrap must be >= 100 resamples, got {self.bootstrap}"),
             (0 < self.confidence < 1, f"confidence must be in (0, 1), got {self.confidence}"),
@@ -37,5 +40,7 @@ class RetrainOptions:
         if self.interval not in INTERVALS:
             raise ConfigError("--interval: " + unknown_choice("interval", self.interval, INTERVALS))
         if self.interval != "bootstrap" and self.bootstrap != RetrainOptions.bootstrap:
-            raise ConfigError(f"--bootstrap {self.bootstrap} does nothing with --interval {self.interval}: resamples "
-                              "are drawn only for --interval bootstrap; leave it out or pass --interval bootstrap")
+            raise ConfigError(
+                f"--bootstrap {self.bootstrap} does nothing with --interval {self.interval}: resamples "
+                "are drawn only for --interval bootstrap; leave it out or pass --interval bootstrap"
+            )

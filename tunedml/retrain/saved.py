@@ -24,8 +24,9 @@ from ..stages import encoder_ce_weight
 MODEL_FILES = ("encoder", "head.pt", "config.yaml", "labels.json")
 
 
-def save_model(path: str | Path, candidate: Candidate, snapshot: Snapshot, label_names: list[str],
-               draw: DrawResult | None = None) -> Path:
+def save_model(
+    path: str | Path, candidate: Candidate, snapshot: Snapshot, label_names: list[str], draw: DrawResult | None = None
+) -> Path:
     """A self-contained folder: the encoder (Hugging Face format, with its tokenizer), the head and
     loss weights (proxies) with class centers, the run config and the label names."""
     if snapshot.state is None:
@@ -38,11 +39,16 @@ def save_model(path: str | Path, candidate: Candidate, snapshot: Snapshot, label
     model.encoder.save_pretrained(folder / "encoder")
     load_tokenizer(cfg.model.name).save_pretrained(folder / "encoder")
     centers = torch.from_numpy(snapshot.prototypes) if snapshot.prototype_kind == "class centers" else None
-    torch.save({"head": model.head.state_dict(), "loss": snapshot.state["loss"], "centers": centers},
-               folder / "head.pt")
+    torch.save(
+        {"head": model.head.state_dict(), "loss": snapshot.state["loss"], "centers": centers}, folder / "head.pt"
+    )
     (folder / "config.yaml").write_text(cfg.to_yaml())
-    meta = {"labels": label_names, "source": candidate.source, "model": cfg.model.name,
-            "draw": draw.__dict__ if draw else None}
+    meta = {
+        "labels": label_names,
+        "source": candidate.source,
+        "model": cfg.model.name,
+        "draw": draw.__dict__ if draw else None,
+    }
     (folder / "labels.json").write_text(json.dumps(meta, indent=2))
     return folder
 
@@ -71,8 +77,9 @@ class SavedModel:
     label_names: list[str]
 
     def predict_ids(self, texts: list[str]) -> np.ndarray:
-        corpus = Corpus("predict", list(texts), np.zeros(len(texts), dtype=np.int64), self.label_names,
-                        np.arange(len(texts)), None)
+        corpus = Corpus(
+            "predict", list(texts), np.zeros(len(texts), dtype=np.int64), self.label_names, np.arange(len(texts)), None
+        )
         tokens = tokenize(corpus, self.tokenizer, self.cfg.data.max_length)
         device = next(self.model.parameters()).device
         out = forward_all(self.model, tokens, np.arange(len(texts)), self.cfg.train.eval_batch_size, device)
@@ -95,8 +102,15 @@ def load_model(path: str | Path) -> SavedModel:
     model = build_model(cfg.model.name, len(labels), cfg.model.pooling, cfg.model.dropout)
     weights = torch.load(folder / "head.pt", map_location="cpu", weights_only=True)
     model.head.load_state_dict(weights["head"])
-    loss = build_loss(cfg.loss.name, encoder_ce_weight(cfg), cfg.loss.dml_weight, cfg.loss.params, len(labels),
-                      model.hidden_size, weighting=cfg.loss.weighting)
+    loss = build_loss(
+        cfg.loss.name,
+        encoder_ce_weight(cfg),
+        cfg.loss.dml_weight,
+        cfg.loss.params,
+        len(labels),
+        model.hidden_size,
+        weighting=cfg.loss.weighting,
+    )
     loss.load_state_dict(weights["loss"])
     model.eval()
     return SavedModel(cfg, model, loss, weights["centers"], load_tokenizer(cfg.model.name), labels)

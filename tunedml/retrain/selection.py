@@ -41,8 +41,9 @@ def align_baseline(best: Candidate, baseline: Candidate) -> Candidate:
 
 def cce_defaults(overrides: dict[str, Any]) -> Candidate:
     """Plain CCE with every other key at its default: an untuned baseline."""
-    return Candidate("baseline", apply_overrides({"loss.name": NO_DML}, overrides, "CCE defaults"), "CCE defaults",
-                     untuned=True)
+    return Candidate(
+        "baseline", apply_overrides({"loss.name": NO_DML}, overrides, "CCE defaults"), "CCE defaults", untuned=True
+    )
 
 
 def read_yaml_config(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -53,8 +54,14 @@ def read_yaml_config(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
     return fixed, searched
 
 
-def candidate_from_file(role: str, path: str, overrides: dict[str, Any], recorded: dict[str, Any] | None = None,
-                        recorded_source: str | None = None, recorded_trials: int | None = None) -> Candidate:
+def candidate_from_file(
+    role: str,
+    path: str,
+    overrides: dict[str, Any],
+    recorded: dict[str, Any] | None = None,
+    recorded_source: str | None = None,
+    recorded_trials: int | None = None,
+) -> Candidate:
     """A config file as is; a space file as its fixed values plus, for its searched keys, the
     values of ``recorded`` (the best recorded search of that kind) or else their defaults (untuned)."""
     fixed, searched = read_yaml_config(path)
@@ -64,15 +71,22 @@ def candidate_from_file(role: str, path: str, overrides: dict[str, Any], recorde
     taken = {k: v for k, v in (recorded or {}).items() if k in searched or k.startswith("loss.")}
     config = {**taken, **fixed}
     if "loss.name" not in config:
-        raise ConfigError(f"{path}: loss.name is searched in this space; a baseline needs one loss. "
-                          "Pass a run config or a space with a fixed loss.name (e.g. search_spaces/cce.yaml)")
+        raise ConfigError(
+            f"{path}: loss.name is searched in this space; a baseline needs one loss. "
+            "Pass a run config or a space with a fixed loss.name (e.g. search_spaces/cce.yaml)"
+        )
     if recorded and config.get("loss.name") != recorded.get("loss.name"):
         taken = {}  # the recorded search was another loss: its values do not apply
         config = dict(fixed)
     tuned = bool(recorded_source and taken)
     how = f"searched keys from {recorded_source}" if tuned else "searched keys at defaults"
-    return Candidate(role, apply_overrides(config, overrides, path), f"space {path} ({how})",
-                     untuned=not tuned, trials=recorded_trials if tuned else None)
+    return Candidate(
+        role,
+        apply_overrides(config, overrides, path),
+        f"space {path} ({how})",
+        untuned=not tuned,
+        trials=recorded_trials if tuned else None,
+    )
 
 
 @dataclass
@@ -95,8 +109,10 @@ class Selection:
         if self.dataset:
             check_dataset_name(self.dataset)
         if self.config_file and read_yaml_config(self.config_file)[1]:
-            raise ConfigError(f"{self.config_file}: is a search space; --config takes a run config such as the "
-                              "output of `tunedml best --dataset DATASET` (or pass --run-id)")
+            raise ConfigError(
+                f"{self.config_file}: is a search space; --config takes a run config such as the "
+                "output of `tunedml best --dataset DATASET` (or pass --run-id)"
+            )
         apply_overrides({}, self.overrides, "command line")  # a bad --set key or value
 
 
@@ -113,8 +129,7 @@ def select(sel: Selection) -> tuple[Candidate, Candidate]:
 
     def recorded(dataset: str) -> tuple[Any, Any]:
         if dataset not in searches:
-            searches[dataset] = tracking.best_searches(sel.tracking_uri, dataset, filters=sel.filters,
-                                                       like=sel.run_id)
+            searches[dataset] = tracking.best_searches(sel.tracking_uri, dataset, filters=sel.filters, like=sel.run_id)
         return searches[dataset]
 
     best = _select_best(sel, overrides, recorded)
@@ -152,16 +167,32 @@ def _select_best(sel: Selection, overrides: dict[str, Any], recorded: Callable[[
         return Candidate("best", apply_overrides(fixed, overrides, sel.config_file), f"file {sel.config_file}")
     if sel.run_id:
         r = tracking.run_config(sel.tracking_uri, sel.run_id)
-        return Candidate("best", apply_overrides(r.config, overrides, r.source), r.source, sel.run_id, trials=r.trials,
-                         selection_score=r.search_score, rescored=r.rescored)
+        return Candidate(
+            "best",
+            apply_overrides(r.config, overrides, r.source),
+            r.source,
+            sel.run_id,
+            trials=r.trials,
+            selection_score=r.search_score,
+            rescored=r.rescored,
+        )
     dataset = sel.dataset or str(FIELDS["data.dataset"].default)
     record = recorded(dataset)[0]
     if record is None:
-        raise TrackingError(f"no search over a DML space recorded for dataset {dataset!r} at {sel.tracking_uri}; "
-                            "run `tunedml search --space search_spaces/dml.yaml` first, or pass --config or --run-id")
+        raise TrackingError(
+            f"no search over a DML space recorded for dataset {dataset!r} at {sel.tracking_uri}; "
+            "run `tunedml search --space search_spaces/dml.yaml` first, or pass --config or --run-id"
+        )
     source = f"MLflow search run {record.run_id} (space {record.space})"
-    return Candidate("best", apply_overrides(record.config, overrides, source), source, record.run_id,
-                     trials=record.trials, selection_score=record.search_score, rescored=record.rescored)
+    return Candidate(
+        "best",
+        apply_overrides(record.config, overrides, source),
+        source,
+        record.run_id,
+        trials=record.trials,
+        selection_score=record.search_score,
+        rescored=record.rescored,
+    )
 
 
 def _select_baseline(sel: Selection, overrides: dict[str, Any], cce: Any, best: Candidate) -> Candidate:
@@ -171,18 +202,40 @@ def _select_baseline(sel: Selection, overrides: dict[str, Any], cce: Any, best: 
     if sel.baseline is None:
         if cce is None:
             raise TrackingError(_no_baseline_search(str(best.config["data.dataset"]), sel.tracking_uri, best.trials))
-        return Candidate("baseline", apply_overrides(cce.config, overrides, recorded_source), recorded_source,
-                         cce.run_id, trials=cce.trials, selection_score=cce.search_score, rescored=cce.rescored)
+        return Candidate(
+            "baseline",
+            apply_overrides(cce.config, overrides, recorded_source),
+            recorded_source,
+            cce.run_id,
+            trials=cce.trials,
+            selection_score=cce.search_score,
+            rescored=cce.rescored,
+        )
     if _is_file(sel.baseline):
-        return candidate_from_file("baseline", sel.baseline, overrides, cce.config if cce else None, recorded_source,
-                                   cce.trials if cce else None)
+        return candidate_from_file(
+            "baseline",
+            sel.baseline,
+            overrides,
+            cce.config if cce else None,
+            recorded_source,
+            cce.trials if cce else None,
+        )
     r = tracking.run_config(sel.tracking_uri, sel.baseline)
-    return Candidate("baseline", apply_overrides(r.config, overrides, r.source), r.source, sel.baseline,
-                     trials=r.trials, selection_score=r.search_score, rescored=r.rescored)
+    return Candidate(
+        "baseline",
+        apply_overrides(r.config, overrides, r.source),
+        r.source,
+        sel.baseline,
+        trials=r.trials,
+        selection_score=r.search_score,
+        rescored=r.rescored,
+    )
 
 
 def _no_baseline_search(dataset: str, uri: str, trials: int | None) -> str:
     budget = f" --trials {trials}" if trials else ""
-    return (f"no CCE-only search recorded for dataset {dataset!r} at {uri}, so the CCE baseline would be untuned; "
-            f"record it with `tunedml search --datasets {dataset} --space {CCE_SPACE}{budget}` (the same budget "
-            f"as the DML search), or pass --baseline {UNTUNED} to compare against untuned CCE")
+    return (
+        f"no CCE-only search recorded for dataset {dataset!r} at {uri}, so the CCE baseline would be untuned; "
+        f"record it with `tunedml search --datasets {dataset} --space {CCE_SPACE}{budget}` (the same budget "
+        f"as the DML search), or pass --baseline {UNTUNED} to compare against untuned CCE"
+    )

@@ -49,8 +49,9 @@ def t_interval(values: np.ndarray | list[float], confidence: float = 0.95) -> In
     return Interval(mean, float(mean - half), float(mean + half), confidence, "t", n=len(x))
 
 
-def bootstrap_interval(values: np.ndarray | list[float], resamples: int = 10_000, confidence: float = 0.95,
-                       seed: int = 0) -> Interval:
+def bootstrap_interval(
+    values: np.ndarray | list[float], resamples: int = 10_000, confidence: float = 0.95, seed: int = 0
+) -> Interval:
     """Mean of ``values`` and the percentile bootstrap interval of that mean (seeded, reproducible).
 
     With one value, or all values equal, the interval collapses to the value.
@@ -90,8 +91,14 @@ def difference(differences: np.ndarray | list[float], options: RetrainOptions) -
     return replace(interval, p_t=p_t, p_wilcoxon=p_wilcoxon)
 
 
-def compare(dataset: str, label_names: list[str], protocol: str, best: ConfigResult, baseline: ConfigResult,
-            options: RetrainOptions) -> Comparison:
+def compare(
+    dataset: str,
+    label_names: list[str],
+    protocol: str,
+    best: ConfigResult,
+    baseline: ConfigResult,
+    options: RetrainOptions,
+) -> Comparison:
     """Paired differences over the draws both configurations finished."""
     paired = sorted({d.index for d in best.draws if d.ok} & {d.index for d in baseline.draws if d.ok})
     differences = {}

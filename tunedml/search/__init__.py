@@ -16,7 +16,32 @@ from .run import STATE_FILE, experiment_path, gpus_per_trial, read_state, run_se
 from .schedule import RunBounds, make_scheduler, make_searcher, run_bounds
 from .trainable import repeat_config, trainable
 
-__all__ = ["DEFAULT_STORAGE", "SCHEDULERS", "STATE_FILE", "Relay", "RunBounds", "SearchInterrupted", "SearchOptions",
-           "SearchResult", "TrialLines", "TrialSummary", "best_trial", "check_name", "check_per_option", "describe",
-           "experiment_path", "gpus_per_trial", "init_ray", "make_scheduler", "make_searcher", "parse_per_option",
-           "read_state", "repeat_config", "run_bounds", "run_search", "trainable", "trial_error", "trial_status"]
+__all__ = [
+    "DEFAULT_STORAGE",
+    "SCHEDULERS",
+    "STATE_FILE",
+    "Relay",
+    "RunBounds",
+    "SearchInterrupted",
+    "SearchOptions",
+    "SearchResult",
+    "TrialLines",
+    "TrialSummary",
+    "best_trial",
+    "check_name",
+    "check_per_option",
+    "describe",
+    "experiment_path",
+    "gpus_per_trial",
+    "init_ray",
+    "make_scheduler",
+    "make_searcher",
+    "parse_per_option",
+    "read_state",
+    "repeat_config",
+    "run_bounds",
+    "run_search",
+    "trainable",
+    "trial_error",
+    "trial_status",
+]

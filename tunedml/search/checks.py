@@ -31,9 +31,17 @@ from .options import SearchOptions
 from .prepare import PreparedSearch
 
 GROWING_DRAW_KEYS = ("data.k", "data.sample_size", "data.test_size")  # the larger, the harder to draw
-RESUMED_AS_SAVED = {"trials": "--trials", "scheduler": "--scheduler", "metric": "--metric", "repeats": "--repeats",
-                    "sampler_seed": "--sampler-seed", "concurrency": "--concurrency", "time_budget_s": "--time-budget",
-                    "rescore": "--rescore", "rescore_draws": "--rescore-draws"}
+RESUMED_AS_SAVED = {
+    "trials": "--trials",
+    "scheduler": "--scheduler",
+    "metric": "--metric",
+    "repeats": "--repeats",
+    "sampler_seed": "--sampler-seed",
+    "concurrency": "--concurrency",
+    "time_budget_s": "--time-budget",
+    "rescore": "--rescore",
+    "rescore_draws": "--rescore-draws",
+}
 
 
 @dataclass(frozen=True)
@@ -46,8 +54,9 @@ class Resources:
     gpus_note: str  # why ``auto`` chose ``gpus`` ("" where the user gave a number)
 
 
-def check_search(prepared: list[PreparedSearch], options: SearchOptions, uri: str, *,
-                 connect: bool = True) -> Resources:
+def check_search(
+    prepared: list[PreparedSearch], options: SearchOptions, uri: str, *, connect: bool = True
+) -> Resources:
     """Every check of `tunedml search`, the tracking store's last (``connect=False``: a dry run,
     nothing created); returns the resources each trial will get (``options.gpus_per_trial`` may
     be ``auto``: this says what it is)."""
@@ -62,8 +71,10 @@ def check_search(prepared: list[PreparedSearch], options: SearchOptions, uri: st
     if len(set(datasets)) < len(datasets):
         raise ConfigError(f"--datasets lists {next(d for d in datasets if datasets.count(d) > 1)} twice")
     if options.name and len(datasets) > 1:
-        raise ConfigError(f"--name names one search; with {len(datasets)} datasets leave it out "
-                          "(each search is named <dataset>-<space>-<time>)")
+        raise ConfigError(
+            f"--name names one search; with {len(datasets)} datasets leave it out "
+            "(each search is named <dataset>-<space>-<time>)"
+        )
     for p in prepared:
         _check_search_folder(*experiment_path(p.driver.data.dataset, p.space, options), options)
         flat = p.driver.to_flat()
@@ -80,9 +91,11 @@ def check_search(prepared: list[PreparedSearch], options: SearchOptions, uri: st
         devices = {p.driver.train.device} | space_values(p.space.root, "train.device")
         if resources.gpus == 0 and any(str(d).startswith("cuda") for d in devices):
             given = f"auto ({resources.gpus_note})" if options.gpus_per_trial == AUTO else "0"
-            raise ConfigError(f"train.device=cuda with --gpus-per-trial {given}: Ray hides the GPUs from a trial "
-                              "that asks for none; pass --gpus-per-trial (e.g. 1, or 0.25 to share a GPU) or "
-                              "train.device=auto")
+            raise ConfigError(
+                f"train.device=cuda with --gpus-per-trial {given}: Ray hides the GPUs from a trial "
+                "that asks for none; pass --gpus-per-trial (e.g. 1, or 0.25 to share a GPU) or "
+                "train.device=auto"
+            )
     check_tracking(uri, connect=connect)
     return resources
 
@@ -94,8 +107,10 @@ def check_search_resources(options: SearchOptions) -> Resources:
     if options.gpus_per_trial != AUTO:
         check_quantity(float(options.gpus_per_trial), "--gpus-per-trial")
     if options.concurrency > options.trials:
-        raise ConfigError(f"--concurrency {options.concurrency} is more than --trials {options.trials}; "
-                          f"at most {options.trials} trials can run at once")
+        raise ConfigError(
+            f"--concurrency {options.concurrency} is more than --trials {options.trials}; "
+            f"at most {options.trials} trials can run at once"
+        )
     cluster = on_cluster(options.address)
     where = "the cluster" if cluster else "this machine"
     nodes = nodes_for(cluster, options.address, options.verbose)
@@ -153,12 +168,16 @@ def _check_search_folder(storage: str, name: str, options: SearchOptions) -> Non
         from ray import tune
 
         if not folder.is_dir() or not tune.Tuner.can_restore(str(folder)):
-            raise ConfigError(f"--resume --name {name}: no search to resume in {folder.parent} "
-                              "(run it first, or check --name and --storage)")
+            raise ConfigError(
+                f"--resume --name {name}: no search to resume in {folder.parent} "
+                "(run it first, or check --name and --storage)"
+            )
         _check_resumed_options(options, read_state(str(folder)).get("options", {}), name)
     elif folder.exists():
-        raise ConfigError(f"--name {name}: a search of that name is already in {folder.parent}; continue it "
-                          f"with --resume --name {name}, or choose another name")
+        raise ConfigError(
+            f"--name {name}: a search of that name is already in {folder.parent}; continue it "
+            f"with --resume --name {name}, or choose another name"
+        )
 
 
 def _check_resumed_options(options: SearchOptions, saved: dict[str, Any], name: str) -> None:
@@ -166,8 +185,12 @@ def _check_resumed_options(options: SearchOptions, saved: dict[str, Any], name: 
     an option given another value than the search started with would be ignored, or (--repeats)
     would change the search halfway. Options left at their defaults are not compared."""
     default = SearchOptions()
-    changed = [f"{flag} {getattr(options, key)} (it has {saved[key]})" for key, flag in RESUMED_AS_SAVED.items()
-               if key in saved and getattr(options, key) not in (getattr(default, key), saved[key])]
+    changed = [
+        f"{flag} {getattr(options, key)} (it has {saved[key]})"
+        for key, flag in RESUMED_AS_SAVED.items()
+        if key in saved and getattr(options, key) not in (getattr(default, key), saved[key])
+    ]
     if changed:
-        raise ConfigError(f"--resume continues {name} with the options it started with; leave out "
-                          + ", ".join(changed))
+        raise ConfigError(
+            f"--resume continues {name} with the options it started with; leave out " + ", ".join(changed)
+        )

@@ -46,15 +46,21 @@ class TrialLines(tune.Callback):
         if score is None:
             self.progress.step(f"{trial.trial_id} {note} without a result")
         else:
-            self.progress.step(f"{trial.trial_id} {note} at step {last.get('step', '?')}: {self.objective} "
-                               f"{score:.4f}  {describe(trial.config, self.hide)}  {took}")
+            self.progress.step(
+                f"{trial.trial_id} {note} at step {last.get('step', '?')}: {self.objective} "
+                f"{score:.4f}  {describe(trial.config, self.hide)}  {took}"
+            )
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.progress.step(f"{trial.trial_id} FAILED: {trial_error(trial)}  {describe(trial.config, self.hide)}")
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         """A trial that failed within --max-failures (its node lost, say) starts again from step 0."""
-        print(f"trial {trial.trial_id} failed ({trial_error(trial)}); restarting it", file=self.progress.stream, flush=True)
+        print(
+            f"trial {trial.trial_id} failed ({trial_error(trial)}); restarting it",
+            file=self.progress.stream,
+            flush=True,
+        )
 
 
 _LIVE: dict[str, list[Any]] = {}  # search name -> this process's callbacks while it runs

@@ -21,8 +21,10 @@ def check_name(name: str | None, what: str = "--name") -> None:
     if name is None:
         return
     if not NAME_PATTERN.fullmatch(name) or name in (".", ".."):
-        raise ConfigError(f"{what} {name!r}: not a valid name; use letters, digits and . _ - + = @ "
-                          "(one folder name, not a path, at most 200 characters, starting with a letter or digit)")
+        raise ConfigError(
+            f"{what} {name!r}: not a valid name; use letters, digits and . _ - + = @ "
+            "(one folder name, not a path, at most 200 characters, starting with a letter or digit)"
+        )
 
 
 @dataclass
@@ -56,15 +58,32 @@ class SearchOptions:
         checks = [
             (self.trials >= 1, f"--trials must be >= 1, got {self.trials}"),
             (self.concurrency >= 1, f"--concurrency must be >= 1, got {self.concurrency}"),
-            (self.cpus_per_trial is None or self.cpus_per_trial > 0, f"--cpus-per-trial must be > 0, got {self.cpus_per_trial}"),
+            (
+                self.cpus_per_trial is None or self.cpus_per_trial > 0,
+                f"--cpus-per-trial must be > 0, got {self.cpus_per_trial}",
+            ),
             (is_gpus(self.gpus_per_trial), f"--gpus-per-trial must be auto or >= 0, got {self.gpus_per_trial}"),
-            (1 <= self.repeats <= MAX_RESCORE_DRAWS, f"--repeats must be between 1 and {MAX_RESCORE_DRAWS}, got {self.repeats}"),
-            (self.time_budget_s is None or self.time_budget_s > 0, f"--time-budget must be > 0, got {self.time_budget_s}"),
-            (self.max_failures is None or self.max_failures >= 0, f"--max-failures must be >= 0, got {self.max_failures}"),
+            (
+                1 <= self.repeats <= MAX_RESCORE_DRAWS,
+                f"--repeats must be between 1 and {MAX_RESCORE_DRAWS}, got {self.repeats}",
+            ),
+            (
+                self.time_budget_s is None or self.time_budget_s > 0,
+                f"--time-budget must be > 0, got {self.time_budget_s}",
+            ),
+            (
+                self.max_failures is None or self.max_failures >= 0,
+                f"--max-failures must be >= 0, got {self.max_failures}",
+            ),
             (self.per_option_start >= 0, f"--start-per-option must be >= 0, got {self.per_option_start}"),
-            (0 <= self.rescore <= self.trials, f"--rescore must be between 0 and --trials ({self.trials}), got {self.rescore}"),
-            (1 <= self.rescore_draws <= MAX_RESCORE_DRAWS,
-             f"--rescore-draws must be between 1 and {MAX_RESCORE_DRAWS}, got {self.rescore_draws}"),
+            (
+                0 <= self.rescore <= self.trials,
+                f"--rescore must be between 0 and --trials ({self.trials}), got {self.rescore}",
+            ),
+            (
+                1 <= self.rescore_draws <= MAX_RESCORE_DRAWS,
+                f"--rescore-draws must be between 1 and {MAX_RESCORE_DRAWS}, got {self.rescore_draws}",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -106,7 +125,13 @@ def parse_per_option(text: str) -> tuple[str, int]:
 
 def check_per_option(space: SearchSpace, options: SearchOptions) -> None:
     """A per-option start asked for a key other than the default needs a top-level choice over it."""
-    if options.per_option_start and options.per_option_key != "loss.name" and not space.root.options_of(options.per_option_key):
-        raise ConfigError(f"--start-per-option {options.per_option_key}={options.per_option_start}: {space.path} has no "
-                          f"top-level choice or categorical over {options.per_option_key}; valid: "
-                          f"{', '.join(k for k in space.root.keys() if space.root.options_of(k)) or 'none'}")
+    if (
+        options.per_option_start
+        and options.per_option_key != "loss.name"
+        and not space.root.options_of(options.per_option_key)
+    ):
+        raise ConfigError(
+            f"--start-per-option {options.per_option_key}={options.per_option_start}: {space.path} has no "
+            f"top-level choice or categorical over {options.per_option_key}; valid: "
+            f"{', '.join(k for k in space.root.keys() if space.root.options_of(k)) or 'none'}"
+        )

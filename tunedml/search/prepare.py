@@ -20,8 +20,9 @@ class PreparedSearch:
     driver: RunConfig  # base and the space's fixed keys: what the driver reads and tokenizes with
 
 
-def prepare_search(space_file: str | os.PathLike, dataset: str, inputs: RunInputs,
-                   datasets: list[str] | None = None) -> PreparedSearch:
+def prepare_search(
+    space_file: str | os.PathLike, dataset: str, inputs: RunInputs, datasets: list[str] | None = None
+) -> PreparedSearch:
     """Validate one dataset's search: its config, its model, its space against the keys given.
     ``datasets``: every dataset of the command; a value that serves one of them only (--data-dir
     beside a data file) is used, not refused."""

@@ -55,9 +55,15 @@ class Rescored:
 
     def to_dict(self, metric: str) -> dict[str, Any]:
         """What MLflow and ``--json`` keep of a candidate."""
-        return {"trial": self.trial_id, "search_score": self.search_score, "rescored_mean": self.mean(metric),
-                "rescored_std": self.std(metric), "draws": len(self.draws), "config": self.config,
-                "per_draw": {m: self.scores(m) for m in METRICS}}
+        return {
+            "trial": self.trial_id,
+            "search_score": self.search_score,
+            "rescored_mean": self.mean(metric),
+            "rescored_std": self.std(metric),
+            "draws": len(self.draws),
+            "config": self.config,
+            "per_draw": {m: self.scores(m) for m in METRICS},
+        }
 
 
 def candidates(result: SearchResult, n: int) -> list[TrialSummary]:
@@ -71,8 +77,17 @@ def choose(rescored: list[Rescored], metric: str) -> Rescored | None:
     return max(done, key=lambda r: (r.mean(metric), -r.std(metric), r.search_score), default=None)
 
 
-def rescore(tokens: Any, base: dict[str, Any], result: SearchResult, n: int, draws: int, metric: str,
-            cpus: float, gpus: float, verbose: bool = False) -> list[Rescored]:
+def rescore(
+    tokens: Any,
+    base: dict[str, Any],
+    result: SearchResult,
+    n: int,
+    draws: int,
+    metric: str,
+    cpus: float,
+    gpus: float,
+    verbose: bool = False,
+) -> list[Rescored]:
     """Train the ``n`` leading trials of ``result`` on ``draws`` fresh draws each (Ray tasks with
     the search's resources per trial); returns them with their dev scores."""
     import ray
@@ -142,5 +157,3 @@ def _save(path: str, leaders: list[Rescored]) -> None:
         tmp = file.with_suffix(".tmp")
         tmp.write_text(json.dumps({c.trial_id: c.draws for c in leaders}))
         tmp.replace(file)
-
-

@@ -31,8 +31,9 @@ class TrialSummary:
 def ranked(trials: list[TrialSummary]) -> list[TrialSummary]:
     """Finished trials (else any scored one), best first: by score, ties to the lower spread over
     the repeats (a configuration that is good on every draw rather than on one)."""
-    scored = [t for t in trials if t.score is not None and t.status == "FINISHED"] or \
-             [t for t in trials if t.score is not None]
+    scored = [t for t in trials if t.score is not None and t.status == "FINISHED"] or [
+        t for t in trials if t.score is not None
+    ]
     return sorted(scored, key=lambda t: (-t.score, t.spread or 0.0))
 
 
@@ -60,6 +61,7 @@ class SearchResult:
     def search_best(self) -> TrialSummary | None:
         """The trial with the best search score (the choice without re-scoring)."""
         return best_trial(self.trials)
+
     mlflow: dict[str, str] = field(default_factory=dict)  # tracking_uri, experiment, run_id, once recorded
 
     @property
@@ -75,8 +77,11 @@ class SearchResult:
         for option in options:
             trials = [t for t in self.trials if t.config.get(key) == option]
             best = best_trial(trials)
-            out[str(option)] = {"trials": len(trials), "finished": sum(t.status == "FINISHED" for t in trials),
-                                "best": best.score if best else None}
+            out[str(option)] = {
+                "trials": len(trials),
+                "finished": sum(t.status == "FINISHED" for t in trials),
+                "best": best.score if best else None,
+            }
         return out
 
     def option_lines(self) -> list[str]:
@@ -93,7 +98,10 @@ class SearchResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "dataset": self.dataset, "space": self.space, "path": self.path, "objective": self.objective,
+            "dataset": self.dataset,
+            "space": self.space,
+            "path": self.path,
+            "objective": self.objective,
             "best_score": self.best.score if self.best else None,
             "best_trial": self.best.trial_id if self.best else None,
             "best_config": self.best_config,

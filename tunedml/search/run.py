@@ -44,8 +44,14 @@ def experiment_path(dataset: str, space: SearchSpace, options: SearchOptions) ->
     return storage, found[-1]
 
 
-def run_search(tokens: Any, base: dict[str, Any], space: SearchSpace, options: SearchOptions,
-               callbacks: list[Any] | None = None, state: dict[str, Any] | None = None) -> SearchResult:
+def run_search(
+    tokens: Any,
+    base: dict[str, Any],
+    space: SearchSpace,
+    options: SearchOptions,
+    callbacks: list[Any] | None = None,
+    state: dict[str, Any] | None = None,
+) -> SearchResult:
     """Run (or resume) one search over ``space`` on already tokenized data; return its summary.
 
     ``base`` is the flat config that the space's fixed and searched values override.
@@ -56,9 +62,10 @@ def run_search(tokens: Any, base: dict[str, Any], space: SearchSpace, options: S
     storage, name = experiment_path(base.get("data.dataset", "dataset"), space, options)
     path = f"{storage.rstrip('/')}/{name}"
     cpus = options.cpus_per_trial or _default_cpus(options.concurrency)
-    fn = tune.with_resources(tune.with_parameters(trainable, tokens=tokens, base=base, repeats=options.repeats,
-                                                  threads=max(1, int(cpus))),
-                             {"cpu": cpus, "gpu": gpus_per_trial(options)})
+    fn = tune.with_resources(
+        tune.with_parameters(trainable, tokens=tokens, base=base, repeats=options.repeats, threads=max(1, int(cpus))),
+        {"cpu": cpus, "gpu": gpus_per_trial(options)},
+    )
     objective = options.objective
     total = int(read_state(path).get("options", {}).get("trials", options.trials)) if options.resume else options.trials
     lines = TrialLines(total, objective, hide=set(space.root.fixed))
@@ -78,30 +85,44 @@ def run_search(tokens: Any, base: dict[str, Any], space: SearchSpace, options: S
         tuner = tune.Tuner(
             fn,
             tune_config=tune.TuneConfig(
-                search_alg=make_searcher(space, options), scheduler=make_scheduler(options.scheduler, bounds, objective),
-                num_samples=options.trials, time_budget_s=options.time_budget_s, trial_dirname_creator=_trial_dirname,
-                reuse_actors=True),  # a new trial process would import torch and transformers again
+                search_alg=make_searcher(space, options),
+                scheduler=make_scheduler(options.scheduler, bounds, objective),
+                num_samples=options.trials,
+                time_budget_s=options.time_budget_s,
+                trial_dirname_creator=_trial_dirname,
+                reuse_actors=True,
+            ),  # a new trial process would import torch and transformers again
             run_config=tune.RunConfig(
-                name=name, storage_path=storage, callbacks=[relay], verbose=2 if options.verbose else 0,
+                name=name,
+                storage_path=storage,
+                callbacks=[relay],
+                verbose=2 if options.verbose else 0,
                 failure_config=tune.FailureConfig(max_failures=options.retries, fail_fast=False),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            ),
         )
     with relay.live():
         tuner.fit()  # Ctrl-C: Ray saves the state, stops the trials and returns
     result = _summarise(_saved_trials(path), base, space, path, objective, time.perf_counter() - start)
     if _interrupted(result, total, options):
         done = sum(t.status in ("FINISHED", "KILLED", "FAILED") for t in result.trials)
-        raise SearchInterrupted(f"{done} of {total} trials ended; the search is saved in {path}; "
-                                f"continue it with --resume --name {name}", result)
+        raise SearchInterrupted(
+            f"{done} of {total} trials ended; the search is saved in {path}; continue it with --resume --name {name}",
+            result,
+        )
     n, draws = _rescoring(path, options)
     if n and result.best is not None:
         rescore_start = time.perf_counter()
         try:
-            leaders = rescore(tokens, base, result, n, draws, result.metric, cpus, options.gpus_per_trial,
-                              options.verbose)
+            leaders = rescore(
+                tokens, base, result, n, draws, result.metric, cpus, options.gpus_per_trial, options.verbose
+            )
         except KeyboardInterrupt:
-            raise SearchInterrupted(f"every trial ended; re-scoring stopped; the search is saved in {path}; "
-                                    f"continue it with --resume --name {name}", result) from None
+            raise SearchInterrupted(
+                f"every trial ended; re-scoring stopped; the search is saved in {path}; "
+                f"continue it with --resume --name {name}",
+                result,
+            ) from None
         apply(result, leaders, result.metric)
         result.best_config = from_flat({**base, **result.best.config}, source="best trial").to_flat()
         result.seconds = time.perf_counter() - start
@@ -174,8 +195,9 @@ def _saved_trials(path: str) -> list[Any]:
     return list(ExperimentAnalysis(path).trials)
 
 
-def _summarise(trials: list[Any], base: dict[str, Any], space: SearchSpace, path: str, objective: str,
-               seconds: float) -> SearchResult:
+def _summarise(
+    trials: list[Any], base: dict[str, Any], space: SearchSpace, path: str, objective: str, seconds: float
+) -> SearchResult:
     result = SearchResult(str(base.get("data.dataset")), space.name, path, objective, seconds=seconds)
     for trial in trials:
         last = trial.last_result or {}
@@ -188,8 +210,17 @@ def _summarise(trials: list[Any], base: dict[str, Any], space: SearchSpace, path
             status = trial_status(trial)
         score = last.get(objective) if status in ("FINISHED", "KILLED") else None
         spread = last.get(f"{objective}_std") if score is not None else None
-        result.trials.append(TrialSummary(trial.trial_id, status, config_keys(trial.config or {}), score,
-                                          int(last.get("step") or 0), error, spread))
+        result.trials.append(
+            TrialSummary(
+                trial.trial_id,
+                status,
+                config_keys(trial.config or {}),
+                score,
+                int(last.get("step") or 0),
+                error,
+                spread,
+            )
+        )
     result.choices = {key: space.root.options_of(key) for key in space.root.branches}
     result.choices.update({d.key: d.choices for d in space.root.dists if d.key == "loss.name"})
     result.best = best_trial(result.trials)

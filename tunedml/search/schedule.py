@@ -30,6 +30,7 @@ class RunBounds:
 def run_bounds(space: SearchSpace, base: dict[str, Any], train_size: int) -> RunBounds:
     """The bounds over every branch of ``space`` on top of ``base`` for a draw of ``train_size``
     training examples; a run given in epochs counts at the smallest batch size the space allows."""
+
     def extreme(key: str, pick: Any) -> Any:
         values = [v for v in space.root.largest(key, base.get(key), smallest=pick is min) if v is not None]
         return pick(values) if values else None
@@ -52,8 +53,15 @@ def make_scheduler(name: str, bounds: RunBounds, objective: str):
 
     if name == "none" or bounds.first_rung >= bounds.steps:
         return None
-    return ASHAScheduler(time_attr="step", metric=objective, mode="max", max_t=bounds.steps,
-                         grace_period=bounds.first_rung, reduction_factor=3, brackets=3 if name == "hyperband" else 1)
+    return ASHAScheduler(
+        time_attr="step",
+        metric=objective,
+        mode="max",
+        max_t=bounds.steps,
+        grace_period=bounds.first_rung,
+        reduction_factor=3,
+        brackets=3 if name == "hyperband" else 1,
+    )
 
 
 def make_searcher(space: SearchSpace, options: SearchOptions):
@@ -62,12 +70,18 @@ def make_searcher(space: SearchSpace, options: SearchOptions):
     from ray.tune.search.optuna import OptunaSearch
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    sampler = optuna.samplers.TPESampler(seed=options.sampler_seed, multivariate=True, group=True,
-                                         n_startup_trials=min(10, max(2, options.trials // 3)))
+    sampler = optuna.samplers.TPESampler(
+        seed=options.sampler_seed, multivariate=True, group=True, n_startup_trials=min(10, max(2, options.trials // 3))
+    )
     optuna.logging.set_verbosity(optuna.logging.DEBUG if options.verbose else optuna.logging.WARNING)
     points = [space.optuna_params(p) for p in options.points]
     if options.per_option_start:
         points += space.per_option_points(options.per_option_key, options.per_option_start)
-    search = OptunaSearch(space=space.define_by_run, metric=options.objective, mode="max", sampler=sampler,
-                          points_to_evaluate=points or None)  # enqueued in the Optuna study, in order
+    search = OptunaSearch(
+        space=space.define_by_run,
+        metric=options.objective,
+        mode="max",
+        sampler=sampler,
+        points_to_evaluate=points or None,
+    )  # enqueued in the Optuna study, in order
     return ConcurrencyLimiter(search, max_concurrent=options.concurrency)

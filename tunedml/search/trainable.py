@@ -18,7 +18,9 @@ from ..space import config_keys
 
 def repeat_config(cfg: RunConfig, r: int) -> RunConfig:
     """The r-th repeat: another few-shot draw and another initialisation seed."""
-    return replace(cfg, data=replace(cfg.data, seed=cfg.data.seed + r), train=replace(cfg.train, seed=cfg.train.seed + r))
+    return replace(
+        cfg, data=replace(cfg.data, seed=cfg.data.seed + r), train=replace(cfg.train, seed=cfg.train.seed + r)
+    )
 
 
 def trainable(config: dict[str, Any], tokens: Any, base: dict[str, Any], repeats: int, threads: int = 0) -> None:
@@ -45,20 +47,27 @@ def trainable(config: dict[str, Any], tokens: Any, base: dict[str, Any], repeats
     node = ray.get_runtime_context().get_node_id()
     gpus = len(ray.get_gpu_ids())  # the GPUs Ray granted the trial (logical ones count, as on a test's Ray)
     for results in zip(*(t.checkpoints() for t in trainers)):
-        tune.report({
-            "step": results[0].step,
-            "steps": trainers[0].total_steps,
-            "epoch": results[0].epoch,
-            "train_loss": float(np.mean([r.train_loss for r in results])),
-            # each term and the weights in effect (learned or EPO's): loss_ce, loss_dml_supcon, loss_weight_ce...
-            **{f"loss_{k}": float(np.mean([r.loss_parts.get(k, np.nan) for r in results])) for k in results[0].loss_parts},
-            **{f"dev_{m}": float(np.mean([r.dev[m] for r in results])) for m in METRICS},
-            **({f"dev_{m}_std": float(np.std([r.dev[m] for r in results])) for m in METRICS} if repeats > 1 else {}),
-            "dev_collapsed": float(np.mean([r.collapsed for r in results])),  # the share of repeats that collapsed
-            "stage": STAGE_NUMBERS[results[0].stage],  # 0 joint; two_stage: 1 encoder, 2 head
-            "batches_without_positives": float(np.mean([r.batches_without_positives for r in results])),
-            "examples_without_positive": float(np.mean([r.examples_without_positive for r in results])),
-            "node_id": node,
-            "gpus": gpus,
-            "threads": torch.get_num_threads(),  # what the trial really computes with
-        })
+        tune.report(
+            {
+                "step": results[0].step,
+                "steps": trainers[0].total_steps,
+                "epoch": results[0].epoch,
+                "train_loss": float(np.mean([r.train_loss for r in results])),
+                # each term and the weights in effect (learned or EPO's): loss_ce, loss_dml_supcon, loss_weight_ce...
+                **{
+                    f"loss_{k}": float(np.mean([r.loss_parts.get(k, np.nan) for r in results]))
+                    for k in results[0].loss_parts
+                },
+                **{f"dev_{m}": float(np.mean([r.dev[m] for r in results])) for m in METRICS},
+                **(
+                    {f"dev_{m}_std": float(np.std([r.dev[m] for r in results])) for m in METRICS} if repeats > 1 else {}
+                ),
+                "dev_collapsed": float(np.mean([r.collapsed for r in results])),  # the share of repeats that collapsed
+                "stage": STAGE_NUMBERS[results[0].stage],  # 0 joint; two_stage: 1 encoder, 2 head
+                "batches_without_positives": float(np.mean([r.batches_without_positives for r in results])),
+                "examples_without_positive": float(np.mean([r.examples_without_positive for r in results])),
+                "node_id": node,
+                "gpus": gpus,
+                "threads": torch.get_num_threads(),  # what the trial really computes with
+            }
+        )

@@ -25,6 +25,23 @@ from .store import experiment_name
 from .ui import UI_ENV, serve_ui, ui_command
 from .uri import check_tracking, resolve_tracking_uri, store_exists
 
-__all__ = ["BEST_CONFIG", "PLOTS", "UI_ENV", "BestRecord", "best_searches", "check_tracking", "download_model",
-           "experiment_name", "final_comparisons", "find_best", "log_final", "log_report", "resolve_tracking_uri",
-           "run_config", "serve_ui", "space_name", "store_exists", "ui_command"]
+__all__ = [
+    "BEST_CONFIG",
+    "PLOTS",
+    "UI_ENV",
+    "BestRecord",
+    "best_searches",
+    "check_tracking",
+    "download_model",
+    "experiment_name",
+    "final_comparisons",
+    "find_best",
+    "log_final",
+    "log_report",
+    "resolve_tracking_uri",
+    "run_config",
+    "serve_ui",
+    "space_name",
+    "store_exists",
+    "ui_command",
+]

@@ -58,12 +58,19 @@ def log_final(uri: str, comparison: Comparison, model_dir: str | Path | None = N
         for role in ROLES:
             result = comparison.result(role)
             c = result.candidate
-            tags = {ROLE_TAG: FINAL_ROLE, FINAL_ROLE_TAG: role, "tunedml.dataset": comparison.dataset,
-                    "tunedml.loss": c.loss, "tunedml.source": c.source[:5000], "tunedml.comparison": group,
-                    "tunedml.protocol": comparison.protocol, "tunedml.draws": str(len(result.draws)),
-                    "tunedml.untuned": str(c.untuned).lower(),
-                    **({TRIALS_TAG: str(c.trials)} if c.trials is not None else {}),
-                    **({"tunedml.search_run_id": c.run_id} if c.run_id else {})}
+            tags = {
+                ROLE_TAG: FINAL_ROLE,
+                FINAL_ROLE_TAG: role,
+                "tunedml.dataset": comparison.dataset,
+                "tunedml.loss": c.loss,
+                "tunedml.source": c.source[:5000],
+                "tunedml.comparison": group,
+                "tunedml.protocol": comparison.protocol,
+                "tunedml.draws": str(len(result.draws)),
+                "tunedml.untuned": str(c.untuned).lower(),
+                **({TRIALS_TAG: str(c.trials)} if c.trials is not None else {}),
+                **({"tunedml.search_run_id": c.run_id} if c.run_id else {}),
+            }
             run = call(uri, lambda: mlflow.create_run(experiment_id, run_name=f"final-{role}-{c.loss}", tags=tags))
             run_ids[role] = run.info.run_id
             _log_final_run(mlflow, run.info.run_id, comparison, role, from_flat(c.config, source=c.source).to_yaml())
@@ -72,7 +79,9 @@ def log_final(uri: str, comparison: Comparison, model_dir: str | Path | None = N
         mlflow.log_text(run_ids["best"], json.dumps(comparison.to_dict(), indent=1, default=str), COMPARISON_FILE)
         if comparison.snapshots:
             with tempfile.TemporaryDirectory() as tmp:
-                arrays = {k: v for role, snap in comparison.snapshots.items() for k, v in snap.arrays(f"{role}_").items()}
+                arrays = {
+                    k: v for role, snap in comparison.snapshots.items() for k, v in snap.arrays(f"{role}_").items()
+                }
                 np.savez_compressed(Path(tmp) / EMBEDDINGS_FILE, **arrays)
                 mlflow.log_artifact(run_ids["best"], str(Path(tmp) / EMBEDDINGS_FILE))
         if model_dir is not None:
@@ -89,17 +98,28 @@ def log_final(uri: str, comparison: Comparison, model_dir: str | Path | None = N
 
 def _log_final_run(mlflow: Any, run_id: str, comparison: Comparison, role: str, config_yaml: str) -> None:
     result = comparison.result(role)
-    metrics = [metric(f"{split}_{m}", v, d.index)
-               for d in result.draws if d.ok for split, scores in (("test", d.test), ("dev", d.dev)) for m, v in scores.items()]
+    metrics = [
+        metric(f"{split}_{m}", v, d.index)
+        for d in result.draws
+        if d.ok
+        for split, scores in (("test", d.test), ("dev", d.dev))
+        for m, v in scores.items()
+    ]
     for m, s in result.summary().items():
         metrics += [metric(f"test_{m}_{stat}", value) for stat, value in s.items()]
     for m, interval in comparison.differences.items():
         metrics.append(metric(f"diff_{m}_pp", interval.mean))
         if interval.exists:
             metrics += [metric(f"diff_{m}_pp_low", interval.low), metric(f"diff_{m}_pp_high", interval.high)]
-        metrics += [metric(f"diff_{m}_p_{test}", p) for test, p in (("t", interval.p_t), ("wilcoxon", interval.p_wilcoxon))
-                    if p is not None]
-    metrics += [metric("draws_failed", sum(not d.ok for d in result.draws)), metric("draws_collapsed", result.collapsed)]
+        metrics += [
+            metric(f"diff_{m}_p_{test}", p)
+            for test, p in (("t", interval.p_t), ("wilcoxon", interval.p_wilcoxon))
+            if p is not None
+        ]
+    metrics += [
+        metric("draws_failed", sum(not d.ok for d in result.draws)),
+        metric("draws_collapsed", result.collapsed),
+    ]
     interval = next(iter(comparison.differences.values()), None)
     tags = {"tunedml.interval": f"{interval.method} {interval.confidence:g}"} if interval else {}
     log_batch(mlflow, run_id, params=result.candidate.config, metrics=metrics, tags=tags)
@@ -113,14 +133,18 @@ def final_comparisons(uri: str, datasets: list[str] | None = None) -> list[Compa
     explicit = datasets is not None
     if datasets is None:
         experiments = call(uri, lambda: mlflow.search_experiments(filter_string=f"name LIKE '{EXPERIMENT_PREFIX}%'"))
-        datasets = _dataset_order([e.name[len(EXPERIMENT_PREFIX):] for e in experiments if e.name != REPORT_EXPERIMENT])
+        datasets = _dataset_order(
+            [e.name[len(EXPERIMENT_PREFIX) :] for e in experiments if e.name != REPORT_EXPERIMENT]
+        )
     found = []
     for dataset in datasets:
         run = _latest_final(mlflow, uri, dataset)
         if run is None:
             if explicit:
-                raise TrackingError(f"no final evaluation recorded for dataset {dataset!r} at {uri}; "
-                                    f"run `tunedml retrain --dataset {dataset}` first")
+                raise TrackingError(
+                    f"no final evaluation recorded for dataset {dataset!r} at {uri}; "
+                    f"run `tunedml retrain --dataset {dataset}` first"
+                )
             continue
         found.append(run)
     if not found:
@@ -137,8 +161,9 @@ def _read_comparison(mlflow: Any, uri: str, run: Any) -> Comparison:
         if EMBEDDINGS_FILE in names:
             local = call(uri, lambda: mlflow.download_artifacts(run_id, EMBEDDINGS_FILE, tmp))
             with np.load(local) as arrays:
-                comparison.snapshots = {role: Snapshot.from_arrays(arrays, f"{role}_") for role in ROLES
-                                        if f"{role}_embeddings" in arrays}
+                comparison.snapshots = {
+                    role: Snapshot.from_arrays(arrays, f"{role}_") for role in ROLES if f"{role}_embeddings" in arrays
+                }
     comparison.run_id = run_id
     return comparison
 
@@ -147,10 +172,15 @@ def _latest_final(mlflow: Any, uri: str, dataset: str) -> Any | None:
     experiment = call(uri, lambda: mlflow.get_experiment_by_name(experiment_name(dataset)))
     if experiment is None:
         return None
-    runs = call(uri, lambda: mlflow.search_runs(
-        [experiment.experiment_id],
-        f"tags.`{ROLE_TAG}` = '{FINAL_ROLE}' and tags.`{FINAL_ROLE_TAG}` = 'best' and attributes.status = 'FINISHED'",
-        max_results=1, order_by=["attributes.start_time DESC"]))
+    runs = call(
+        uri,
+        lambda: mlflow.search_runs(
+            [experiment.experiment_id],
+            f"tags.`{ROLE_TAG}` = '{FINAL_ROLE}' and tags.`{FINAL_ROLE_TAG}` = 'best' and attributes.status = 'FINISHED'",
+            max_results=1,
+            order_by=["attributes.start_time DESC"],
+        ),
+    )
     return runs[0] if runs else None
 
 
@@ -163,11 +193,23 @@ def log_report(uri: str, folder: str | Path, comparisons: list[Comparison]) -> s
     """Log a written report folder as a run of the experiment ``tunedml/report``; returns its id."""
     mlflow = client(uri)
     experiment_id = ensure_experiment(mlflow, uri, REPORT_EXPERIMENT)
-    tags = {ROLE_TAG: REPORT_ROLE, "tunedml.datasets": ",".join(c.dataset for c in comparisons),
-            "tunedml.final_runs": ",".join(c.run_id or "" for c in comparisons)}
-    run = call(uri, lambda: mlflow.create_run(experiment_id, run_name=f"report-{time.strftime('%Y%m%d-%H%M%S')}", tags=tags))
-    log_batch(mlflow, run.info.run_id, metrics=[metric(f"diff_{m}_pp.{_metric_key(c.dataset)}", i.mean)
-                                                for c in comparisons for m, i in c.differences.items()])
+    tags = {
+        ROLE_TAG: REPORT_ROLE,
+        "tunedml.datasets": ",".join(c.dataset for c in comparisons),
+        "tunedml.final_runs": ",".join(c.run_id or "" for c in comparisons),
+    }
+    run = call(
+        uri, lambda: mlflow.create_run(experiment_id, run_name=f"report-{time.strftime('%Y%m%d-%H%M%S')}", tags=tags)
+    )
+    log_batch(
+        mlflow,
+        run.info.run_id,
+        metrics=[
+            metric(f"diff_{m}_pp.{_metric_key(c.dataset)}", i.mean)
+            for c in comparisons
+            for m, i in c.differences.items()
+        ],
+    )
     mlflow.log_artifacts(run.info.run_id, str(folder))
     mlflow.set_terminated(run.info.run_id, "FINISHED")
     return run.info.run_id

@@ -33,15 +33,23 @@ def optuna_study(space: Any, trials: list[Any]) -> Any:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     dists = optuna_distributions(space)
     study = optuna.create_study(direction="maximize")
-    states = {"FINISHED": optuna.trial.TrialState.COMPLETE, "KILLED": optuna.trial.TrialState.PRUNED,
-              "FAILED": optuna.trial.TrialState.FAIL}
+    states = {
+        "FINISHED": optuna.trial.TrialState.COMPLETE,
+        "KILLED": optuna.trial.TrialState.PRUNED,
+        "FAILED": optuna.trial.TrialState.FAIL,
+    }
     for t in trials:
         params = space.root.params(t.config, space.path)
         state = states[t.status] if t.score is not None or t.status == "FAILED" else optuna.trial.TrialState.FAIL
-        study.add_trial(optuna.trial.create_trial(
-            params=params, distributions={k: dists[k] for k in params}, state=state,
-            value=t.score if state == optuna.trial.TrialState.COMPLETE else None,
-            intermediate_values={t.steps: t.score} if state == optuna.trial.TrialState.PRUNED else None))
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=params,
+                distributions={k: dists[k] for k in params},
+                state=state,
+                value=t.score if state == optuna.trial.TrialState.COMPLETE else None,
+                intermediate_values={t.steps: t.score} if state == optuna.trial.TrialState.PRUNED else None,
+            )
+        )
     return study
 
 

@@ -81,8 +81,11 @@ class SearchTracker:
         return {"mlflow": {"tracking_uri": self.uri, "experiment_id": self.experiment_id, "run_id": self.run_id}}
 
     def describe(self) -> dict[str, str]:
-        return {"tracking_uri": self.uri, "experiment": experiment_name(self.base.get("data.dataset", "")),
-                "run_id": self.run_id}
+        return {
+            "tracking_uri": self.uri,
+            "experiment": experiment_name(self.base.get("data.dataset", "")),
+            "run_id": self.run_id,
+        }
 
     def callback(self) -> "TrialRecorder":
         if self._recorder is None:
@@ -107,8 +110,14 @@ class SearchTracker:
     def finish(self, result: Any) -> None:
         """Record the outcome: best.* params, best_score, best_config.yaml, plots; end the parent."""
         counts = {s: sum(t.status == s for t in result.trials) for s in ("FINISHED", "KILLED", "FAILED")}
-        self._set_tags({"tunedml.trials_finished": counts["FINISHED"], "tunedml.trials_stopped_early": counts["KILLED"],
-                        "tunedml.trials_failed": counts["FAILED"], "tunedml.seconds": round(result.seconds, 1)})
+        self._set_tags(
+            {
+                "tunedml.trials_finished": counts["FINISHED"],
+                "tunedml.trials_stopped_early": counts["KILLED"],
+                "tunedml.trials_failed": counts["FAILED"],
+                "tunedml.seconds": round(result.seconds, 1),
+            }
+        )
         if result.best is None:
             self._set_tags({"tunedml.error": "no trial produced a score"})
             self.client.set_terminated(self.run_id, "FAILED")
@@ -138,20 +147,51 @@ class SearchTracker:
     def _start(self, cfg: Any, name: str, results: str) -> None:
         o = self.options
         tags = {
-            ROLE_TAG: SEARCH_ROLE, "tunedml.dataset": cfg.data.dataset, "tunedml.space": self.space.name,
-            "tunedml.space_file": str(Path(self.space.path).resolve()), "tunedml.space_sha256": self.space.sha256,
-            "tunedml.model": cfg.model.name, "tunedml.protocol": cfg.data.protocol,
-            "tunedml.objective": o.objective, "tunedml.search": name, "tunedml.results": results,
-            "tunedml.ray_address": o.address or "local", "tunedml.version": __version__,
-            **({"tunedml.k": cfg.data.k} if cfg.data.protocol == "kshot" else
-               {"tunedml.sample_size": cfg.data.sample_size, "tunedml.folds": cfg.data.folds, "tunedml.fold": cfg.data.fold}),
+            ROLE_TAG: SEARCH_ROLE,
+            "tunedml.dataset": cfg.data.dataset,
+            "tunedml.space": self.space.name,
+            "tunedml.space_file": str(Path(self.space.path).resolve()),
+            "tunedml.space_sha256": self.space.sha256,
+            "tunedml.model": cfg.model.name,
+            "tunedml.protocol": cfg.data.protocol,
+            "tunedml.objective": o.objective,
+            "tunedml.search": name,
+            "tunedml.results": results,
+            "tunedml.ray_address": o.address or "local",
+            "tunedml.version": __version__,
+            **(
+                {"tunedml.k": cfg.data.k}
+                if cfg.data.protocol == "kshot"
+                else {
+                    "tunedml.sample_size": cfg.data.sample_size,
+                    "tunedml.folds": cfg.data.folds,
+                    "tunedml.fold": cfg.data.fold,
+                }
+            ),
         }
-        run = call(self.uri, lambda: self.client.create_run(self.experiment_id, run_name=name,
-                                                            tags={k: str(v) for k, v in tags.items()}))
+        run = call(
+            self.uri,
+            lambda: self.client.create_run(
+                self.experiment_id, run_name=name, tags={k: str(v) for k, v in tags.items()}
+            ),
+        )
         self.run_id = run.info.run_id
-        params = {f"search.{k}": getattr(o, k) for k in ("trials", "scheduler", "metric", "repeats", "concurrency",
-                                                         "sampler_seed", "cpus_per_trial", "gpus_per_trial",
-                                                         "time_budget_s", "rescore", "rescore_draws")}
+        params = {
+            f"search.{k}": getattr(o, k)
+            for k in (
+                "trials",
+                "scheduler",
+                "metric",
+                "repeats",
+                "concurrency",
+                "sampler_seed",
+                "cpus_per_trial",
+                "gpus_per_trial",
+                "time_budget_s",
+                "rescore",
+                "rescore_draws",
+            )
+        }
         self._log_params({**params, **{f"base.{k}": v for k, v in self.base.items()}})
         for path, text in self.space.sources or [(self.space.path, self.space.text)]:  # the file and its includes
             self.client.log_text(self.run_id, text, f"space/{Path(path).name}")
@@ -170,8 +210,9 @@ class SearchTracker:
                 self.client.set_terminated(child.info.run_id, "KILLED")
 
     def _children(self) -> list[Any]:
-        return self.client.search_runs([self.experiment_id], f"tags.`mlflow.parentRunId` = '{self.run_id}'",
-                                       max_results=10_000)
+        return self.client.search_runs(
+            [self.experiment_id], f"tags.`mlflow.parentRunId` = '{self.run_id}'", max_results=10_000
+        )
 
     def _record_best(self, result: Any) -> None:
         best = result.best
@@ -188,9 +229,13 @@ class SearchTracker:
         if result.rescored:
             metrics.update(self._log_rescored(result))
         log_batch(self.client, self.run_id, metrics=[metric(k, v) for k, v in metrics.items()])
-        header = (f"# best {result.objective} {best.score:.4f} on {result.dataset}: trial {best.trial_id} of search "
-                  f"{Path(result.path).name} (MLflow run {self.run_id})\n# use: tunedml train --config {BEST_CONFIG}\n")
-        self.client.log_text(self.run_id, header + from_flat(result.best_config, source="best trial").to_yaml(), BEST_CONFIG)
+        header = (
+            f"# best {result.objective} {best.score:.4f} on {result.dataset}: trial {best.trial_id} of search "
+            f"{Path(result.path).name} (MLflow run {self.run_id})\n# use: tunedml train --config {BEST_CONFIG}\n"
+        )
+        self.client.log_text(
+            self.run_id, header + from_flat(result.best_config, source="best trial").to_yaml(), BEST_CONFIG
+        )
 
     def _log_rescored(self, result: Any) -> dict[str, float]:
         """The re-scored leaders: on each one's trial run its mean and std over the re-scoring draws
@@ -201,19 +246,31 @@ class SearchTracker:
         for rank, r in enumerate(order, 1):
             child = self.callback().runs.get(r.trial_id) or self._child_of(r.trial_id)
             if child and r.draws:
-                log_batch(self.client, child, metrics=[metric(f"rescored_{objective}", r.mean(m)),
-                                                       metric(f"rescored_{objective}_std", r.std(m))],
-                          tags={"tunedml.rescore_rank": rank})
-        self.client.log_text(self.run_id, json.dumps([r.to_dict(m) for r in result.rescored], indent=1), RESCORE_ARTIFACT)
+                log_batch(
+                    self.client,
+                    child,
+                    metrics=[metric(f"rescored_{objective}", r.mean(m)), metric(f"rescored_{objective}_std", r.std(m))],
+                    tags={"tunedml.rescore_rank": rank},
+                )
+        self.client.log_text(
+            self.run_id, json.dumps([r.to_dict(m) for r in result.rescored], indent=1), RESCORE_ARTIFACT
+        )
         chosen = next(r for r in result.rescored if r.trial_id == result.best.trial_id)
         self._set_tags({"tunedml.rescored": f"{len(result.rescored)} trials x {self.options.rescore_draws} draws"})
-        return {"best_score": chosen.mean(m), f"best_{objective}": chosen.mean(m),
-                f"best_rescored_{objective}": chosen.mean(m), f"best_rescored_{objective}_std": chosen.std(m),
-                "best_rescored_draws": len(chosen.draws)}
+        return {
+            "best_score": chosen.mean(m),
+            f"best_{objective}": chosen.mean(m),
+            f"best_rescored_{objective}": chosen.mean(m),
+            f"best_rescored_{objective}_std": chosen.std(m),
+            "best_rescored_draws": len(chosen.draws),
+        }
 
     def _child_of(self, trial_id: str) -> str | None:
-        runs = [r for r in self._children() if r.data.tags.get("ray.trial_id") == trial_id
-                and r.data.tags.get("tunedml.interrupted") != "true"]
+        runs = [
+            r
+            for r in self._children()
+            if r.data.tags.get("ray.trial_id") == trial_id and r.data.tags.get("tunedml.interrupted") != "true"
+        ]
         return runs[0].info.run_id if runs else None
 
     def _log_plots(self, result: Any) -> None:
@@ -235,8 +292,12 @@ class SearchTracker:
 
 
 def _find_search_run(mlflow: Any, uri: str, experiment_id: str, name: str) -> str | None:
-    runs = call(uri, lambda: mlflow.search_runs(
-        [experiment_id], f"tags.`{ROLE_TAG}` = '{SEARCH_ROLE}' and tags.`tunedml.search` = '{name}'", max_results=1))
+    runs = call(
+        uri,
+        lambda: mlflow.search_runs(
+            [experiment_id], f"tags.`{ROLE_TAG}` = '{SEARCH_ROLE}' and tags.`tunedml.search` = '{name}'", max_results=1
+        ),
+    )
     return runs[0].info.run_id if runs else None
 
 
@@ -280,8 +341,12 @@ class TrialRecorder(tune.Callback):
         if trial.trial_id in self.runs:  # restarted (resumed or unpaused): same run goes on
             self.client.update_run(self.runs[trial.trial_id], status="RUNNING")
             return
-        tags = {"mlflow.parentRunId": self.tracker.run_id, ROLE_TAG: TRIAL_ROLE, "ray.trial_id": trial.trial_id,
-                "tunedml.dataset": str(self.tracker.base.get("data.dataset", ""))}
+        tags = {
+            "mlflow.parentRunId": self.tracker.run_id,
+            ROLE_TAG: TRIAL_ROLE,
+            "ray.trial_id": trial.trial_id,
+            "tunedml.dataset": str(self.tracker.base.get("data.dataset", "")),
+        }
         run = self.client.create_run(self.tracker.experiment_id, run_name=trial.trial_id, tags=tags)
         self.runs[trial.trial_id] = run.info.run_id
         log_batch(self.client, run.info.run_id, params=self._flat_config(trial.config))
@@ -298,8 +363,11 @@ class TrialRecorder(tune.Callback):
         if run_id is None or result.get("step") is None:
             return
         step = int(result["step"])  # optimizer steps: the same clock for every trial, whatever its batch size
-        metrics = [metric(k, v, step) for k, v in result.items()
-                   if (k in TRIAL_METRICS or k.startswith(("dev_", "loss_"))) and isinstance(v, (int, float))]
+        metrics = [
+            metric(k, v, step)
+            for k, v in result.items()
+            if (k in TRIAL_METRICS or k.startswith(("dev_", "loss_"))) and isinstance(v, (int, float))
+        ]
         tags = {}
         if "dev_collapsed" in result:  # dev predictions all one class at this evaluation (the last one tells)
             tags["tunedml.collapsed"] = "true" if result["dev_collapsed"] else "false"
@@ -332,5 +400,9 @@ class TrialRecorder(tune.Callback):
         except Exception as e:
             if not self.warned:
                 self.warned = True
-                print(f"tunedml: warning: MLflow at {self.tracker.uri} failed ({reason(e)}); the search goes on, "
-                      "its results stay in Ray's folder", file=sys.stderr, flush=True)
+                print(
+                    f"tunedml: warning: MLflow at {self.tracker.uri} failed ({reason(e)}); the search goes on, "
+                    "its results stay in Ray's folder",
+                    file=sys.stderr,
+                    flush=True,
+                )

@@ -53,11 +53,19 @@ class BestRecord:
         return from_flat(self.config, source=f"run {self.run_id}").to_yaml()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"dataset": self.dataset, "run_id": self.run_id, "search": self.search, "space": self.space,
-                "objective": self.objective, "score": self.score, "tracking_uri": self.tracking_uri,
-                "trials": self.trials, "search_score": self.search_score,
-                "rescored": dict(zip(("mean", "std", "draws"), self.rescored)) if self.rescored else None,
-                "config": self.config}
+        return {
+            "dataset": self.dataset,
+            "run_id": self.run_id,
+            "search": self.search,
+            "space": self.space,
+            "objective": self.objective,
+            "score": self.score,
+            "tracking_uri": self.tracking_uri,
+            "trials": self.trials,
+            "search_score": self.search_score,
+            "rescored": dict(zip(("mean", "std", "draws"), self.rescored)) if self.rescored else None,
+            "config": self.config,
+        }
 
 
 @dataclass(frozen=True)
@@ -90,24 +98,39 @@ def list_searches(uri: str, datasets: list[str] | None = None) -> list[SearchRec
         return []
     mlflow = client(uri)
     experiments = call(uri, lambda: mlflow.search_experiments(filter_string=f"name LIKE '{EXPERIMENT_PREFIX}%'"))
-    by_dataset = {e.name[len(EXPERIMENT_PREFIX):]: e.experiment_id for e in experiments}
+    by_dataset = {e.name[len(EXPERIMENT_PREFIX) :]: e.experiment_id for e in experiments}
     wanted = datasets if datasets is not None else _task_order(list(by_dataset))
     out = []
     for dataset in wanted:
         key = Path(str(dataset).rstrip("/")).name  # a data file's experiment is named by its last component
         if key not in by_dataset:
             continue
-        runs = call(uri, lambda: mlflow.search_runs([by_dataset[key]], f"tags.`{ROLE_TAG}` = '{SEARCH_ROLE}'",
-                                                    max_results=MAX_SEARCHES, order_by=["attributes.start_time ASC"]))
+        runs = call(
+            uri,
+            lambda: mlflow.search_runs(
+                [by_dataset[key]],
+                f"tags.`{ROLE_TAG}` = '{SEARCH_ROLE}'",
+                max_results=MAX_SEARCHES,
+                order_by=["attributes.start_time ASC"],
+            ),
+        )
         for run in runs:
             tags, metrics = run.data.tags, run.data.metrics
             objective = tags.get("tunedml.objective", "dev_accuracy")
-            out.append(SearchRecord(
-                tags.get("tunedml.dataset", key), run.info.run_name or tags.get("tunedml.search", ""),
-                tags.get("tunedml.space", ""), run.info.status, trials_run(run),
-                _int(run.data.params.get("search.trials")), objective,
-                metrics.get(f"best_{objective}", metrics.get("best_score")), run.info.run_id,
-                time.strftime("%Y-%m-%d %H:%M", time.localtime(run.info.start_time / 1000))))
+            out.append(
+                SearchRecord(
+                    tags.get("tunedml.dataset", key),
+                    run.info.run_name or tags.get("tunedml.search", ""),
+                    tags.get("tunedml.space", ""),
+                    run.info.status,
+                    trials_run(run),
+                    _int(run.data.params.get("search.trials")),
+                    objective,
+                    metrics.get(f"best_{objective}", metrics.get("best_score")),
+                    run.info.run_id,
+                    time.strftime("%Y-%m-%d %H:%M", time.localtime(run.info.start_time / 1000)),
+                )
+            )
     return out
 
 
@@ -115,7 +138,9 @@ def _task_order(names: list[str]) -> list[str]:
     """Registered tasks in their usual order, then the rest by name (the report's order)."""
     from ..data import TASKS
 
-    return [t for t in TASKS if t in names] + sorted(n for n in names if n not in TASKS and n not in ("report", "study"))
+    return [t for t in TASKS if t in names] + sorted(
+        n for n in names if n not in TASKS and n not in ("report", "study")
+    )
 
 
 def space_name(space: str) -> str:
@@ -125,11 +150,17 @@ def space_name(space: str) -> str:
 
 # What makes two searches' best scores comparable: the same few-shot protocol and draw size, model,
 # objective and way of scoring a configuration (repeats, re-scoring). Short name -> (where, key).
-COMPARABLE = {"protocol": ("tags", "tunedml.protocol"), "k": ("tags", "tunedml.k"),
-              "sample_size": ("tags", "tunedml.sample_size"), "folds": ("tags", "tunedml.folds"),
-              "model": ("tags", "tunedml.model"), "metric": ("params", "search.metric"),
-              "repeats": ("params", "search.repeats"), "rescore": ("params", "search.rescore"),
-              "rescore_draws": ("params", "search.rescore_draws")}
+COMPARABLE = {
+    "protocol": ("tags", "tunedml.protocol"),
+    "k": ("tags", "tunedml.k"),
+    "sample_size": ("tags", "tunedml.sample_size"),
+    "folds": ("tags", "tunedml.folds"),
+    "model": ("tags", "tunedml.model"),
+    "metric": ("params", "search.metric"),
+    "repeats": ("params", "search.repeats"),
+    "rescore": ("params", "search.rescore"),
+    "rescore_draws": ("params", "search.rescore_draws"),
+}
 DEFAULTS = {"rescore": "0"}  # searches recorded before re-scoring existed were not re-scored
 
 
@@ -151,14 +182,16 @@ def parse_filters(filters: list[str] | None) -> dict[str, str]:
     for item in filters or []:
         name, eq, value = item.partition("=")
         if not eq or name.strip() not in COMPARABLE or not value.strip():
-            raise ConfigError(f"--filter {item!r}: expected NAME=VALUE with NAME one of {', '.join(COMPARABLE)}, "
-                              "e.g. --filter k=16")
+            raise ConfigError(
+                f"--filter {item!r}: expected NAME=VALUE with NAME one of {', '.join(COMPARABLE)}, e.g. --filter k=16"
+            )
         out[name.strip()] = value.strip()
     return out
 
 
-def comparable(runs: list[Any], dataset: str, filters: dict[str, str] | None = None,
-               like: Any | None = None) -> list[Any]:
+def comparable(
+    runs: list[Any], dataset: str, filters: dict[str, str] | None = None, like: Any | None = None
+) -> list[Any]:
     """The searches among ``runs`` (best first) that may be ranked together: those passing
     ``filters`` and, with ``like`` (a search run), sharing its settings. ConfigError (exit 2) when
     they still fall into groups that cannot be compared: the line lists the groups and how to pick."""
@@ -169,16 +202,21 @@ def comparable(runs: list[Any], dataset: str, filters: dict[str, str] | None = N
     for run in keep:
         groups.setdefault(comparison_key(run), []).append(run)
     if len(groups) > 1:
-        shown = "; ".join(f"{len(rs)} with {describe_key(key)} (e.g. run {rs[0].info.run_id})" for key, rs in groups.items())
+        shown = "; ".join(
+            f"{len(rs)} with {describe_key(key)} (e.g. run {rs[0].info.run_id})" for key, rs in groups.items()
+        )
         differ = [name for name, _ in next(iter(groups)) if len({dict(k).get(name) for k in groups}) > 1]
         example = f"{differ[0]}={dict(next(iter(groups)))[differ[0]]}" if differ else "k=16"
-        raise ConfigError(f"dataset {dataset!r} has searches that cannot be ranked together: {shown}; pick one with "
-                          f"--run-id RUN, or keep one kind with --filter NAME=VALUE (e.g. --filter {example})")
+        raise ConfigError(
+            f"dataset {dataset!r} has searches that cannot be ranked together: {shown}; pick one with "
+            f"--run-id RUN, or keep one kind with --filter NAME=VALUE (e.g. --filter {example})"
+        )
     return keep
 
 
-def find_best(uri: str, dataset: str, space: str | None = None, metric: str = "accuracy",
-              filters: dict[str, str] | None = None) -> BestRecord:
+def find_best(
+    uri: str, dataset: str, space: str | None = None, metric: str = "accuracy", filters: dict[str, str] | None = None
+) -> BestRecord:
     """The best configuration for ``dataset`` over the finished searches recorded at ``uri``.
 
     Searches are ranked by their best ``dev_<metric>`` (for a re-scored search, the re-scored mean
@@ -201,8 +239,9 @@ def find_best(uri: str, dataset: str, space: str | None = None, metric: str = "a
     return _record(client(uri), uri, runs[0], f"dev_{metric}", dataset)
 
 
-def best_searches(uri: str, dataset: str, metric: str = "accuracy", filters: dict[str, str] | None = None,
-                  like: str | None = None) -> tuple[BestRecord | None, BestRecord | None]:
+def best_searches(
+    uri: str, dataset: str, metric: str = "accuracy", filters: dict[str, str] | None = None, like: str | None = None
+) -> tuple[BestRecord | None, BestRecord | None]:
     """(best search over a space that tries more than CCE, best search over a CCE-only space),
     among comparable searches only (``filters``; ``like``: the id of a search run whose settings
     both must share).
@@ -255,8 +294,12 @@ def run_config(uri: str, run_id: str) -> RecordedConfig:
     if role == SEARCH_ROLE:
         space = run.data.tags.get("tunedml.space", "")
         objective = run.data.tags.get("tunedml.objective", "dev_accuracy")
-        return RecordedConfig(_best_config(mlflow, uri, run_id), f"{where} (space {space})" if space else where,
-                              trials_run(run), *selection_scores(run, objective))
+        return RecordedConfig(
+            _best_config(mlflow, uri, run_id),
+            f"{where} (space {space})" if space else where,
+            trials_run(run),
+            *selection_scores(run, objective),
+        )
     if role in (TRIAL_ROLE, FINAL_ROLE) and run.data.params:
         config = from_flat(dict(run.data.params), source=where).to_flat()
         if role == FINAL_ROLE:
@@ -265,8 +308,10 @@ def run_config(uri: str, run_id: str) -> RecordedConfig:
         parent = _get_run(mlflow, uri, parent_id) if parent_id else None
         objective = parent.data.tags.get("tunedml.objective", "dev_accuracy") if parent else "dev_accuracy"
         return RecordedConfig(config, where, trials_run(parent) if parent else None, run.data.metrics.get(objective))
-    raise TrackingError(f"run {run_id} at {uri} is not a tunedml search, trial or final run; "
-                        "pass the id of a search (its best configuration) or of a trial")
+    raise TrackingError(
+        f"run {run_id} at {uri} is not a tunedml search, trial or final run; "
+        "pass the id of a search (its best configuration) or of a trial"
+    )
 
 
 def trials_run(run: Any) -> int | None:
@@ -305,15 +350,32 @@ def _ranked_searches(uri: str, dataset: str, metric: str, limit: int, space: str
     query = f"tags.`{ROLE_TAG}` = '{SEARCH_ROLE}' and metrics.`best_{objective}` >= 0"
     if space:
         query += f" and tags.`tunedml.space` = '{space_name(space)}'"
-    return call(uri, lambda: mlflow.search_runs([experiment.experiment_id], query, max_results=limit,
-                                                order_by=[f"metrics.`best_{objective}` DESC", "attributes.start_time DESC"]))
+    return call(
+        uri,
+        lambda: mlflow.search_runs(
+            [experiment.experiment_id],
+            query,
+            max_results=limit,
+            order_by=[f"metrics.`best_{objective}` DESC", "attributes.start_time DESC"],
+        ),
+    )
 
 
 def _record(mlflow: Any, uri: str, run: Any, objective: str, dataset: str) -> BestRecord:
     search_score, rescored = selection_scores(run, objective)
-    return BestRecord(run.info.run_id, run.data.metrics[f"best_{objective}"], _best_config(mlflow, uri, run.info.run_id),
-                      run.data.tags.get("tunedml.space", ""), objective, run.data.tags.get("tunedml.dataset", dataset),
-                      run.info.run_name or "", uri, trials_run(run), search_score, rescored)
+    return BestRecord(
+        run.info.run_id,
+        run.data.metrics[f"best_{objective}"],
+        _best_config(mlflow, uri, run.info.run_id),
+        run.data.tags.get("tunedml.space", ""),
+        objective,
+        run.data.tags.get("tunedml.dataset", dataset),
+        run.info.run_name or "",
+        uri,
+        trials_run(run),
+        search_score,
+        rescored,
+    )
 
 
 def selection_scores(run: Any, objective: str) -> tuple[float | None, tuple[float, float, int] | None]:
@@ -322,8 +384,11 @@ def selection_scores(run: Any, objective: str) -> tuple[float | None, tuple[floa
     search_score = m.get(f"best_search_{objective}", m.get(f"best_{objective}"))
     if f"best_rescored_{objective}" not in m:
         return search_score, None
-    return search_score, (m[f"best_rescored_{objective}"], m.get(f"best_rescored_{objective}_std", 0.0),
-                          int(m.get("best_rescored_draws", 0)))
+    return search_score, (
+        m[f"best_rescored_{objective}"],
+        m.get(f"best_rescored_{objective}_std", 0.0),
+        int(m.get("best_rescored_draws", 0)),
+    )
 
 
 def _best_config(mlflow: Any, uri: str, run_id: str) -> dict[str, Any]:
@@ -341,7 +406,9 @@ def _searches_only_cce(mlflow: Any, uri: str, run: Any) -> bool:
         if not files:
             return False  # no space recorded: cannot tell, so not a baseline
         local = Path(call(uri, lambda: mlflow.download_artifacts(run.info.run_id, "space", tmp)))
-        main = local / Path(run.data.tags.get("tunedml.space_file", files[0].path)).name  # the space, beside its includes
+        main = (
+            local / Path(run.data.tags.get("tunedml.space_file", files[0].path)).name
+        )  # the space, beside its includes
         if not main.is_file():
             main = local / Path(files[0].path).name
         own = flatten(load_yaml(main), main.name)

@@ -59,7 +59,7 @@ def quietly(fn: Callable[[], Any]) -> None:
 
 
 def sqlite_path(uri: str) -> str:
-    return uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else uri[len("sqlite://"):]
+    return uri[len("sqlite:///") :] if uri.startswith("sqlite:///") else uri[len("sqlite://") :]
 
 
 def artifact_root(uri: str) -> str | None:
@@ -100,15 +100,22 @@ def metric(key: str, value: float, step: int = 0) -> Any:
     return Metric(key, float(value), int(time.time() * 1000), step)
 
 
-def log_batch(mlflow: Any, run_id: str, params: dict[str, Any] | None = None, metrics: Iterable[Any] = (),
-              tags: dict[str, Any] | None = None) -> None:
+def log_batch(
+    mlflow: Any,
+    run_id: str,
+    params: dict[str, Any] | None = None,
+    metrics: Iterable[Any] = (),
+    tags: dict[str, Any] | None = None,
+) -> None:
     """Params, metrics (mlflow Metric objects, see :func:`metric`) and tags in as few requests as
     MLflow's per-request limits allow."""
     from mlflow.entities import Param, RunTag
 
-    chunks = [("params", [Param(k, param_value(v)) for k, v in (params or {}).items()], MAX_PARAMS),
-              ("metrics", list(metrics), MAX_METRICS),
-              ("tags", [RunTag(k, str(v)[:5000]) for k, v in (tags or {}).items()], MAX_TAGS)]
+    chunks = [
+        ("params", [Param(k, param_value(v)) for k, v in (params or {}).items()], MAX_PARAMS),
+        ("metrics", list(metrics), MAX_METRICS),
+        ("tags", [RunTag(k, str(v)[:5000]) for k, v in (tags or {}).items()], MAX_TAGS),
+    ]
     for kind, items, size in chunks:
         for i in range(0, len(items), size):
-            mlflow.log_batch(run_id, **{kind: items[i:i + size]})
+            mlflow.log_batch(run_id, **{kind: items[i : i + size]})

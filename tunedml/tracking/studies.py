@@ -50,12 +50,23 @@ def list_studies(uri: str) -> list[StudyRecord]:
     out = []
     for run in mlflow.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"], max_results=1000):
         tags = run.data.tags
-        stages = {k[len(STAGE_TAG):]: v for k, v in tags.items() if k.startswith(STAGE_TAG) and k != REPORT_DATASETS_TAG}
+        stages = {
+            k[len(STAGE_TAG) :]: v for k, v in tags.items() if k.startswith(STAGE_TAG) and k != REPORT_DATASETS_TAG
+        }
         datasets = list(dict.fromkeys(s.rsplit(".", 1)[0] for s in stages if s != "report"))
-        settings = {k[len("study."):]: v for k, v in run.data.params.items() if k.startswith("study.")}
-        out.append(StudyRecord(tags.get(KEY_TAG, "")[:8], run.info.status, datasets, list(stages), settings,
-                               run.info.run_id, time.strftime("%Y-%m-%d %H:%M", time.localtime(run.info.start_time / 1000)),
-                               stages))
+        settings = {k[len("study.") :]: v for k, v in run.data.params.items() if k.startswith("study.")}
+        out.append(
+            StudyRecord(
+                tags.get(KEY_TAG, "")[:8],
+                run.info.status,
+                datasets,
+                list(stages),
+                settings,
+                run.info.run_id,
+                time.strftime("%Y-%m-%d %H:%M", time.localtime(run.info.start_time / 1000)),
+                stages,
+            )
+        )
     return out
 
 
@@ -72,8 +83,12 @@ class Ledger:
         experiment = self.client.get_experiment_by_name(STUDY_EXPERIMENT)
         if experiment is None:
             return None
-        runs = self.client.search_runs([experiment.experiment_id], f"tags.`{KEY_TAG}` = '{self.key}'",
-                                       order_by=["attributes.start_time DESC"], max_results=1)
+        runs = self.client.search_runs(
+            [experiment.experiment_id],
+            f"tags.`{KEY_TAG}` = '{self.key}'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
         self.run_id = runs[0].info.run_id if runs else None
         return self.run_id
 
@@ -81,18 +96,25 @@ class Ledger:
         """Find this key's study run (True), or start one if ``create`` (False)."""
         experiment = self.client.get_experiment_by_name(STUDY_EXPERIMENT)
         if experiment is not None:
-            runs = self.client.search_runs([experiment.experiment_id], f"tags.`{KEY_TAG}` = '{self.key}'",
-                                           order_by=["attributes.start_time DESC"], max_results=1)
+            runs = self.client.search_runs(
+                [experiment.experiment_id],
+                f"tags.`{KEY_TAG}` = '{self.key}'",
+                order_by=["attributes.start_time DESC"],
+                max_results=1,
+            )
             if runs:
                 self.run_id = runs[0].info.run_id
                 self.client.update_run(self.run_id, status="RUNNING")
                 return True
         if not create:
-            raise ConfigError(f"--resume: no study with these settings (key {self.key}) recorded at {self.uri}; "
-                              "run the command without --resume to start it")
+            raise ConfigError(
+                f"--resume: no study with these settings (key {self.key}) recorded at {self.uri}; "
+                "run the command without --resume to start it"
+            )
         experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(STUDY_EXPERIMENT)
-        run = self.client.create_run(experiment_id, run_name=f"study-{self.key[:8]}",
-                                     tags={KEY_TAG: self.key, "tunedml.role": "study"})
+        run = self.client.create_run(
+            experiment_id, run_name=f"study-{self.key[:8]}", tags={KEY_TAG: self.key, "tunedml.role": "study"}
+        )
         self.run_id = run.info.run_id
         for k, v in params.items():
             self.client.log_param(self.run_id, f"study.{k}", str(v)[:6000])
@@ -131,16 +153,20 @@ class Ledger:
 
     def search_run(self, dataset: str, name: str) -> Any | None:
         """The latest search run of that name (any status), by the tags every search writes."""
-        runs = self._runs(f"tags.`tunedml.role` = 'search' and tags.`tunedml.search` = '{name}' "
-                          f"and tags.`tunedml.dataset` = '{dataset}'")
+        runs = self._runs(
+            f"tags.`tunedml.role` = 'search' and tags.`tunedml.search` = '{name}' "
+            f"and tags.`tunedml.dataset` = '{dataset}'"
+        )
         finished = [r for r in runs if r.info.status == "FINISHED"]
         return (finished or runs or [None])[0]
 
     def final_run(self, dataset: str, search_run_id: str, since_ms: int) -> str | None:
         """The final run (best role) that a retrain of ``search_run_id`` wrote since ``since_ms``."""
-        runs = self._runs(f"tags.`tunedml.role` = 'final' and tags.`tunedml.final_role` = 'best' "
-                          f"and tags.`tunedml.dataset` = '{dataset}' and tags.`tunedml.search_run_id` = '{search_run_id}'",
-                          since_ms)
+        runs = self._runs(
+            f"tags.`tunedml.role` = 'final' and tags.`tunedml.final_role` = 'best' "
+            f"and tags.`tunedml.dataset` = '{dataset}' and tags.`tunedml.search_run_id` = '{search_run_id}'",
+            since_ms,
+        )
         return next((r.info.run_id for r in runs if r.info.status == "FINISHED"), None)
 
     def report_run(self, since_ms: int) -> Any | None:

@@ -47,7 +47,19 @@ def serve_ui(uri: str, port: int = 5000) -> int:
 
 def ui_command(uri: str, port: int) -> list[str]:
     """``mlflow server`` on loopback only; experiments created from the UI keep files beside the db."""
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
-           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     artifacts = artifact_root(uri)
     return cmd + (["--artifacts-destination", artifacts] if artifacts else [])

@@ -53,8 +53,10 @@ def check_tracking(uri: str, *, must_exist: bool = False, connect: bool = True) 
     scheme = urlparse(uri).scheme.split("+")[0]  # postgresql+psycopg2: a driver named after the database
     where = f"cannot use MLflow tracking URI {uri}"
     if scheme not in SCHEMES:
-        raise TrackingError(f"{where}: unsupported scheme {scheme!r}; use sqlite:///path/mlflow.db, http(s)://host:port "
-                            "(an mlflow server), file:///folder or a database URI (postgresql://, mysql://, mssql://)")
+        raise TrackingError(
+            f"{where}: unsupported scheme {scheme!r}; use sqlite:///path/mlflow.db, http(s)://host:port "
+            "(an mlflow server), file:///folder or a database URI (postgresql://, mysql://, mssql://)"
+        )
     if scheme == "sqlite":
         _check_sqlite_file(uri, where, must_exist)
     elif scheme == "file":
@@ -81,15 +83,18 @@ def store_exists(uri: str) -> bool:
 
 
 def _nothing_recorded(uri: str, path: Path) -> TrackingError:
-    return TrackingError(f"nothing recorded at {uri}: {path} does not exist; run `tunedml search` first "
-                         "or pass --tracking-uri")
+    return TrackingError(
+        f"nothing recorded at {uri}: {path} does not exist; run `tunedml search` first or pass --tracking-uri"
+    )
 
 
 def _check_sqlite_file(uri: str, where: str, must_exist: bool) -> None:
     text = sqlite_path(uri)
     if text in ("", ":memory:"):
-        raise TrackingError(f"{where}: an in-memory database forgets every search when the process ends; "
-                            "give a file, e.g. sqlite:///mlflow.db")
+        raise TrackingError(
+            f"{where}: an in-memory database forgets every search when the process ends; "
+            "give a file, e.g. sqlite:///mlflow.db"
+        )
     path = Path(text)
     if path.is_dir():
         raise TrackingError(f"{where}: {path} is a folder; name a database file, e.g. sqlite:///{path}/mlflow.db")
@@ -110,8 +115,10 @@ def _check_sqlite_file(uri: str, where: str, must_exist: bool) -> None:
 def _check_file_store(uri: str, where: str, must_exist: bool) -> None:
     folder = Path(urlparse(uri).path)
     if not _file_store_allowed():
-        raise TrackingError(f"{where}: {folder} names a folder (an MLflow file store), which this MLflow opens only "
-                            f"with MLFLOW_ALLOW_FILE_STORE=true; name a database file, e.g. {folder}.db")
+        raise TrackingError(
+            f"{where}: {folder} names a folder (an MLflow file store), which this MLflow opens only "
+            f"with MLFLOW_ALLOW_FILE_STORE=true; name a database file, e.g. {folder}.db"
+        )
     if folder.is_file():
         raise TrackingError(f"{where}: {folder} is a file; a file store is a folder")
     if must_exist and not folder.is_dir():
