@@ -341,8 +341,10 @@ def test_search_then_retrain_then_report(tmp_path, tiny_roberta, data_dir):
 
     report = tmp_path / "report"
     run = tunedml("report", "--out", str(report), "--tracking-uri", uri, cwd=str(tmp_path))
-    rows_ = [line for line in run.stdout.splitlines() if line.startswith("| trec |")]
+    lines = [line for line in run.stdout.splitlines() if line.startswith("| trec |")]
+    rows_ = [line for line in lines if "| kshot k=" in line]  # the results table; the optimism table follows
     assert len(rows_) == 1 and f"| {out['best']['loss']} |" in rows_[0]
+    assert [line.split("|")[2].strip() for line in lines if line not in rows_] == ["CCE", "best"]
     for name in ("diff.png", "embeddings_trec.png"):
         opens_as_image(report / name)
     assert (report / "results.csv").read_text().count("\ntrec,") == 2

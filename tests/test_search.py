@@ -330,7 +330,7 @@ def test_a_search_over_samplers_and_schedules_reports_stages_and_batches(
     rc = main(
         [
             "search",
-            "--dataset",
+            "--datasets",
             "sst2",
             "--data-dir",
             data_dir,
@@ -681,7 +681,7 @@ def test_rescoring_trains_the_leaders_on_fresh_draws_and_chooses_the_best_mean(
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     argv = [
         "search",
-        "--dataset",
+        "--datasets",
         keyword_task,
         "--space",
         str(space_file),
