@@ -14,7 +14,7 @@ from ..config import RunConfig
 from ..errors import NonFiniteLossError
 from ..evaluate import Outputs, class_centers
 from ..results import ConfigResult, DrawResult, Snapshot
-from ..train import Trainer, draw_for, granted_threads
+from ..train import Trainer, draw_for
 from .options import RetrainOptions
 
 FRESH_OFFSET = 1000  # draw i uses seed offset FRESH_OFFSET + i: draws a search (seeds 0, 1, ...) never saw
@@ -125,7 +125,9 @@ def plan(options: RetrainOptions, jobs: int) -> Plan:
     gpus = choose_gpus(options.gpus_per_draw, nodes, options.concurrency or 1, "draw", "", cluster and autoscaling())[0]
     if cluster:
         return Plan(True, options.cpus_per_draw or 1.0, gpus)
-    cpus = granted_threads()
+    # the CPUs of the machine (or of the local Ray already started), not OMP_NUM_THREADS: that caps
+    # the threads of one process, not how many draws may run side by side
+    cpus = max(1, int(sum(n.cpus for n in nodes)))
     per = options.cpus_per_draw or max(1.0, float(cpus // min(jobs, options.concurrency or cpus)))
     at_once = min(jobs, int(cpus // per), options.concurrency or jobs)
     if gpus > 0:
