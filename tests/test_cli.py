@@ -245,8 +245,17 @@ def test_one_name_and_one_meaning_per_option():
 @pytest.mark.parametrize(
     "command, shown",
     [
-        ("search", ["{asha,hyperband,none}", "{accuracy,macro_f1}", "--sampler-seed N", "--gpus-per-trial auto|N"]),
-        ("retrain", ["{t,bootstrap}", "--concurrency CONCURRENCY", "--gpus-per-draw auto|N"]),
+        (
+            "search",
+            [
+                "{asha,hyperband,none}",
+                "{accuracy,macro_f1}",
+                "--sampler-seed N",
+                "--gpus-per-trial auto|N",
+                "--concurrency auto|N",
+            ],
+        ),
+        ("retrain", ["{t,bootstrap}", "--concurrency auto|N", "--gpus-per-draw auto|N"]),
         ("report", ["{accuracy,macro_f1}", "{pca,tsne}"]),
         ("study", ["{asha,hyperband,none}", "--sampler-seed N", "--dry-run"]),
         ("best", ["{accuracy,macro_f1}", "--out FILE"]),

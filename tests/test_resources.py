@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tunedml.checks import Node, auto_gpus, choose_gpus, describe_gpus
+from tunedml.checks import Node, auto_concurrency, auto_gpus, choose_gpus, describe_gpus
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,6 +53,25 @@ def test_a_number_is_taken_as_given_and_the_choice_is_said():
     assert describe_gpus(0.0, 0.0, "", "draw") == "0 GPUs per draw"
 
 
+@pytest.mark.parametrize(
+    "nodes, cpus, gpus, trials, expected",
+    [
+        ([(2, 0)], None, "auto", 20, 2),  # one trial per CPU
+        ([(2, 0)], None, "auto", 1, 1),  # never more than the trials
+        ([(8, 0)], 2.0, "auto", 20, 4),  # --cpus-per-trial 2 on 8 CPUs
+        ([(4, 0), (4, 0)], 3.0, "auto", 20, 2),  # a trial runs on one node: 3 CPUs fit once on each
+        ([(16, 2)], None, "auto", 20, 2),  # auto GPUs: one trial per GPU
+        ([(16, 2)], None, 0.5, 20, 4),  # half a GPU each: four on two GPUs
+        ([(16, 2)], None, 0.0, 20, 16),  # trials that take no GPU: one per CPU
+        ([(0.5, 0)], None, "auto", 20, 1),  # less than a CPU: still one
+    ],
+)
+def test_auto_concurrency_runs_one_trial_per_cpu_and_per_gpu(nodes, cpus, gpus, trials, expected):
+    at_once, why = auto_concurrency([Node(float(c), float(g)) for c, g in nodes], cpus, gpus, trials, "trial")
+    assert at_once == expected
+    assert why and (("no more than the" in why) == (expected == trials < 20))
+
+
 def test_the_defaults_are_auto():
     from tunedml.cli import build_parser
     from tunedml.retrain import RetrainOptions
@@ -67,6 +86,11 @@ def test_the_defaults_are_auto():
     assert parser.parse_args(["retrain"]).gpus_per_draw == "auto"
     assert parser.parse_args(["study", "--datasets", "sst2"]).gpus_per_trial == "auto"
     assert parser.parse_args(["search", "--space", "s.yaml", "--gpus-per-trial", "0.25"]).gpus_per_trial == 0.25
+    assert SearchOptions().concurrency == Settings(("sst2",)).concurrency == "auto"
+    assert RetrainOptions().concurrency is None  # retrain's auto
+    for argv in (["search", "--space", "s.yaml"], ["retrain"], ["study", "--datasets", "sst2"]):
+        assert parser.parse_args(argv).concurrency == "auto"
+    assert parser.parse_args(["search", "--space", "s.yaml", "--concurrency", "3"]).concurrency == 3
 
 
 def test_a_dry_run_says_what_auto_chose_on_this_machine(tmp_path, data_dir, tiny_roberta, capsys, monkeypatch):
@@ -98,6 +122,11 @@ def test_a_dry_run_says_what_auto_chose_on_this_machine(tmp_path, data_dir, tiny
     count = torch.cuda.device_count()
     chosen = "1 GPU per trial (auto: this machine has" if count else "0 GPUs per trial (auto: no GPU on this machine)"
     assert chosen in err
+    # --concurrency auto: the choice and its reason, from the same machine facts
+    from tunedml.checks import auto_concurrency, nodes_for
+
+    at_once, why = auto_concurrency(nodes_for(False, None), None, "auto", 2, "trial")
+    assert f"search: {at_once} trial{'s' * (at_once != 1)} at a time (auto: {why})" in err
 
 
 SCRIPT = """

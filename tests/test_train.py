@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
+import time
 
 import numpy as np
 import pytest
@@ -132,6 +134,28 @@ def test_run_training_reads_draws_and_trains(tiny_roberta, data_dir):
     assert len(result.history) == 1 and in_unit_interval(result.dev)
     # trec has 6 classes; k=4 per class, batch 8: 24 examples are 3 steps a pass
     assert result.final_step == 3 and result.history[0].step == 3 and result.test is None
+
+
+def test_timing_records_where_a_run_spends_its_time_only_when_asked(tiny_roberta, data_dir, tmp_path, monkeypatch):
+    from tunedml import timing
+
+    cfg = config(tiny_roberta, data_dir, "data.max_length=32")  # 2 epochs of 2 steps, dev after each
+    run_training(cfg)
+    assert not list(tmp_path.iterdir())  # off by default: nothing written anywhere we look
+    path = tmp_path / "timing.jsonl"
+    monkeypatch.setenv(timing.ENV, str(path))
+    start = time.perf_counter()
+    result = run_training(cfg)
+    wall = time.perf_counter() - start
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    # tokenization, then one line per dev evaluation, then the test evaluation
+    assert len(result.history) == 2 and len(lines) == 1 + len(result.history) + 1
+    assert set(lines[0]["seconds"]) == {"tokenize"} and set(lines[-1]["seconds"]) == {"test"}
+    seconds = timing.read(str(path))
+    assert set(seconds) == set(timing.PHASES)
+    for phase in ("tokenize", "setup", "batches", "forward_backward", "optimizer", "evaluation", "test"):
+        assert seconds[phase] > 0, phase
+    assert sum(seconds.values()) <= wall  # parts of the run's wall time, none counted twice
 
 
 def history(result: FitResult) -> list[tuple]:

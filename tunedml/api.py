@@ -170,7 +170,7 @@ def optimize(
     data_dir: PathLike | None = None,
     sets: Sets | None = None,
     trials: int = 20,
-    concurrency: int = 1,
+    concurrency: int | str = AUTO,
     repeats: int = 1,
     scheduler: str = "asha",
     metric: str = "accuracy",
@@ -207,7 +207,8 @@ def optimize(
         data_dir: As in :func:`fit`.
         sets: Config keys fixed in every trial (a key the space searches may not be set).
         trials: Trials per dataset.
-        concurrency: Trials at a time.
+        concurrency: Trials at a time; ``"auto"``: one per CPU (one thread each) and no more than
+            one per GPU where trials take GPUs, at most ``trials``.
         repeats: Few-shot draws (and seeds) averaged per trial.
         scheduler: Early stopping: ``asha``, ``hyperband`` or ``none``.
         metric: The dev score maximised: ``accuracy`` or ``macro_f1``.
@@ -282,11 +283,17 @@ def optimize(
         check_per_option(p.space, options)
     uri = resolve_tracking_uri(tracking_uri)
     resources = check_search(prepared, options, uri, connect=not dry_run)
-    options = replace(options, gpus_per_trial=resources.gpus)
+    options = replace(options, gpus_per_trial=resources.gpus, concurrency=resources.at_once)
     log.info(
         "search: %s",
         _describe_resources(
-            resources.at_once, resources.cpus, resources.gpus, gpus_per_trial, resources.gpus_note, "trial"
+            resources.at_once,
+            resources.cpus,
+            resources.gpus,
+            gpus_per_trial,
+            resources.gpus_note,
+            "trial",
+            resources.at_once_note,
         ),
     )
     if dry_run:
@@ -338,12 +345,20 @@ def _plan_searches(prepared: list[PreparedSearch], options: SearchOptions, uri: 
 
 
 def _describe_resources(
-    at_once: int | None, cpus: float | None, gpus: float, requested: float | str, note: str, unit: str
+    at_once: int | None,
+    cpus: float | None,
+    gpus: float,
+    requested: float | str,
+    note: str,
+    unit: str,
+    at_once_note: str = "",
 ) -> str:
-    """``2 trials at a time, 1 CPU and 1 GPU per trial (auto: this machine has 2 GPUs)``."""
+    """``2 trials at a time (auto: 1 CPU per trial on 2 CPUs), 1 CPU and 1 GPU per trial (auto: this
+    machine has 2 GPUs)``."""
     from .checks import describe_gpus
 
     when = f"{at_once} {unit}{'s' * (at_once != 1)} at a time" if at_once else f"as many {unit}s at a time as fit"
+    when += f" (auto: {at_once_note})" if at_once_note else ""
     what = f"{cpus:g} CPU{'s' * (cpus != 1)} and " if cpus else "the CPUs shared, and "
     return f"{when}, {what}{describe_gpus(gpus, requested, note, unit)}"
 

@@ -169,6 +169,21 @@ def gpus(text: str) -> float | str:
         ) from None
 
 
+def concurrency(text: str) -> int | str:
+    """argparse type of trials (or draws) at a time: ``auto`` (see :func:`auto_concurrency`) or a whole number >= 1."""
+    if text == AUTO:
+        return AUTO
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of trials at a time; valid: auto or a whole number >= 1"
+        )
+    return value
+
+
 def probe(host: str, port_number: int, what: str) -> None:
     """A TCP connection to ``host:port`` opens within PROBE_TIMEOUT_S, else ``what`` and the reason."""
     try:
@@ -274,6 +289,33 @@ def auto_gpus(nodes: list[Node], at_once: int, unit: str, where: str) -> tuple[f
     per_gpu = math.ceil(at_once / count)
     share = math.floor(10_000 / per_gpu) / 10_000
     return share, f"{at_once} {unit}s at a time share {where}'s {count} GPU{'s' * (count > 1)}"
+
+
+def auto_concurrency(
+    nodes: list[Node], cpus_per_task: float | None, gpus_per_task: float | str, most: int, unit: str
+) -> tuple[int, str]:
+    """Tasks at a time for ``--concurrency auto``, and why: one per CPU (``--cpus-per-trial`` CPUs
+    each where given), no more than there are GPUs where tasks take GPUs (one each for ``auto``), and
+    no more than ``most`` (the trials). One thread per task: on this project's 2-core machine two
+    one-thread trials got through 100-step runs faster than one two-thread trial
+    (docs/speed.md#trials-at-a-time), since a small encoder's kernels do not keep two threads busy.
+    """
+    per = cpus_per_task or 1.0
+    by_cpu = sum(int(n.cpus // per) for n in nodes) or 1
+    gpus = sum(n.gpus for n in nodes)
+    if gpus_per_task == AUTO and gpus >= 1:
+        at_once, why = min(by_cpu, int(gpus)), f"one per GPU, {int(gpus)} GPU{'s' * (gpus >= 2)}"
+    elif gpus_per_task != AUTO and float(gpus_per_task) > 0:
+        at_once = min(by_cpu, max(1, int(gpus // float(gpus_per_task))))
+        why = f"{_num(float(gpus_per_task))} GPU per {unit} on {_num(gpus)} GPUs"
+    else:
+        at_once, why = (
+            by_cpu,
+            f"{_num(per)} CPU{'s' * (per != 1)} per {unit} on {_num(sum(n.cpus for n in nodes))} CPUs",
+        )
+    if at_once > most:
+        at_once, why = most, f"{why}; no more than the {most} {unit}s"
+    return max(1, at_once), why
 
 
 def autoscaler_adds_gpus() -> bool:

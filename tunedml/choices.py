@@ -7,7 +7,12 @@ from __future__ import annotations
 SCHEDULERS = ("asha", "hyperband", "none")  # early stopping of a search's trials
 INTERVALS = ("t", "bootstrap")  # the paired difference's interval in a final evaluation
 PROJECTIONS = ("pca", "tsne")  # the report's 2-D view of the embeddings
-AUTO = "auto"  # GPUs per trial or draw: one where the machine or cluster has GPUs, none otherwise
+AUTO = "auto"  # GPUs per trial or draw: one where there are GPUs, none otherwise; trials at a time: what fits
+
+
+def is_concurrency(value: object) -> bool:
+    """Trials (or draws) at a time: ``auto`` or a whole number >= 1."""
+    return value == AUTO or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
 
 
 def is_gpus(value: object) -> bool:

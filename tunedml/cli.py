@@ -18,7 +18,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .checks import check_blank_options, gpus, port
+from .checks import check_blank_options, concurrency, gpus, port
 from .choices import AUTO, INTERVALS, PROJECTIONS, SCHEDULERS
 from .errors import RunFailed, TunedMLError, did_you_mean
 from .metrics import METRICS
@@ -378,7 +378,14 @@ def add_search_parser(sub) -> None:
     add_run_options(p, datasets=True)
     p.add_argument("--space", required=True, help="search space YAML (see search_spaces/)")
     p.add_argument("--trials", type=int, default=20, help="trials per dataset (default 20)")
-    p.add_argument("--concurrency", type=int, default=1, help="trials at a time (default 1)")
+    p.add_argument(
+        "--concurrency",
+        type=concurrency,
+        default=AUTO,
+        metavar="auto|N",
+        help="trials at a time; auto (default): one per CPU, one thread each, and no more than one per GPU "
+        "where trials take GPUs; the choice is printed",
+    )
     p.add_argument("--cpus-per-trial", type=float, default=None, help="default: all CPUs / concurrency")
     add_gpus(p, "--gpus-per-trial", "trial")
     p.add_argument("--scheduler", default="asha", choices=SCHEDULERS, help="early stopping (default asha)")
@@ -551,7 +558,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         sets=args.set,
         seeds=args.seeds,
-        concurrency=args.concurrency,
+        concurrency=None if args.concurrency == AUTO else args.concurrency,
         cpus_per_draw=args.cpus_per_draw,
         gpus_per_draw=args.gpus_per_draw,
         address=args.address,
@@ -639,9 +646,11 @@ def add_final_parsers(sub) -> None:
     )
     p.add_argument(
         "--concurrency",
-        type=int,
-        default=None,
-        help="draws at a time (default: as many as the CPUs and GPUs allow; 1 trains them one by one in this process)",
+        type=concurrency,
+        default=AUTO,
+        metavar="auto|N",
+        help="draws at a time; auto (default): as many as the CPUs and GPUs allow; 1 trains them one by one "
+        "in this process",
     )
     p.add_argument("--cpus-per-draw", type=float, default=None, help="CPUs per draw (default: all CPUs / concurrency)")
     add_gpus(p, "--gpus-per-draw", "draw")
@@ -766,7 +775,14 @@ def add_study_parser(sub) -> None:
         metavar="N",
         help="seed of Optuna's TPE sampler in both searches (default 0)",
     )
-    p.add_argument("--concurrency", type=int, default=1, help="trials at a time (default 1)")
+    p.add_argument(
+        "--concurrency",
+        type=concurrency,
+        default=AUTO,
+        metavar="auto|N",
+        help="trials (and retrain draws) at a time; auto (default): one per CPU, one thread each, and no more "
+        "than one per GPU where they take GPUs",
+    )
     p.add_argument("--cpus-per-trial", type=float, default=None, help="CPUs per trial and per retrain draw")
     add_gpus(p, "--gpus-per-trial", "trial", extra=" (the retrain's draws get the same)")
     p.add_argument("--address", default=None, help="join a Ray cluster: auto or ray://host:port")

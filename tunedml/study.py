@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import yaml
 
-from .choices import AUTO, SCHEDULERS, is_gpus
+from .choices import AUTO, SCHEDULERS, is_concurrency, is_gpus
 from .errors import ConfigError, RunFailed, TunedMLError, unknown_choice
 from .progress import fmt_duration
 from .space import read_space_yaml
@@ -90,7 +90,7 @@ class Settings:
     data_dir: str | None = None
     scheduler: str = "asha"
     sampler_seed: int = 0  # TPE's, in both searches
-    concurrency: int = 1
+    concurrency: int | str = AUTO  # trials at a time in both searches; auto: one per CPU and per GPU
     cpus_per_trial: float | None = None
     gpus_per_trial: float | str = AUTO  # per trial and per retrain draw
     address: str | None = None
@@ -112,11 +112,12 @@ class Settings:
             ("--trials", self.trials),
             ("--seeds", self.seeds),
             ("--repeats", self.repeats),
-            ("--concurrency", self.concurrency),
             ("--rescore-draws", self.rescore_draws),
         ):
             if value < 1:
                 raise ConfigError(f"{option} must be >= 1, got {value}")
+        if not is_concurrency(self.concurrency):
+            raise ConfigError(f"--concurrency must be auto or >= 1, got {self.concurrency}")
         if not 0 <= self.rescore <= self.trials:
             raise ConfigError(f"--rescore must be between 0 and --trials ({self.trials}), got {self.rescore}")
         for space in (self.dml_space, self.cce_space):
@@ -204,7 +205,7 @@ class Settings:
             "--data-dir": self.data_dir,
             "--scheduler": self.scheduler if self.scheduler != "asha" else None,
             "--sampler-seed": str(self.sampler_seed) if self.sampler_seed else None,
-            "--concurrency": str(self.concurrency) if self.concurrency != 1 else None,
+            "--concurrency": str(self.concurrency) if self.concurrency != AUTO else None,
             "--cpus-per-trial": _num(self.cpus_per_trial),
             "--gpus-per-trial": None if self.gpus_per_trial == AUTO else _num(self.gpus_per_trial),
             "--address": self.address,

@@ -21,6 +21,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from . import timing
 from .adversarial import build_adversary
 from .config import RunConfig
 from .data import Draw, TokenizedCorpus
@@ -140,6 +141,10 @@ class Trainer:
     """Fine-tunes the model of ``cfg.model`` on ``draw.train``."""
 
     def __init__(self, cfg: RunConfig, tokens: TokenizedCorpus, draw: Draw):
+        with timing.phase("setup"):
+            self._set_up(cfg, tokens, draw)
+
+    def _set_up(self, cfg: RunConfig, tokens: TokenizedCorpus, draw: Draw) -> None:
         self.cfg, self.tokens, self.draw = cfg, tokens, draw
         corpus = (
             tokens.corpus
@@ -289,9 +294,12 @@ class Trainer:
     def _step_on(self, indices: np.ndarray) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One optimizer step on the batch ``indices``: the model's (joint, stage 1) or the head's (stage 2)."""
         if self.head_fit is None:
-            return self._step({k: v.to(self.device) for k, v in self.tokens.batch(indices).items()})
+            with timing.phase("batches"):
+                batch = {k: v.to(self.device) for k, v in self.tokens.batch(indices).items()}
+            return self._step(batch)
         labels = torch.from_numpy(self.tokens.corpus.labels[indices]).to(self.device)
-        loss, parts = self.head_fit.step(indices, labels)
+        with timing.phase("forward_backward"):
+            loss, parts = self.head_fit.step(indices, labels)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(self.step, {k: float(v.detach()) for k, v in parts.items()})
         return loss, parts
@@ -322,6 +330,7 @@ class Trainer:
 
     def _step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One optimizer step on ``batch``: forward (with adversarial views), loss, backward, update."""
+        start = time.perf_counter()
         labels = batch["labels"]
         with autocast_for(self.device, self.cfg.train.bf16):
             if self.adversary is None:
@@ -346,9 +355,12 @@ class Trainer:
             raise NonFiniteLossError(self.step, {k: float(v.detach()) for k, v in parts.items()})
         self.optimizer.zero_grad(set_to_none=True)
         self.loss.backward(loss, parts, self.shared_parameters)
+        backward_done = time.perf_counter()
+        timing.add("forward_backward", backward_done - start)
         self.clip_gradients()
         self.optimizer.step()
         self.scheduler.step()
+        timing.add("optimizer", time.perf_counter() - backward_done)
         return loss, parts
 
     def clip_gradients(self) -> None:
@@ -405,7 +417,9 @@ class Trainer:
             loss, parts = self.train_steps(upto - self.step)
             if self.step == self.total_steps and self._head_due():  # a logistic head, fitted after the last step
                 parts = {**parts, **self._start_head()}
-            dev = self.evaluate(self.draw.dev, mode=self._dev_mode())
+            with timing.phase("evaluation"):
+                dev = self.evaluate(self.draw.dev, mode=self._dev_mode())
+            timing.flush()
             result = EvalResult(
                 self.step,
                 self.step / self.steps_per_epoch,
@@ -454,7 +468,9 @@ class Trainer:
         else:
             result.dev, result.final_step = result.history[-1].dev, result.history[-1].step
         if evaluate_test:
-            result.test = self.evaluate(self.draw.test)
+            with timing.phase("test"):
+                result.test = self.evaluate(self.draw.test)
+            timing.flush()
         result.seconds = time.perf_counter() - start
         return result
 
@@ -465,8 +481,11 @@ def prepare_tokens(cfg: RunConfig) -> TokenizedCorpus:
     from .model import load_tokenizer
 
     d = cfg.data
-    corpus = load_corpus(d.dataset, d.data_dir, d.text_column, d.label_column)
-    return tokenize(corpus, load_tokenizer(cfg.model.name), d.max_length, cfg.model.name)
+    with timing.phase("tokenize"):
+        corpus = load_corpus(d.dataset, d.data_dir, d.text_column, d.label_column)
+        tokens = tokenize(corpus, load_tokenizer(cfg.model.name), d.max_length, cfg.model.name)
+    timing.flush()
+    return tokens
 
 
 def draw_for(cfg: RunConfig, tokens: TokenizedCorpus) -> Draw:

@@ -10,6 +10,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from .. import timing
 from ..config import RunConfig
 from ..errors import NonFiniteLossError
 from ..evaluate import Outputs, class_centers
@@ -79,9 +80,11 @@ def train_draw(cfg: RunConfig, tokens: Any, index: int, keep_state: bool = False
         return DrawResult(
             index, cfg.data.seed, cfg.train.seed, fold, None, None, time.perf_counter() - start, str(e)
         ), None
-    out = trainer.outputs(trainer.draw.test)
-    test = trainer.evaluate(trainer.draw.test, out)
-    snapshot = _snapshot(trainer, out, keep_state)
+    with timing.phase("test"):
+        out = trainer.outputs(trainer.draw.test)
+        test = trainer.evaluate(trainer.draw.test, out)
+        snapshot = _snapshot(trainer, out, keep_state)
+    timing.flush()
     return DrawResult(index, cfg.data.seed, cfg.train.seed, fold, test, fit.dev, time.perf_counter() - start), snapshot
 
 

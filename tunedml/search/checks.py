@@ -11,7 +11,9 @@ from urllib.parse import urlparse
 
 from ..checks import (
     DRAW_KEYS,
+    Node,
     Request,
+    auto_concurrency,
     autoscaling,
     check_address,
     check_draws,
@@ -52,6 +54,7 @@ class Resources:
     gpus: float
     at_once: int
     gpus_note: str  # why ``auto`` chose ``gpus`` ("" where the user gave a number)
+    at_once_note: str = ""  # why ``--concurrency auto`` chose ``at_once`` ("" where the user gave a number)
 
 
 def check_search(
@@ -106,7 +109,7 @@ def check_search_resources(options: SearchOptions) -> Resources:
     check_quantity(options.cpus_per_trial, "--cpus-per-trial")
     if options.gpus_per_trial != AUTO:
         check_quantity(float(options.gpus_per_trial), "--gpus-per-trial")
-    if options.concurrency > options.trials:
+    if options.concurrency != AUTO and options.concurrency > options.trials:
         raise ConfigError(
             f"--concurrency {options.concurrency} is more than --trials {options.trials}; "
             f"at most {options.trials} trials can run at once"
@@ -115,13 +118,22 @@ def check_search_resources(options: SearchOptions) -> Resources:
     where = "the cluster" if cluster else "this machine"
     nodes = nodes_for(cluster, options.address, options.verbose)
     grows = cluster and autoscaling()
-    gpus, note = choose_gpus(options.gpus_per_trial, nodes, options.concurrency, "trial", where, grows)
+    at_once, why = trials_at_once(options, nodes)
+    gpus, note = choose_gpus(options.gpus_per_trial, nodes, at_once, "trial", where, grows)
     cpus = options.cpus_per_trial
     if cpus is None:  # the default: the CPUs shared among concurrent trials, at least 1
-        cpus = max(1.0, float(min(sum(n.cpus for n in nodes) // options.concurrency, max(n.cpus for n in nodes))))
-    request = Request(cpus, gpus, options.concurrency, "--cpus-per-trial", "--gpus-per-trial", "--concurrency")
+        cpus = max(1.0, float(min(sum(n.cpus for n in nodes) // at_once, max(n.cpus for n in nodes))))
+    request = Request(cpus, gpus, at_once, "--cpus-per-trial", "--gpus-per-trial", "--concurrency")
     check_request(request, nodes, where, wait_ok=grows)
-    return Resources(cpus, gpus, options.concurrency, note)
+    return Resources(cpus, gpus, at_once, note, why)
+
+
+def trials_at_once(options: SearchOptions, nodes: list[Node]) -> tuple[int, str]:
+    """``--concurrency`` as given, or for ``auto`` what :func:`tunedml.checks.auto_concurrency` chooses
+    from ``nodes`` (and why; "" when given)."""
+    if options.concurrency != AUTO:
+        return int(options.concurrency), ""
+    return auto_concurrency(nodes, options.cpus_per_trial, options.gpus_per_trial, options.trials, "trial")
 
 
 def space_values(space: Any, key: str) -> set[Any]:

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..choices import AUTO, SCHEDULERS, is_gpus
+from ..choices import AUTO, SCHEDULERS, is_concurrency, is_gpus
 from ..errors import ConfigError, unknown_choice
 from ..metrics import check_metric
 from ..space import SearchSpace
@@ -30,7 +30,7 @@ def check_name(name: str | None, what: str = "--name") -> None:
 @dataclass
 class SearchOptions:
     trials: int = 20
-    concurrency: int = 1
+    concurrency: int | str = AUTO  # trials at a time; auto: one per CPU and per GPU (checks.auto_concurrency)
     cpus_per_trial: float | None = None  # None: the cluster's CPUs shared among concurrent trials
     gpus_per_trial: float | str = AUTO  # auto: 1 where the machine or cluster has GPUs, else 0 (checks.auto_gpus)
     scheduler: str = "asha"
@@ -57,7 +57,7 @@ class SearchOptions:
     def validate(self) -> None:
         checks = [
             (self.trials >= 1, f"--trials must be >= 1, got {self.trials}"),
-            (self.concurrency >= 1, f"--concurrency must be >= 1, got {self.concurrency}"),
+            (is_concurrency(self.concurrency), f"--concurrency must be auto or >= 1, got {self.concurrency}"),
             (
                 self.cpus_per_trial is None or self.cpus_per_trial > 0,
                 f"--cpus-per-trial must be > 0, got {self.cpus_per_trial}",

@@ -8,11 +8,13 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from ray import tune
 
+from ..choices import AUTO
 from ..config import from_flat
 from ..errors import ConfigError
 from ..ray_init import init_ray
@@ -59,6 +61,11 @@ def run_search(
     options.validate()
     check_per_option(space, options)
     init_ray(options.address, options.verbose)
+    if options.concurrency == AUTO:  # the API resolves it in its checks; a direct call here
+        from ..checks import local_node, ray_nodes
+        from .checks import trials_at_once
+
+        options = replace(options, concurrency=trials_at_once(options, ray_nodes() or [local_node()])[0])
     storage, name = experiment_path(base.get("data.dataset", "dataset"), space, options)
     path = f"{storage.rstrip('/')}/{name}"
     cpus = options.cpus_per_trial or _default_cpus(options.concurrency)
