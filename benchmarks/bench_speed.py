@@ -8,8 +8,8 @@ its ratio to the baseline's, test accuracy mean, and the paired difference to th
 95% Student t interval over the draws (a speed option must not cost accuracy).
 
 Variants: ``baseline`` (the defaults: AdamW's foreach path), ``single_tensor`` (AdamW updating one
-tensor at a time, the PyTorch default before), ``freeze_embeddings`` (``model.freeze_embeddings``),
-``compile`` (``train.compile``).
+tensor at a time, the PyTorch default before), ``fused`` (AdamW's fused kernel, on the CPU since
+torch 2.4), ``freeze_embeddings`` (``model.freeze_embeddings``), ``compile`` (``train.compile``).
 
     python benchmarks/bench_speed.py --dataset mpqa --steps 100 --draws 5
 """
@@ -29,6 +29,7 @@ OFFSET = 4000
 VARIANTS = {
     "baseline": [],
     "single_tensor": [],  # ADAMW_IMPL swapped below
+    "fused": [],  # ADAMW_IMPL swapped below
     "freeze_embeddings": ["model.freeze_embeddings=true"],
     "compile": ["train.compile=true"],
 }
@@ -55,7 +56,7 @@ def run(variant: str, draw: int, args: argparse.Namespace, tokens):
     )
     cfg = fresh_config(cfg, OFFSET + draw)
     impl = train.ADAMW_IMPL
-    train.ADAMW_IMPL = {"foreach": False} if variant == "single_tensor" else impl
+    train.ADAMW_IMPL = {"single_tensor": {"foreach": False}, "fused": {"fused": True}}.get(variant, impl)
     try:
         start = time.perf_counter()
         result = train.Trainer(cfg, tokens, train.draw_for(cfg, tokens)).fit()

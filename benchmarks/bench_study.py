@@ -83,8 +83,10 @@ def run_study(args: argparse.Namespace, work: Path) -> dict:
     from tunedml.timing import read
 
     pids = {json.loads(line)["pid"] for line in timing.read_text().splitlines()}
+    where = {"--tracking-uri", "--storage", "--out"}  # this benchmark's folders, not the study's settings
+    shown = [a for i, a in enumerate(argv) if a not in where and (i == 0 or argv[i - 1] not in where)]
     result = {
-        "command": "tunedml " + " ".join(a for a in argv if not a.startswith(str(work))),
+        "command": "tunedml " + " ".join(shown),
         "wall_s": wall,
         "slots": slots(args.concurrency),
         "processes": len(pids),

@@ -665,7 +665,7 @@ def test_without_a_scheduler_every_trial_runs_to_the_end(local_ray, tmp_path, ti
 # ----------------------------------------------------------------- re-scoring the leaders
 
 RESCORED = (
-    "train.lr: {categorical: [0.01, 0.003, 1.0e-8]}\ntrain.steps: 24\ntrain.eval_every: 24\ntrain.batch_size: 8\n"
+    "train.lr: {categorical: [0.003, 0.001, 1.0e-8]}\ntrain.steps: 24\ntrain.eval_every: 24\ntrain.batch_size: 8\n"
 )
 
 
@@ -704,7 +704,7 @@ def test_rescoring_trains_the_leaders_on_fresh_draws_and_chooses_the_best_mean(
         "--tracking-uri",
         uri,
         "--start-per-option",
-        "0",
+        "train.lr=1",  # each rate once, so the two that learn are the two leaders
         "--rescore",
         "2",
         "--rescore-draws",

@@ -28,6 +28,7 @@ CORE = (
     "progress",
     "sampling",
     "stages",
+    "timing",
 )
 SEARCH_AND_TRACKING = ("ray", "mlflow", "optuna")
 

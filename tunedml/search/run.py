@@ -62,10 +62,11 @@ def run_search(
     check_per_option(space, options)
     init_ray(options.address, options.verbose)
     if options.concurrency == AUTO:  # the API resolves it in its checks; a direct call here
-        from ..checks import local_node, ray_nodes
-        from .checks import trials_at_once
+        from ..checks import auto_concurrency, local_node, ray_nodes
 
-        options = replace(options, concurrency=trials_at_once(options, ray_nodes() or [local_node()])[0])
+        nodes = ray_nodes() or [local_node()]
+        at_once = auto_concurrency(nodes, options.cpus_per_trial, options.gpus_per_trial, options.trials, "trial")[0]
+        options = replace(options, concurrency=at_once)
     storage, name = experiment_path(base.get("data.dataset", "dataset"), space, options)
     path = f"{storage.rstrip('/')}/{name}"
     cpus = options.cpus_per_trial or _default_cpus(options.concurrency)
