@@ -136,6 +136,30 @@ def test_run_training_reads_draws_and_trains(tiny_roberta, data_dir):
     assert result.final_step == 3 and result.history[0].step == 3 and result.test is None
 
 
+def test_adamw_takes_the_fused_kernel_where_the_device_has_one_and_foreach_elsewhere(
+    tiny_roberta, data_dir, tokens, monkeypatch
+):
+    import tunedml.train as train
+    from tunedml.train import _adamw_impl
+
+    cfg = config(tiny_roberta, data_dir, "train.epochs=1")
+    fused = Trainer(cfg, tokens, draw_for(cfg, tokens))
+    assert fused.optimizer.defaults["fused"] is True and not fused.optimizer.defaults["foreach"]
+    fused.fit(evaluate_test=False)
+    monkeypatch.setattr(train, "ADAMW_IMPL", {"foreach": True})
+    foreach = Trainer(cfg, tokens, draw_for(cfg, tokens))
+    assert foreach.optimizer.defaults["foreach"] is True and not foreach.optimizer.defaults["fused"]
+    foreach.fit(evaluate_test=False)
+    start = dict(Trainer(cfg, tokens, draw_for(cfg, tokens)).model.named_parameters())
+    same_update = 0
+    for (name, a), (_, b) in zip(fused.model.named_parameters(), foreach.model.named_parameters()):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4), name  # the same AdamW step, up to rounding
+        same_update += not torch.equal(a, start[name])
+    assert same_update > 30  # and it did train: the encoder's tensors moved from their initial values
+    monkeypatch.setattr(train, "ADAMW_IMPL", {"fused": True})
+    assert _adamw_impl([torch.nn.Parameter(torch.empty(2, device="meta"))]) == {"foreach": True}
+
+
 def test_timing_records_where_a_run_spends_its_time_only_when_asked(tiny_roberta, data_dir, tmp_path, monkeypatch):
     from tunedml import timing
 
