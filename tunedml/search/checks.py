@@ -11,9 +11,7 @@ from urllib.parse import urlparse
 
 from ..checks import (
     DRAW_KEYS,
-    Node,
     Request,
-    auto_concurrency,
     autoscaling,
     check_address,
     check_draws,
@@ -118,7 +116,7 @@ def check_search_resources(options: SearchOptions) -> Resources:
     where = "the cluster" if cluster else "this machine"
     nodes = nodes_for(cluster, options.address, options.verbose)
     grows = cluster and autoscaling()
-    at_once, why = trials_at_once(options, nodes)
+    at_once, why = options.at_once(nodes)
     gpus, note = choose_gpus(options.gpus_per_trial, nodes, at_once, "trial", where, grows)
     cpus = options.cpus_per_trial
     if cpus is None:  # the default: the CPUs shared among concurrent trials, at least 1
@@ -126,14 +124,6 @@ def check_search_resources(options: SearchOptions) -> Resources:
     request = Request(cpus, gpus, at_once, "--cpus-per-trial", "--gpus-per-trial", "--concurrency")
     check_request(request, nodes, where, wait_ok=grows)
     return Resources(cpus, gpus, at_once, note, why)
-
-
-def trials_at_once(options: SearchOptions, nodes: list[Node]) -> tuple[int, str]:
-    """``--concurrency`` as given, or for ``auto`` what :func:`tunedml.checks.auto_concurrency` chooses
-    from ``nodes`` (and why; "" when given)."""
-    if options.concurrency != AUTO:
-        return int(options.concurrency), ""
-    return auto_concurrency(nodes, options.cpus_per_trial, options.gpus_per_trial, options.trials, "trial")
 
 
 def space_values(space: Any, key: str) -> set[Any]:

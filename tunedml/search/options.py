@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..checks import Node, auto_concurrency
 from ..choices import AUTO, SCHEDULERS, is_concurrency, is_gpus
 from ..errors import ConfigError, unknown_choice
 from ..metrics import check_metric
@@ -96,6 +97,13 @@ class SearchOptions:
     @property
     def objective(self) -> str:
         return f"dev_{self.metric}"
+
+    def at_once(self, nodes: list[Node]) -> tuple[int, str]:
+        """``--concurrency`` as given, or for ``auto`` what :func:`tunedml.checks.auto_concurrency` chooses
+        from ``nodes`` (and why; "" when given)."""
+        if self.concurrency != AUTO:
+            return int(self.concurrency), ""
+        return auto_concurrency(nodes, self.cpus_per_trial, self.gpus_per_trial, self.trials, "trial")
 
     @property
     def retries(self) -> int:

@@ -62,11 +62,9 @@ def run_search(
     check_per_option(space, options)
     init_ray(options.address, options.verbose)
     if options.concurrency == AUTO:  # the API resolves it in its checks; a direct call here
-        from ..checks import auto_concurrency, local_node, ray_nodes
+        from ..checks import local_node, ray_nodes
 
-        nodes = ray_nodes() or [local_node()]
-        at_once = auto_concurrency(nodes, options.cpus_per_trial, options.gpus_per_trial, options.trials, "trial")[0]
-        options = replace(options, concurrency=at_once)
+        options = replace(options, concurrency=options.at_once(ray_nodes() or [local_node()])[0])
     storage, name = experiment_path(base.get("data.dataset", "dataset"), space, options)
     path = f"{storage.rstrip('/')}/{name}"
     cpus = options.cpus_per_trial or _default_cpus(options.concurrency)
