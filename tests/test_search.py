@@ -619,7 +619,11 @@ def keyword_task(tmp_path_factory) -> str:
 
 
 def early_search(tmp_path: Path, tiny_roberta: str, task: str, scheduler: str) -> tuple[TrialSummary, TrialSummary]:
-    """A learning rate that learns (tried first) and one that cannot; (good, bad) trials."""
+    """A learning rate that learns (tried first) and one that cannot; (good, bad) trials.
+
+    One trial at a time: ASHA judges a trial against those that reached the rung before it, so the
+    learner must finish first (with two at a time the one that cannot learn may reach the rung alone).
+    """
     space_file = tmp_path / "early.yaml"
     space_file.write_text(EARLY)
     base = {
@@ -636,6 +640,7 @@ def early_search(tmp_path: Path, tiny_roberta: str, task: str, scheduler: str) -
     options = SearchOptions(
         trials=2,
         scheduler=scheduler,
+        concurrency=1,
         storage=str(tmp_path / "results"),
         per_option_start=0,
         points=[{"train.lr": 0.01}, {"train.lr": 1e-8}],
