@@ -81,11 +81,12 @@ def main() -> None:
     from tunedml.retrain.draws import draw_configs
     from tunedml.train import prepare_tokens
 
-    rows = []
+    rows, tokenized = [], {}
     for space in ("cce", "dml"):
         record = tunedml.best(args.dataset, space=space, tracking_uri=args.tracking_uri)
         cfg = from_flat({**record.config, "train.threads": args.threads, "train.device": "cpu"})
-        tokens = prepare_tokens(cfg)
+        key = (cfg.model.name, cfg.data.max_length)  # both sides usually share the tokenization
+        tokens = tokenized[key] = tokenized.get(key) or prepare_tokens(cfg)
         for draw_cfg in draw_configs(cfg, args.draws):
             row = {"dataset": args.dataset, "space": space, "loss": cfg.loss.name, **score_draw(draw_cfg, tokens)}
             rows.append(row)

@@ -4,8 +4,9 @@ Both loops fine-tune a freshly loaded all-MiniLM-L6-v2 (the embedded ``minilm``)
 k-shot draw, with the same batch order and the same dynamically padded token batches, AdamW (the
 same kernel: fused where the device has one) and cross-entropy on a linear head over mean-pooled
 token vectors. tunedml adds what a real run needs (dropout on the pooled vector, a warm-up
-schedule, gradient clipping, loss bookkeeping); the ratio shows what that costs. Epochs of the two loops alternate so that machine load hits both alike;
-still, on a machine shared with other jobs, epochs can vary threefold: time it on an idle one.
+schedule, gradient clipping, loss bookkeeping); the ratio shows what that costs. Epochs of the two
+loops alternate so that machine load hits both alike; still, on a machine shared with other jobs,
+epochs can vary threefold: time it on an idle one.
 
     python benchmarks/bench_train.py [--data-dir DIR] [--repeats 5]
 """
@@ -41,10 +42,10 @@ class BareLoop:
         self.encoder = AutoModel.from_pretrained(resolve_model(model_name))
         self.head = nn.Linear(self.encoder.config.hidden_size, num_classes)
         params = list(self.encoder.parameters()) + list(self.head.parameters())
-        from tunedml.train import _adamw_impl
+        from tunedml.train import adamw_impl
 
         # the same AdamW kernel as the Trainer (fused where the device has it): the loop is compared, not the kernel
-        self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **_adamw_impl(params))
+        self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **adamw_impl(params))
         self.rng = np.random.default_rng(seed)
 
     def batches(

@@ -140,7 +140,7 @@ def test_adamw_takes_the_fused_kernel_where_the_device_has_one_and_foreach_elsew
     tiny_roberta, data_dir, tokens, monkeypatch
 ):
     import tunedml.train as train
-    from tunedml.train import _adamw_impl
+    from tunedml.train import adamw_impl
 
     cfg = config(tiny_roberta, data_dir, "train.epochs=1")
     fused = Trainer(cfg, tokens, draw_for(cfg, tokens))
@@ -157,7 +157,7 @@ def test_adamw_takes_the_fused_kernel_where_the_device_has_one_and_foreach_elsew
         same_update += not torch.equal(a, start[name])
     assert same_update > 30  # and it did train: the encoder's tensors moved from their initial values
     monkeypatch.setattr(train, "ADAMW_IMPL", {"fused": True})
-    assert _adamw_impl([torch.nn.Parameter(torch.empty(2, device="meta"))]) == {"foreach": True}
+    assert adamw_impl([torch.nn.Parameter(torch.empty(2, device="meta"))]) == {"foreach": True}
 
 
 def test_timing_records_where_a_run_spends_its_time_only_when_asked(tiny_roberta, data_dir, tmp_path, monkeypatch):

@@ -133,7 +133,7 @@ def _dml_inputs(out: EncoderOutput, labels: torch.Tensor, token_mode: bool) -> t
     return out.tokens[keep], labels.unsqueeze(1).expand_as(out.mask)[keep]
 
 
-def _adamw_impl(params: Iterable[torch.nn.Parameter]) -> dict[str, bool]:
+def adamw_impl(params: Iterable[torch.nn.Parameter]) -> dict[str, bool]:
     """``ADAMW_IMPL``, or the foreach path where a parameter lives on a device without the fused kernel."""
     if ADAMW_IMPL.get("fused") and any(p.device.type not in FUSED_DEVICES for p in params):
         return {"foreach": True}
@@ -248,7 +248,7 @@ class Trainer:
         proxies = list(self.loss.parameters())
         if proxies:
             param_groups.append({"params": proxies, "weight_decay": 0.0, "lr": t.proxy_lr})
-        return torch.optim.AdamW(param_groups, **_adamw_impl(p for g in param_groups for p in g["params"]))
+        return torch.optim.AdamW(param_groups, **adamw_impl(p for g in param_groups for p in g["params"]))
 
     def _layer_scales(self) -> dict[str, float]:
         """Learning-rate factor per parameter name: ``layer_decay ** (depth below the top)``.
