@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -21,6 +22,7 @@ import subprocess
 import tempfile
 import time
 import urllib.request
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -115,23 +117,61 @@ def test_a_negative_max_failures_stops_the_search_before_it_starts(capsys):
 
 LOOPBACK = "127.0.0.1"
 START_TIMEOUT_S = 180  # a busy 2-core CI machine starts a Ray node in 10-60 s
+JOIN_TIMEOUT_S = 120  # a worker node joins in 4-15 s; one that has not in 120 s is started again
+
+
+def _ephemeral_ports() -> range:
+    """The range the kernel draws the local ports of outgoing connections (and of bind to 0) from."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return range(low, high + 1)
+
+
+RAY_WORKER_PORTS = range(10002, 20000)  # Ray's --min/--max-worker-port defaults: its workers bind these
+_rng = random.Random()
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
+    """A port free now, outside the ephemeral range and Ray's worker-port range.
+
+    A port taken with bind(("", 0)) and released is drawn from the ephemeral range, which every
+    outgoing connection (and every Ray component that binds port 0) also draws from: in the seconds
+    before Ray binds it, one of the many connections a starting node makes can take it. Below the
+    ephemeral range only a process asking for that very port can.
+    """
+    ephemeral = _ephemeral_ports()
+    candidates = [p for p in range(20000, min(ephemeral.start, 65536)) if p not in RAY_WORKER_PORTS]
+    candidates = candidates or list(range(1024, 10000))
+    for _ in range(200):
+        port = _rng.choice(candidates)
+        with socket.socket() as s:
+            try:
+                s.bind((LOOPBACK, port))
+            except OSError:
+                continue
+            return port
+    pytest.fail("no free port below the ephemeral range")
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = START_TIMEOUT_S, every: float = 1.0) -> Any:
-    """Poll ``check`` until it returns something truthy; fail the test with ``what`` on timeout."""
+def wait_for(
+    what: str,
+    check: Callable[[], Any],
+    timeout: float = START_TIMEOUT_S,
+    every: float = 1.0,
+    diagnose: Callable[[], str] | None = None,
+) -> Any:
+    """Poll ``check`` until it returns something truthy; fail the test with ``what`` on timeout,
+    and with what ``diagnose`` says (logs), since a timeout alone tells nothing of the cause."""
     deadline = time.monotonic() + timeout
     while True:
         value = check()
         if value:
             return value
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+            detail = f"\n{diagnose()}" if diagnose else ""
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}{detail}")
         time.sleep(every)
 
 
@@ -273,13 +313,46 @@ class LocalCluster:
                 str(free_port()),
             ],
         )
-        self.node_ids["head"] = wait_for("the head node", lambda: self._check_alive("head") and self._new_node())
+        self.node_ids["head"] = wait_for(
+            "the head node", lambda: self._check_alive("head") and self._new_node(), diagnose=self.diagnose
+        )
 
     def start_worker(self) -> None:
-        self._ray_start("worker", ["--address", f"{LOOPBACK}:{self.gcs_port}"])
-        self.node_ids["worker"] = wait_for(
-            "the worker node to join", lambda: self._check_alive("worker") and self._new_node()
-        )
+        """Start the worker node; if it has not joined within JOIN_TIMEOUT_S, start it once more.
+
+        A second start is set-up, not the behaviour under test (the searches are): the first
+        attempt's logs go out as a warning, so a node that often needs two starts shows in CI's log.
+        """
+        for attempt in (1, 2):
+            self._ray_start("worker", ["--address", f"{LOOPBACK}:{self.gcs_port}"])
+            try:
+                self.node_ids["worker"] = wait_for(
+                    "the worker node to join",
+                    lambda: self._check_alive("worker") and self._new_node(),
+                    timeout=JOIN_TIMEOUT_S,
+                    diagnose=self.diagnose,
+                )
+                return
+            except pytest.fail.Exception as e:
+                if attempt == 2:
+                    raise
+                warnings.warn(f"the worker node is started again: {e}", stacklevel=1)
+                self.processes.pop("worker").kill()
+
+    def diagnose(self) -> str:
+        """What the cluster's processes and Ray's own logs say, for a failure message."""
+        parts = [f"--- {name} (exit code {p.popen.poll()}):\n{p.tail(15)}" for name, p in self.processes.items()]
+        try:
+            states = [(n["node_id"][:8], n["state"]) for n in self.api("/api/v0/nodes")["data"]["result"]["result"]]
+            parts.append(f"--- nodes: {states}")
+        except (OSError, ValueError, KeyError) as e:
+            parts.append(f"--- nodes: the state API did not answer ({e})")
+        for temp_dir in self.temp_dirs:
+            for log in sorted(Path(temp_dir).glob("session_*/logs/*")):
+                if log.name in ("raylet.out", "raylet.err", "gcs_server.out", "gcs_server.err", "dashboard_agent.log"):
+                    tail = "\n".join(log.read_text(errors="replace").splitlines()[-8:])
+                    parts.append(f"--- {log}:\n{tail}")
+        return "\n".join(parts)
 
     def _new_node(self) -> str | None:
         """The id of an alive node not seen before, if one has joined."""
