@@ -338,6 +338,8 @@ class LocalCluster:
                     raise
                 warnings.warn(f"the worker node is started again: {e}", stacklevel=1)
                 self.processes.pop("worker").kill()
+                # had it registered just now, it must be gone before a fresh node can be told from it
+                wait_for("the stopped worker node to leave", lambda: self._new_node() is None, diagnose=self.diagnose)
 
     def diagnose(self) -> str:
         """What the cluster's processes and Ray's own logs say, for a failure message."""
