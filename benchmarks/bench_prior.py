@@ -67,24 +67,43 @@ def score_draw(cfg, tokens) -> dict:
     return row
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def study_arguments(description: str, out: str) -> argparse.Namespace:
+    """The options of a benchmark that retrains a study's chosen configurations on its final draws
+    (this one and bench_probe.py)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--tracking-uri", required=True, help="the study's MLflow store")
     parser.add_argument("--dataset", default="mpqa")
     parser.add_argument("--draws", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", default="docs/prior.jsonl")
-    args = parser.parse_args()
+    parser.add_argument("--out", default=out)
+    return parser.parse_args()
 
+
+def recorded_config(args: argparse.Namespace, space: str):
+    """The best configuration the study recorded for ``args.dataset`` in ``space``, on this CPU."""
     import tunedml
     from tunedml.config import from_flat
+
+    record = tunedml.best(args.dataset, space=space, tracking_uri=args.tracking_uri)
+    return from_flat({**record.config, "train.threads": args.threads, "train.device": "cpu"})
+
+
+def write_rows(rows: list[dict], path: str) -> None:
+    """One JSON line a draw, with the machine that ran it."""
+    with open(path, "w") as fh:
+        for row in rows:
+            fh.write(json.dumps({**row, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs"}) + "\n")
+
+
+def main() -> None:
+    args = study_arguments(__doc__.splitlines()[0], "docs/prior.jsonl")
+
     from tunedml.retrain.draws import draw_configs
     from tunedml.train import prepare_tokens
 
     rows, tokenized = [], {}
     for space in ("cce", "dml"):
-        record = tunedml.best(args.dataset, space=space, tracking_uri=args.tracking_uri)
-        cfg = from_flat({**record.config, "train.threads": args.threads, "train.device": "cpu"})
+        cfg = recorded_config(args, space)
         key = (cfg.model.name, cfg.data.max_length)  # both sides usually share the tokenization
         tokens = tokenized[key] = tokenized.get(key) or prepare_tokens(cfg)
         for draw_cfg in draw_configs(cfg, args.draws):
@@ -96,9 +115,7 @@ def main() -> None:
                 f"(majority {100 * row['majority']:.1f}), {row['seconds']:.0f}s",
                 flush=True,
             )
-    with open(args.out, "w") as fh:
-        for row in rows:
-            fh.write(json.dumps({**row, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs"}) + "\n")
+    write_rows(rows, args.out)
 
     print(f"\n{args.dataset}, {args.draws} final draws (seed offsets 1000+), test accuracy / macro-F1 (%):\n")
     print("| search | loss | draw | as trained | with the pool prior | majority class |")

@@ -19,14 +19,9 @@ cross-entropy on the same draw and scored on the same test split:
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import platform
 import time
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from bench_prior import recorded_config, study_arguments, write_rows  # beside this file: the same study, draws, rows
 
 WAYS = ("fine_tuned", "probe", "probe_then_fine_tune")
 
@@ -67,25 +62,17 @@ def score_draw(cfg, tokens) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tracking-uri", required=True, help="the study's MLflow store")
-    parser.add_argument("--dataset", default="mpqa")
-    parser.add_argument("--draws", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", default="docs/probe.jsonl")
-    args = parser.parse_args()
+    args = study_arguments(__doc__.splitlines()[0], "docs/probe.jsonl")
 
     import numpy as np
 
-    import tunedml
-    from tunedml.config import from_flat
     from tunedml.retrain.draws import draw_configs
+    from tunedml.retrain.stats import paired_differences, t_interval
     from tunedml.train import prepare_tokens
 
-    record = tunedml.best(args.dataset, space="cce", tracking_uri=args.tracking_uri)
-    cfg = from_flat({**record.config, "train.threads": args.threads, "train.device": "cpu"})
+    cfg = recorded_config(args, "cce")
     if cfg.inference.mode != "head" or cfg.train.schedule != "joint":
-        raise SystemExit(f"the recorded configuration is not a joint run scored by its head: {record.config}")
+        raise SystemExit(f"the recorded configuration is not a joint run scored by its head: {cfg}")
     tokens = prepare_tokens(cfg)
     rows = []
     for draw_cfg in draw_configs(cfg, args.draws):
@@ -97,20 +84,19 @@ def main() -> None:
             + f" (majority {100 * row['majority']:.1f})",
             flush=True,
         )
-    with open(args.out, "w") as fh:
-        for row in rows:
-            fh.write(json.dumps({**row, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs"}) + "\n")
+    write_rows(rows, args.out)
 
     majority = rows[0]["majority"]
     print(
-        f"\n{args.dataset}, CCE as recorded ({record.config.get('train.steps')} steps, lr {cfg.train.lr:g}), "
+        f"\n{args.dataset}, CCE as recorded ({cfg.train.steps} steps, lr {cfg.train.lr:g}), "
         f"{len(rows)} final draws (seed offsets 1000+), test accuracy (%); majority class {100 * majority:.1f}:\n"
     )
     print("| way | mean | std | worst | draws below majority | macro-F1 mean | seconds per run |")
     print("|---|---:|---:|---:|---:|---:|---:|")
+    accuracy = {way: np.array([r[way]["accuracy"] for r in rows]) for way in WAYS}
     for way in WAYS:
-        acc = np.array([r[way]["accuracy"] for r in rows]) * 100
-        f1 = np.array([r[way]["macro_f1"] for r in rows]) * 100
+        acc = 100 * accuracy[way]
+        f1 = 100 * np.array([r[way]["macro_f1"] for r in rows])
         sec = np.mean([r[way]["seconds"] for r in rows])
         below = int((acc < 100 * majority).sum())
         print(
@@ -118,13 +104,9 @@ def main() -> None:
             f"| {below} of {len(rows)} | {f1.mean():.1f} | {sec:.0f} |"
         )
     print("\nPaired with fine-tuned (same draws), mean difference in points [95% t interval]:")
-    base = np.array([r["fine_tuned"]["accuracy"] for r in rows]) * 100
-    from scipy import stats
-
     for way in WAYS[1:]:
-        diff = np.array([r[way]["accuracy"] for r in rows]) * 100 - base
-        half = stats.t.ppf(0.975, len(diff) - 1) * diff.std(ddof=1) / np.sqrt(len(diff))
-        print(f"  {way.replace('_', ' ')}: {diff.mean():+.1f} [{diff.mean() - half:+.1f}, {diff.mean() + half:+.1f}]")
+        d = t_interval(paired_differences(accuracy[way], accuracy["fine_tuned"]))
+        print(f"  {way.replace('_', ' ')}: {d.mean:+.1f} [{d.low:+.1f}, {d.high:+.1f}]")
 
 
 if __name__ == "__main__":
