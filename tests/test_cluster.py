@@ -120,32 +120,28 @@ START_TIMEOUT_S = 180  # a busy 2-core CI machine starts a Ray node in 10-60 s
 JOIN_TIMEOUT_S = 120  # a worker node joins in 4-15 s; one that has not in 120 s is started again
 
 
-def _ephemeral_ports() -> range:
-    """The range the kernel draws the local ports of outgoing connections (and of bind to 0) from."""
+def _ephemeral_start() -> int:
+    """The lowest port the kernel hands to outgoing connections (and to bind to 0)."""
     try:
-        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
-    except (OSError, ValueError):
-        low, high = 32768, 60999
-    return range(low, high + 1)
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 RAY_WORKER_PORTS = range(10002, 20000)  # Ray's --min/--max-worker-port defaults: its workers bind these
-_rng = random.Random()
 
 
 def free_port() -> int:
-    """A port free now, outside the ephemeral range and Ray's worker-port range.
+    """A port free now, below the ephemeral range and outside Ray's worker-port range.
 
     A port taken with bind(("", 0)) and released is drawn from the ephemeral range, which every
     outgoing connection (and every Ray component that binds port 0) also draws from: in the seconds
     before Ray binds it, one of the many connections a starting node makes can take it. Below the
     ephemeral range only a process asking for that very port can.
     """
-    ephemeral = _ephemeral_ports()
-    candidates = [p for p in range(20000, min(ephemeral.start, 65536)) if p not in RAY_WORKER_PORTS]
-    candidates = candidates or list(range(1024, 10000))
+    candidates = range(RAY_WORKER_PORTS.stop, min(_ephemeral_start(), 65536)) or range(1024, RAY_WORKER_PORTS.start)
     for _ in range(200):
-        port = _rng.choice(candidates)
+        port = random.choice(candidates)
         with socket.socket() as s:
             try:
                 s.bind((LOOPBACK, port))
