@@ -60,6 +60,7 @@ def run_one(job: dict, threads: int) -> dict:
             f"train.eval_every={job['steps']}",
             f"train.threads={threads}",
             "train.device=cpu",
+            *job.get("sets", ()),  # what another benchmark varies (bench_init: head.init)
         ],
     )
     if job["task"] not in _tokens:

@@ -1,5 +1,6 @@
 """Two-stage runs on real draws with the tiny model: where the stages lie, a frozen encoder in
-stage 2, the linear and the logistic head, and inference modes on top of them."""
+stage 2, the linear and the logistic head, inference modes on top of them, and where a joint run's head
+starts (head.init)."""
 
 from __future__ import annotations
 
@@ -175,3 +176,33 @@ def test_a_logistic_head_leaves_the_encoder_as_stage_1_left_it(tiny_roberta, dat
     encoder, proxies = state(trainer.model.encoder), state(trainer.loss)
     trainer._start_head()
     assert same(state(trainer.model.encoder), encoder) and same(state(trainer.loss), proxies)
+
+
+# ---------------------------------------------------------------- where a joint run's head starts
+
+
+def joint(tiny_roberta, data_dir, *sets: str):
+    return config(tiny_roberta, data_dir, "train.schedule=joint", "loss.name=none", *sets)
+
+
+def test_a_probed_head_starts_as_the_regression_on_the_pretrained_encoder(tiny_roberta, data_dir, tokens):
+    from sklearn.linear_model import LogisticRegression
+
+    probed = trainer_for(joint(tiny_roberta, data_dir, "head.init=probe"), tokens)
+    plain = trainer_for(joint(tiny_roberta, data_dir, "head.init=random"), tokens)
+    assert same(state(probed.model.encoder), state(plain.model.encoder))  # the probe only sets the head
+    assert not same(state(probed.model.head), state(plain.model.head))
+    train = probed.outputs(probed.draw.train)  # the encoder as pre-trained: no step taken yet
+    regression = LogisticRegression(max_iter=1000).fit(train.embeddings.numpy(), train.labels)
+    dev = probed.outputs(probed.draw.dev)
+    assert np.allclose(dev.logits.softmax(1).numpy(), regression.predict_proba(dev.embeddings.numpy()), atol=1e-5)
+    assert probed.step == 0
+    probed.fit(evaluate_test=False)  # and fine-tuning goes on from there
+    assert probed.step == probed.total_steps
+
+
+def test_a_two_stage_run_leaves_its_head_to_stage_2(tiny_roberta, data_dir, tokens):
+    """head.init is a joint run's: a two-stage run's head is fitted after stage 1, whatever it started as."""
+    probed = trainer_for(config(tiny_roberta, data_dir, "head.init=probe"), tokens)
+    plain = trainer_for(config(tiny_roberta, data_dir, "head.init=random"), tokens)
+    assert same(state(probed.model), state(plain.model))

@@ -28,6 +28,7 @@ from .sampling import SAMPLERS, check_m_per_class
 ADVERSARIAL_MODES = ("none", "fgm", "pgd")  # tunedml.adversarial implements them
 SCHEDULES = ("joint", "two_stage")  # tunedml.stages.StagePlan implements them
 HEAD_FITS = ("linear", "logistic")  # the keys of tunedml.stages.HEAD_FITS
+HEAD_INITS = ("probe", "random")
 DEFAULT_STEPS = 100  # train.steps when neither train.steps nor train.epochs is given (docs/budget.md)
 RUN_LENGTH = ("train.steps", "train.epochs")  # two spellings of one setting: a config gives one of them
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")  # what train.pick_device turns into a torch device
@@ -95,6 +96,11 @@ WITH_M_PER_CLASS = Applies(
     ("data.sampler",), lambda sampler: sampler == "m_per_class", "only with data.sampler=m_per_class"
 )
 TWO_STAGE = Applies(("train.schedule",), lambda schedule: schedule == "two_stage", "only with train.schedule=two_stage")
+JOINT_RUN = Applies(
+    ("train.schedule",),
+    lambda schedule: schedule == "joint",
+    "only with train.schedule=joint (a two-stage run fits its head after stage 1: head.fit)",
+)
 LINEAR_HEAD_STAGE = Applies(
     ("train.schedule", "head.fit"),
     lambda schedule, fit: schedule == "two_stage" and fit == "linear",
@@ -326,6 +332,17 @@ class InferenceConfig:
 
 @dataclass
 class HeadConfig:
+    init: str = _hp(
+        "probe",
+        str,
+        choices=HEAD_INITS,
+        applies=JOINT_RUN,
+        used=JOINT_RUN,
+        help="joint: where the linear head starts. probe (LP-FT, Kumar et al. 2022): a logistic "
+        "regression on the pre-trained encoder's embeddings of the training draw, so the first steps' "
+        "gradients do not bend the encoder's features toward a random head; random: PyTorch's "
+        "initialisation. docs/train.md measures both",
+    )
     fit: str = _hp(
         "linear",
         str,

@@ -131,13 +131,39 @@ class LinearHeadFit:
         return loss, {"ce": loss}
 
 
-class LogisticHeadFit:
-    """``head.fit=logistic``: scikit-learn's logistic regression (L2, C=1, lbfgs) on the frozen
-    embeddings of the training draw, as SetFit fits its head, copied into the model's linear head so
-    that head and mixed inference, saved models and the retrain all use it as any head.
+def fit_logistic_head(head: nn.Linear, embeddings: torch.Tensor, labels: torch.Tensor, key: str):
+    """Fit scikit-learn's logistic regression (L2, C=1, lbfgs) on ``embeddings`` and copy it into
+    ``head``; the regression and the head's logits on ``embeddings``. ``key`` names the setting that
+    asked for it in the error a draw without every class gets.
 
     A binary regression's one weight vector ``w`` becomes the rows ``-w/2`` and ``w/2``, whose
     softmax is the regression's sigmoid: the head's probabilities are the regression's.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    x = embeddings.detach().float().cpu().numpy()
+    y = labels.cpu().numpy()
+    classes = head.out_features
+    if not np.array_equal(np.unique(y), np.arange(classes)):
+        raise DataError(
+            f"{key}: the training draw has classes {sorted(set(y.tolist()))} of {classes}; a logistic head needs every class"
+        )
+    regression = LogisticRegression(max_iter=1000).fit(x, y)
+    weight, bias = regression.coef_, regression.intercept_
+    if classes == 2:
+        weight, bias = np.concatenate([-weight / 2, weight / 2]), np.concatenate([-bias / 2, bias / 2])
+    with torch.no_grad():
+        head.weight.copy_(torch.as_tensor(weight, dtype=head.weight.dtype))
+        head.bias.copy_(torch.as_tensor(bias, dtype=head.bias.dtype))
+        logits = head(embeddings.to(head.weight.dtype))
+    return regression, logits
+
+
+class LogisticHeadFit:
+    """``head.fit=logistic``: scikit-learn's logistic regression (L2, C=1, lbfgs) on the frozen
+    embeddings of the training draw, as SetFit fits its head, copied into the model's linear head so
+    that head and mixed inference, saved models and the retrain all use it as any head
+    (:func:`fit_logistic_head`).
     """
 
     takes_steps = False
@@ -151,25 +177,7 @@ class LogisticHeadFit:
         cfg: "RunConfig",
         steps: int,
     ):
-        from sklearn.linear_model import LogisticRegression
-
-        x = embeddings.detach().float().cpu().numpy()
-        y = labels.cpu().numpy()
-        classes = model.head.out_features
-        if not np.array_equal(np.unique(y), np.arange(classes)):
-            raise DataError(
-                f"head.fit=logistic: the training draw has classes {sorted(set(y.tolist()))} of "
-                f"{classes}; a logistic head needs every class"
-            )
-        regression = LogisticRegression(max_iter=1000).fit(x, y)
-        weight, bias = regression.coef_, regression.intercept_
-        if classes == 2:
-            weight, bias = np.concatenate([-weight / 2, weight / 2]), np.concatenate([-bias / 2, bias / 2])
-        head = model.head
-        with torch.no_grad():
-            head.weight.copy_(torch.as_tensor(weight, dtype=head.weight.dtype))
-            head.bias.copy_(torch.as_tensor(bias, dtype=head.bias.dtype))
-            logits = head(embeddings.to(head.weight.dtype))
+        regression, logits = fit_logistic_head(model.head, embeddings, labels, "head.fit=logistic")
         self.regression = regression
         # the regression's cross-entropy on the training draw: stage 2's loss part
         self.fit_parts = {"ce": float(F.cross_entropy(logits.float(), labels.to(logits.device)))}

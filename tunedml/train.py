@@ -30,7 +30,17 @@ from .evaluate import Outputs, autocast_for, class_centers, forward_all, predict
 from .losses import build_loss
 from .model import EncoderOutput, build_model
 from .sampling import build_sampler, has_positive_pair, without_positive
-from .stages import ENCODER, HEAD, HEAD_FITS, JOINT, HeadFit, StagePlan, encoder_ce_weight, freeze
+from .stages import (
+    ENCODER,
+    HEAD,
+    HEAD_FITS,
+    JOINT,
+    HeadFit,
+    StagePlan,
+    encoder_ce_weight,
+    fit_logistic_head,
+    freeze,
+)
 
 EvalCallback = Callable[["EvalResult"], None]
 # AdamW's fused kernel: about 20% less time per run than the multi-tensor (foreach) path on the CPU, with
@@ -183,6 +193,8 @@ class Trainer:
                 self.model.hidden_size,
                 weighting=cfg.loss.weighting,
             ).to(self.device)
+        if cfg.head.init == "probe" and cfg.train.schedule == "joint":
+            self._probe_head()
         if cfg.model.freeze_embeddings:
             self.model.encoder.get_input_embeddings().weight.requires_grad_(False)
         if cfg.train.compile:  # in place: the module and its parameter names stay as they are
@@ -214,6 +226,17 @@ class Trainer:
         # reference cycle, and its model's memory would outlive it
         self._batches = self.sampler(self.rng)
         self.best: tuple[EvalResult, dict[str, dict[str, torch.Tensor]]] | None = None  # train.restore_best
+
+    def _probe_head(self) -> None:
+        """``head.init=probe``: the head starts as a logistic regression on the pre-trained encoder's
+        embeddings of the training draw (LP-FT). With a random head, the first steps' large gradients
+        reshape the encoder's features to fit that head; on a few-shot draw with a few mislabelled
+        examples this is where fine-tuning fell below the majority class (docs/train.md)."""
+        out = self.outputs(self.draw.train)
+        if not torch.isfinite(out.embeddings).all():
+            return  # nothing to fit; the first step's loss is non-finite too and fails the run, naming the step
+        labels = torch.from_numpy(out.labels).to(self.device)
+        fit_logistic_head(self.model.head, out.embeddings.clone().to(self.device), labels, "head.init=probe")
 
     @contextmanager
     def own_rng(self) -> Iterator[None]:

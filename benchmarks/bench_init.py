@@ -1,0 +1,146 @@
+"""Where a joint run's head should start: a random head against a probed one (LP-FT).
+
+``head.init=random`` starts fine-tuning from PyTorch's initialisation of the linear head;
+``head.init=probe`` (LP-FT, Kumar et al. 2022) first fits a logistic regression on the pre-trained
+encoder's embeddings of the training draw and starts from it. For each task, loss and learning rate,
+both fine-tune the embedded MiniLM for 100 optimizer steps (the shipped spaces' length) on the same
+``--draws`` few-shot draws, which no search, re-scoring or retrain uses (bench_budget's, seed
+offsets 3000+), with bench_budget's configuration otherwise (k=16, batch 16, warmup 10%, weight decay
+0.01, mean pooling), and score the final model on the test split. Per cell: test accuracy mean, std
+and worst draw (%), the runs below the test split's majority-class rate, and the paired difference
+probe - random with its 95% t interval over the draws (Student's t at n - 1 degrees of freedom:
+the draws are few, so the interval is wide). Rows go to ``--results`` as they come; an interrupted
+run continues where it stopped.
+
+    python benchmarks/bench_init.py                    # sst2, trec, mpqa; CCE; lr 2e-5 and 1e-4; 5 draws
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+from bench_budget import LOSSES, read, run_one  # beside this file: the same draws, configuration and runs
+
+INITS = ("random", "probe")
+STEPS = 100
+
+
+def jobs(args: argparse.Namespace) -> list[dict]:
+    return [
+        {"task": t, "loss": loss, "lr": lr, "steps": STEPS, "draw": d, "init": init, "sets": [f"head.init={init}"]}
+        for t in args.tasks
+        for loss in args.losses
+        for lr in args.lrs
+        for d in range(args.draws)
+        for init in INITS
+    ]
+
+
+def key(job: dict) -> tuple:
+    return job["task"], job["loss"], float(job["lr"]), job["init"], int(job["draw"])
+
+
+def table(rows: list[dict], args: argparse.Namespace) -> str:
+    from tunedml.retrain.stats import t_interval
+
+    by = {key(r): r for r in rows}
+    out = [
+        "| task | loss | lr | head.init | draws | test mean | std | worst | below majority | s / run | probe − random (pp) [95% t] |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for task in args.tasks:
+        for loss in args.losses:
+            for lr in args.lrs:
+                paired = {init: [] for init in INITS}
+                for d in range(args.draws):
+                    pair = [by.get((task, loss, float(lr), init, d)) for init in INITS]
+                    if all(pair):
+                        for init, r in zip(INITS, pair):
+                            paired[init].append(r)
+                if not paired["random"]:
+                    continue
+                for init in INITS:
+                    rs = paired[init]
+                    acc = [100 * r["test"] for r in rs]
+                    std = statistics.stdev(acc) if len(acc) > 1 else 0.0
+                    below = sum(r["test"] < r["majority"] for r in rs)
+                    diff = ""
+                    if init == "probe" and len(rs) > 1:
+                        d = t_interval(
+                            [100 * (p["test"] - q["test"]) for p, q in zip(paired["probe"], paired["random"])]
+                        )
+                        diff = f"{d.mean:+.1f} [{d.low:+.1f}, {d.high:+.1f}]"
+                    out.append(
+                        f"| {task} | {loss} | {lr:g} | {init} | {len(rs)} | {statistics.mean(acc):.1f} | {std:.1f} "
+                        f"| {min(acc):.1f} | {below} | {statistics.mean(r['seconds'] for r in rs):.0f} | {diff} |"
+                    )
+    majority = {r["task"]: 100 * r["majority"] for r in rows}
+    out.append("")
+    out.append(
+        "Majority-class rate of each test split (%): "
+        + ", ".join(f"{t} {majority[t]:.1f}" for t in args.tasks if t in majority)
+    )
+    return "\n".join(out)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", default="sst2,trec,mpqa")
+    parser.add_argument("--losses", default="cce")
+    parser.add_argument("--lrs", default="2e-5,1e-4")
+    parser.add_argument("--draws", type=int, default=5)
+    parser.add_argument("--workers", type=int, default=2, help="runs at a time, one thread each")
+    parser.add_argument("--results", default="docs/init.jsonl")
+    parser.add_argument("--table-only", action="store_true")
+    args = parser.parse_args()
+    try:
+        args.tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+        args.losses = [x.strip() for x in args.losses.split(",") if x.strip()]
+        args.lrs = [float(x) for x in args.lrs.split(",")]
+    except ValueError as e:
+        print(f"bench_init: error: {e}", file=sys.stderr)
+        return 2
+    from tunedml.data import TASKS
+
+    bad = [t for t in args.tasks if t not in TASKS] + [x for x in args.losses if x not in LOSSES]
+    if bad or args.draws < 2 or args.workers < 1:
+        print(
+            f"bench_init: error: unknown task or loss {', '.join(bad) or '-'} (valid: {', '.join(TASKS)}; "
+            f"{', '.join(LOSSES)}), or --draws below 2 or --workers below 1",
+            file=sys.stderr,
+        )
+        return 2
+    results = Path(args.results)
+    done = {key(r) for r in read(results)}
+    todo = [j for j in jobs(args) if key(j) not in done]
+    if not args.table_only and todo:
+        threads = 1 if args.workers > 1 else (os.cpu_count() or 1)
+        print(f"bench_init: {len(todo)} runs to go ({len(done)} recorded in {results})", file=sys.stderr, flush=True)
+        start = time.perf_counter()
+        with ProcessPoolExecutor(args.workers) as pool, results.open("a") as out:
+            futures = [pool.submit(run_one, j, threads) for j in todo]
+            for i, f in enumerate(as_completed(futures), 1):
+                r = f.result()
+                out.write(json.dumps(r) + "\n")
+                out.flush()
+                left = (time.perf_counter() - start) / i * (len(todo) - i)
+                print(
+                    f"run {i}/{len(todo)}  {r['task']} {r['loss']} lr {r['lr']:g} head.init={r['init']} draw {r['draw']}: "
+                    f"test {100 * r['test']:.1f}  {r['seconds']:.0f}s  ETA {left / 60:.0f} min",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    wanted = {key(j) for j in jobs(args)}
+    print(table([r for r in read(results) if key(r) in wanted], args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
