@@ -28,7 +28,7 @@ from .sampling import SAMPLERS, check_m_per_class
 ADVERSARIAL_MODES = ("none", "fgm", "pgd")  # tunedml.adversarial implements them
 SCHEDULES = ("joint", "two_stage")  # tunedml.stages.StagePlan implements them
 HEAD_FITS = ("linear", "logistic")  # the keys of tunedml.stages.HEAD_FITS
-HEAD_INITS = ("probe", "random")
+HEAD_INITS = ("probe", "random")  # tunedml.train.Trainer applies them (a joint run's head)
 DEFAULT_STEPS = 100  # train.steps when neither train.steps nor train.epochs is given (docs/budget.md)
 RUN_LENGTH = ("train.steps", "train.epochs")  # two spellings of one setting: a config gives one of them
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")  # what train.pick_device turns into a torch device

@@ -21,6 +21,8 @@ from torch.nn import functional as F
 from .errors import ConfigError, DataError
 
 if TYPE_CHECKING:
+    from sklearn.linear_model import LogisticRegression
+
     from .config import RunConfig
     from .model import EncoderClassifier
 
@@ -131,7 +133,9 @@ class LinearHeadFit:
         return loss, {"ce": loss}
 
 
-def fit_logistic_head(head: nn.Linear, embeddings: torch.Tensor, labels: torch.Tensor, key: str):
+def fit_logistic_head(
+    head: nn.Linear, embeddings: torch.Tensor, labels: torch.Tensor, key: str
+) -> tuple["LogisticRegression", torch.Tensor]:
     """Fit scikit-learn's logistic regression (L2, C=1, lbfgs) on ``embeddings`` and copy it into
     ``head``; the regression and the head's logits on ``embeddings``. ``key`` names the setting that
     asked for it in the error a draw without every class gets.
