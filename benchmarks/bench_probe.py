@@ -9,10 +9,12 @@ cross-entropy on the same draw and scored on the same test split:
 
 - **fine-tuned**: the recorded configuration, as the study's final evaluation trains it;
 - **linear probe**: the encoder frozen as pre-trained, scikit-learn's logistic regression on its
-  embeddings of the draw (what ``head.fit=logistic`` fits; SetFit's head);
+  embeddings of the draw (what ``head.fit=logistic`` fits; SetFit's head), pooled as the recorded
+  configuration pools (``model.pooling``: a CLS token is not MiniLM's sentence embedding);
 - **probe, then fine-tune** (LP-FT, Kumar et al. 2022): the probe's weights as the head's start,
   then the recorded run; a head that starts right gives the encoder gradients that do not first
-  undo its features.
+  undo its features. What ``head.init=probe`` does; a study recorded before that key existed reads
+  back with ``head.init=random``, so "fine-tuned" is the run it recorded.
 
     python benchmarks/bench_probe.py --tracking-uri sqlite:///study/mlflow.db --dataset mpqa --draws 10
 """

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+import yaml
 from mlflow import MlflowClient
 
 from tunedml.cli import main
@@ -525,8 +526,10 @@ def record_search(
     repeats: int = 1,
     rescore: int = 0,
     loss: str = "none",
+    without: tuple[str, ...] = (),
 ) -> str:
-    """A finished search run as `tunedml search` records it (the tags, params and files ranking reads)."""
+    """A finished search run as `tunedml search` records it (the tags, params and files ranking reads);
+    ``without``: keys its best_config.yaml lacks, as one written before those keys existed."""
     run = client.create_run(
         experiment_id,
         tags={
@@ -549,7 +552,9 @@ def record_search(
     }.items():
         client.log_param(run_id, key, value)
     client.log_metric(run_id, "best_dev_accuracy", score)
-    client.log_text(run_id, build_config(sets=[f"data.k={k}", f"loss.name={loss}"]).to_yaml(), BEST_CONFIG)
+    cfg = build_config(sets=[f"data.k={k}", f"loss.name={loss}"])
+    text = yaml.safe_dump({k: v for k, v in cfg.to_flat().items() if k not in without}) if without else cfg.to_yaml()
+    client.log_text(run_id, text, BEST_CONFIG)
     client.set_terminated(run_id, "FINISHED")
     return run_id
 
@@ -599,3 +604,17 @@ def test_retrain_takes_its_baseline_from_searches_comparable_with_the_chosen_one
     assert (best.run_id, baseline.run_id) == (dml16, cce16)
     with pytest.raises(ConfigError, match="cannot be ranked together"):
         best_searches(uri, "sst2")
+
+
+def test_a_configuration_recorded_before_a_key_existed_reads_back_as_it_ran(tmp_path, capsys):
+    """head.init came after searches were recorded, with a new default: a recorded choice without
+    the key trained with a random head, and retrains with one; a record that has the key keeps it."""
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment(experiment_name("sst2"))
+    old = record_search(client, experiment_id, 0.90, k=16, without=("head.init",))
+    assert find_best(uri, "sst2").run_id == old and find_best(uri, "sst2").config["head.init"] == "random"
+    assert main(["best", "--dataset", "sst2", "--tracking-uri", uri]) == 0
+    assert "  init: random" in capsys.readouterr().out  # what `tunedml train --config` is given
+    new = record_search(client, experiment_id, 0.95, k=16)
+    assert find_best(uri, "sst2").run_id == new and find_best(uri, "sst2").config["head.init"] == "probe"

@@ -28,6 +28,11 @@ from .store import (
 )
 
 BEST_CONFIG = "best_config.yaml"
+# Keys added after runs were recorded, each with the value every run before it trained with. A recorded
+# configuration (best_config.yaml, a trial's or a final run's parameters) is a full one, every key
+# written, so one without such a key predates it: read back with the old value, a recorded choice
+# retrains as it was chosen, not under a default that changed since.
+ADDED_KEYS = {"head.init": "random"}
 MAX_SEARCHES = 1000  # searches of one dataset looked at when choosing the default configurations
 TRIALS_TAG = "tunedml.trials"  # on final runs: the trials of the search the configuration came from
 
@@ -301,7 +306,7 @@ def run_config(uri: str, run_id: str) -> RecordedConfig:
             *selection_scores(run, objective),
         )
     if role in (TRIAL_ROLE, FINAL_ROLE) and run.data.params:
-        config = from_flat(dict(run.data.params), source=where).to_flat()
+        config = from_flat(as_recorded(dict(run.data.params)), source=where).to_flat()
         if role == FINAL_ROLE:
             return RecordedConfig(config, where, _int(run.data.tags.get(TRIALS_TAG)))
         parent_id = run.data.tags.get("mlflow.parentRunId")
@@ -395,7 +400,12 @@ def _best_config(mlflow: Any, uri: str, run_id: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         local = call(uri, lambda: mlflow.download_artifacts(run_id, BEST_CONFIG, tmp))
         source = f"{BEST_CONFIG} of run {run_id}"
-        return from_flat(flatten(load_yaml(local, source), source), source=source).to_flat()
+        return from_flat(as_recorded(flatten(load_yaml(local, source), source)), source=source).to_flat()
+
+
+def as_recorded(flat: dict[str, Any]) -> dict[str, Any]:
+    """A recorded full configuration as it ran: the keys it predates (ADDED_KEYS) at their old values."""
+    return {**{k: v for k, v in ADDED_KEYS.items() if k not in flat}, **flat}
 
 
 def _searches_only_cce(mlflow: Any, uri: str, run: Any) -> bool:
