@@ -84,6 +84,31 @@ def run_one(job: dict, threads: int) -> dict:
     }
 
 
+def describe(r: dict) -> str:
+    return f"{r['task']} {r['loss']} lr {r['lr']:g} {r['steps']} steps draw {r['draw']}"
+
+
+def run_jobs(name: str, todo: list[dict], done: int, workers: int, results: Path, describe) -> None:
+    """Train ``todo`` with :func:`run_one`, ``workers`` at a time (one thread each, or every thread
+    for one worker), appending each row to ``results`` as it comes, with a progress line and ETA."""
+    threads = 1 if workers > 1 else (os.cpu_count() or 1)
+    print(f"{name}: {len(todo)} runs to go ({done} recorded in {results})", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    with ProcessPoolExecutor(workers) as pool, results.open("a") as out:
+        futures = [pool.submit(run_one, j, threads) for j in todo]
+        for i, f in enumerate(as_completed(futures), 1):
+            r = f.result()
+            out.write(json.dumps(r) + "\n")
+            out.flush()
+            left = (time.perf_counter() - start) / i * (len(todo) - i)
+            print(
+                f"run {i}/{len(todo)}  {describe(r)}: test {100 * r['test']:.1f}  {r['seconds']:.0f}s  "
+                f"ETA {left / 60:.0f} min",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
 def jobs(args: argparse.Namespace) -> list[dict]:
     return [
         {"task": t, "loss": loss, "lr": lr, "steps": n, "draw": d}
@@ -210,22 +235,7 @@ def main() -> int:
     done = {key(r) for r in read(results)}
     todo = [j for j in jobs(args) if key(j) not in done]
     if not args.table_only and todo:
-        threads = 1 if args.workers > 1 else (os.cpu_count() or 1)
-        print(f"bench_budget: {len(todo)} runs to go ({len(done)} recorded in {results})", file=sys.stderr, flush=True)
-        start = time.perf_counter()
-        with ProcessPoolExecutor(args.workers) as pool, results.open("a") as out:
-            futures = [pool.submit(run_one, j, threads) for j in todo]
-            for i, f in enumerate(as_completed(futures), 1):
-                r = f.result()
-                out.write(json.dumps(r) + "\n")
-                out.flush()
-                left = (time.perf_counter() - start) / i * (len(todo) - i)
-                print(
-                    f"run {i}/{len(todo)}  {r['task']} {r['loss']} lr {r['lr']:g} {r['steps']} steps draw {r['draw']}: "
-                    f"test {100 * r['test']:.1f}  {r['seconds']:.0f}s  ETA {left / 60:.0f} min",
-                    file=sys.stderr,
-                    flush=True,
-                )
+        run_jobs("bench_budget", todo, len(done), args.workers, results, describe)
     rows = [r for r in read(results) if key(r) in {key(j) for j in jobs(args)}]
     print(table(rows, args))
     plot(rows, args, Path(args.plot))

@@ -18,15 +18,11 @@ run continues where it stopped.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
-import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
-from bench_budget import LOSSES, read, run_one  # beside this file: the same draws, configuration and runs
+from bench_budget import LOSSES, read, run_jobs  # beside this file: the same draws, configuration and runs
 
 INITS = ("random", "probe")
 STEPS = 100
@@ -41,6 +37,10 @@ def jobs(args: argparse.Namespace) -> list[dict]:
         for d in range(args.draws)
         for init in INITS
     ]
+
+
+def describe(r: dict) -> str:
+    return f"{r['task']} {r['loss']} lr {r['lr']:g} head.init={r['init']} draw {r['draw']}"
 
 
 def key(job: dict) -> tuple:
@@ -121,22 +121,7 @@ def main() -> int:
     done = {key(r) for r in read(results)}
     todo = [j for j in jobs(args) if key(j) not in done]
     if not args.table_only and todo:
-        threads = 1 if args.workers > 1 else (os.cpu_count() or 1)
-        print(f"bench_init: {len(todo)} runs to go ({len(done)} recorded in {results})", file=sys.stderr, flush=True)
-        start = time.perf_counter()
-        with ProcessPoolExecutor(args.workers) as pool, results.open("a") as out:
-            futures = [pool.submit(run_one, j, threads) for j in todo]
-            for i, f in enumerate(as_completed(futures), 1):
-                r = f.result()
-                out.write(json.dumps(r) + "\n")
-                out.flush()
-                left = (time.perf_counter() - start) / i * (len(todo) - i)
-                print(
-                    f"run {i}/{len(todo)}  {r['task']} {r['loss']} lr {r['lr']:g} head.init={r['init']} draw {r['draw']}: "
-                    f"test {100 * r['test']:.1f}  {r['seconds']:.0f}s  ETA {left / 60:.0f} min",
-                    file=sys.stderr,
-                    flush=True,
-                )
+        run_jobs("bench_init", todo, len(done), args.workers, results, describe)
     wanted = {key(j) for j in jobs(args)}
     print(table([r for r in read(results) if key(r) in wanted], args))
     return 0
