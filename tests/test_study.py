@@ -23,6 +23,7 @@ from tunedml.study import (
     plan,
     report_argv,
     retrain_argv,
+    run_defaults,
     search_action,
     search_argv,
     search_name,
@@ -85,6 +86,9 @@ def test_the_key_follows_what_changes_results_and_nothing_else(tmp_path):
         {"verbose": True},
     ):
         assert settings(**change).key() == key, change
+    defaults = run_defaults()
+    assert settings().key(defaults) == key  # the installed defaults, as given
+    assert settings().key({**defaults, "head.init": "random"}) != key  # a tunedml with other defaults
     both = settings(sets=("data.k=4", "train.epochs=2"))
     assert replace(both, sets=("train.epochs=2", "data.k=4")).key() == both.key()  # order of distinct keys
     assert replace(both, sets=("data.k=8", "train.epochs=2", "data.k=4")).key() == both.key()  # the last one wins

@@ -73,6 +73,15 @@ def shipped_space(name: str) -> str:
     raise StudyError(f"the shipped search space {name}.yaml is missing from this installation; pass --space")
 
 
+def run_defaults() -> dict[str, Any]:
+    """Every key's default in this installation. A key that neither the spaces nor --set name runs
+    at its default, so a tunedml whose defaults differ (``head.init`` became ``probe``) runs other
+    trials under the same command: the key follows the defaults, and resuming never mixes the two."""
+    from .config import RunConfig
+
+    return RunConfig().to_flat()
+
+
 @dataclass(frozen=True)
 class Settings:
     """One study. The fields above ``cpus_per_trial`` change results and make the study key; the
@@ -145,9 +154,10 @@ class Settings:
         pairs = (s.split("=", 1) for s in self.sets if "=" in s)
         return {k.strip(): v.strip() for k, v in pairs}
 
-    def key(self) -> str:
+    def key(self, defaults: dict[str, Any] | None = None) -> str:
         """Hash of everything that changes a study's results: budgets, seeds, spaces' text, --set,
-        model and data; not where it runs, where it records, nor which datasets (each has its own stages)."""
+        model, data and the installed tunedml's defaults (``defaults``, else :func:`run_defaults`);
+        not where it runs, where it records, nor which datasets (each has its own stages)."""
         what = {
             "trials": self.trials,
             "seeds": self.seeds,
@@ -160,6 +170,7 @@ class Settings:
             "data_dir": str(Path(self.data_dir).resolve()) if self.data_dir else "",
             "set": sorted(self.overrides().items()),
             "spaces": [_space_digest(p) for p in (self.cce_space, self.dml_space)],
+            "defaults": json.dumps(run_defaults() if defaults is None else defaults, sort_keys=True, default=str),
         }
         return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -108,7 +108,8 @@ class Ledger:
                 return True
         if not create:
             raise ConfigError(
-                f"--resume: no study with these settings (key {self.key}) recorded at {self.uri}; "
+                f"--resume: no study with these settings (key {self.key}) recorded at {self.uri} "
+                "(a study recorded by a tunedml with other defaults has another key); "
                 "run the command without --resume to start it"
             )
         experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(STUDY_EXPERIMENT)
