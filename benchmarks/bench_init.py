@@ -20,65 +20,77 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench_budget import LOSSES, read, run_jobs  # beside this file: the same draws, configuration and runs
 
-INITS = ("random", "probe")
 STEPS = 100
 
 
-def jobs(args: argparse.Namespace) -> list[dict]:
+@dataclass(frozen=True)
+class Setting:
+    """One key compared at two values on the same draws (bench_pooling reuses this file for its own)."""
+
+    name: str  # the benchmark, in its messages
+    key: str  # the config key set per run
+    field: str  # its value's name in each row of the results file
+    values: tuple[str, str]  # (baseline, other): the table's difference is other - baseline
+    results: str
+    tasks: str = "sst2,trec,mpqa"
+    lrs: str = "2e-5,1e-4"
+
+
+INIT = Setting("bench_init", "head.init", "init", ("random", "probe"), "docs/init.jsonl")
+
+
+def jobs(args: argparse.Namespace, s: Setting) -> list[dict]:
     return [
-        {"task": t, "loss": loss, "lr": lr, "steps": STEPS, "draw": d, "init": init, "sets": [f"head.init={init}"]}
+        {"task": t, "loss": loss, "lr": lr, "steps": STEPS, "draw": d, s.field: v, "sets": [f"{s.key}={v}"]}
         for t in args.tasks
         for loss in args.losses
         for lr in args.lrs
         for d in range(args.draws)
-        for init in INITS
+        for v in s.values
     ]
 
 
-def describe(r: dict) -> str:
-    return f"{r['task']} {r['loss']} lr {r['lr']:g} head.init={r['init']} draw {r['draw']}"
+def key(job: dict, s: Setting) -> tuple:
+    return job["task"], job["loss"], float(job["lr"]), job[s.field], int(job["draw"])
 
 
-def key(job: dict) -> tuple:
-    return job["task"], job["loss"], float(job["lr"]), job["init"], int(job["draw"])
-
-
-def table(rows: list[dict], args: argparse.Namespace) -> str:
+def table(rows: list[dict], args: argparse.Namespace, s: Setting) -> str:
     from tunedml.retrain.stats import t_interval
 
-    by = {key(r): r for r in rows}
+    base, other = s.values
+    by = {key(r, s): r for r in rows}
     out = [
-        "| task | loss | lr | head.init | draws | test mean | std | worst | below majority | s / run | probe − random (pp) [95% t] |",
+        f"| task | loss | lr | {s.key} | draws | test mean | std | worst | below majority | s / run "
+        f"| {other} − {base} (pp) [95% t] |",
         "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for task in args.tasks:
         for loss in args.losses:
             for lr in args.lrs:
-                paired = {init: [] for init in INITS}
+                paired: dict[str, list[dict]] = {v: [] for v in s.values}
                 for d in range(args.draws):
-                    pair = [by.get((task, loss, float(lr), init, d)) for init in INITS]
+                    pair = [by.get((task, loss, float(lr), v, d)) for v in s.values]
                     if all(pair):
-                        for init, r in zip(INITS, pair):
-                            paired[init].append(r)
-                if not paired["random"]:
+                        for v, r in zip(s.values, pair):
+                            paired[v].append(r)
+                if not paired[base]:
                     continue
-                for init in INITS:
-                    rs = paired[init]
+                for v in s.values:
+                    rs = paired[v]
                     acc = [100 * r["test"] for r in rs]
                     std = statistics.stdev(acc) if len(acc) > 1 else 0.0
                     below = sum(r["test"] < r["majority"] for r in rs)
                     diff = ""
-                    if init == "probe" and len(rs) > 1:
-                        d = t_interval(
-                            [100 * (p["test"] - q["test"]) for p, q in zip(paired["probe"], paired["random"])]
-                        )
+                    if v == other and len(rs) > 1:
+                        d = t_interval([100 * (p["test"] - q["test"]) for p, q in zip(paired[other], paired[base])])
                         diff = f"{d.mean:+.1f} [{d.low:+.1f}, {d.high:+.1f}]"
                     out.append(
-                        f"| {task} | {loss} | {lr:g} | {init} | {len(rs)} | {statistics.mean(acc):.1f} | {std:.1f} "
+                        f"| {task} | {loss} | {lr:g} | {v} | {len(rs)} | {statistics.mean(acc):.1f} | {std:.1f} "
                         f"| {min(acc):.1f} | {below} | {statistics.mean(r['seconds'] for r in rs):.0f} | {diff} |"
                     )
     majority = {r["task"]: 100 * r["majority"] for r in rows}
@@ -90,14 +102,14 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
     return "\n".join(out)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", default="sst2,trec,mpqa")
+def main(s: Setting = INIT, doc: str | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(doc or __doc__).splitlines()[0])
+    parser.add_argument("--tasks", default=s.tasks)
     parser.add_argument("--losses", default="cce")
-    parser.add_argument("--lrs", default="2e-5,1e-4")
+    parser.add_argument("--lrs", default=s.lrs)
     parser.add_argument("--draws", type=int, default=5)
     parser.add_argument("--workers", type=int, default=2, help="runs at a time, one thread each")
-    parser.add_argument("--results", default="docs/init.jsonl")
+    parser.add_argument("--results", default=s.results)
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args()
     try:
@@ -105,25 +117,29 @@ def main() -> int:
         args.losses = [x.strip() for x in args.losses.split(",") if x.strip()]
         args.lrs = [float(x) for x in args.lrs.split(",")]
     except ValueError as e:
-        print(f"bench_init: error: {e}", file=sys.stderr)
+        print(f"{s.name}: error: {e}", file=sys.stderr)
         return 2
     from tunedml.data import TASKS
 
     bad = [t for t in args.tasks if t not in TASKS] + [x for x in args.losses if x not in LOSSES]
     if bad or args.draws < 2 or args.workers < 1:
         print(
-            f"bench_init: error: unknown task or loss {', '.join(bad) or '-'} (valid: {', '.join(TASKS)}; "
+            f"{s.name}: error: unknown task or loss {', '.join(bad) or '-'} (valid: {', '.join(TASKS)}; "
             f"{', '.join(LOSSES)}), or --draws below 2 or --workers below 1",
             file=sys.stderr,
         )
         return 2
     results = Path(args.results)
-    done = {key(r) for r in read(results)}
-    todo = [j for j in jobs(args) if key(j) not in done]
+    done = {key(r, s) for r in read(results)}
+    todo = [j for j in jobs(args, s) if key(j, s) not in done]
     if not args.table_only and todo:
-        run_jobs("bench_init", todo, len(done), args.workers, results, describe)
-    wanted = {key(j) for j in jobs(args)}
-    print(table([r for r in read(results) if key(r) in wanted], args))
+
+        def describe(r: dict) -> str:
+            return f"{r['task']} {r['loss']} lr {r['lr']:g} {s.key}={r[s.field]} draw {r['draw']}"
+
+        run_jobs(s.name, todo, len(done), args.workers, results, describe)
+    wanted = {key(j, s) for j in jobs(args, s)}
+    print(table([r for r in read(results) if key(r, s) in wanted], args, s))
     return 0
 
 

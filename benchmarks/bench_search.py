@@ -32,7 +32,6 @@ COMMON = {
     "loss.dml_weight": 0.1,
     "train.lr": 5e-5,
     "train.proxy_lr": 1e-2,
-    "model.pooling": "mean",
 }
 CONFIGS = [
     {**COMMON, "loss.name": "none", "inference.mode": "head"},

@@ -583,9 +583,11 @@ def test_start_per_option_flag_rejects_bad_values(text):
         parse_per_option(text)
 
 
-def test_start_per_option_for_a_key_that_is_no_choice_is_a_user_error():
+def test_start_per_option_for_a_key_that_is_no_choice_is_a_user_error(tmp_path):
     space = load_space(Path(__file__).resolve().parents[1] / "search_spaces" / "dml.yaml")
-    check_per_option(space, SearchOptions(per_option_key="model.pooling", per_option_start=1))
+    pooled = tmp_path / "pooled.yaml"
+    pooled.write_text("model.pooling: {categorical: [mean, cls]}\ntrain.lr: 1.0e-4\n")
+    check_per_option(load_space(pooled), SearchOptions(per_option_key="model.pooling", per_option_start=1))
     check_per_option(load_space(Path(__file__).resolve().parents[1] / "search_spaces" / "cce.yaml"), SearchOptions())
     with pytest.raises(ConfigError, match="no top-level choice or categorical over train.lr; valid: .*loss.name"):
         check_per_option(space, SearchOptions(per_option_key="train.lr", per_option_start=1))

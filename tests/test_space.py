@@ -22,7 +22,6 @@ COMMON = {
     "train.batch_size",
     "train.warmup_ratio",
     "train.weight_decay",
-    "model.pooling",
 }
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -178,12 +177,13 @@ def test_bad_includes_are_one_line_naming_the_file_and_key(tmp_path, files, frag
 # ----------------------------------------------------------------- the start of a search spreads over the options
 
 
-def test_per_option_points_cycle_through_every_loss():
+def test_per_option_points_cycle_through_every_loss(tmp_path):
     space = load_space(REPO / "search_spaces" / "dml.yaml")
     points = space.per_option_points("loss.name", 2)
     losses = ["none", "proxy_anchor", "soft_triple", "proxy_nca", "supcon"]
     assert points == [{"loss.name": name} for name in losses * 2]
-    assert space.per_option_points("model.pooling", 1) == [{"model.pooling": "mean"}, {"model.pooling": "cls"}]
+    pooled = load_space(write(tmp_path, "model.pooling: {categorical: [mean, cls]}\ntrain.lr: 1.0e-4\n"))
+    assert pooled.per_option_points("model.pooling", 1) == [{"model.pooling": "mean"}, {"model.pooling": "cls"}]
     assert space.per_option_points("train.lr", 1) == []  # not a choice: nothing to spread
     study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
     for point in points:
