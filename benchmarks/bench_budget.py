@@ -88,14 +88,17 @@ def describe(r: dict) -> str:
     return f"{r['task']} {r['loss']} lr {r['lr']:g} {r['steps']} steps draw {r['draw']}"
 
 
-def run_jobs(name: str, todo: list[dict], done: int, workers: int, results: Path, describe) -> None:
-    """Train ``todo`` with :func:`run_one`, ``workers`` at a time (one thread each, or every thread
-    for one worker), appending each row to ``results`` as it comes, with a progress line and ETA."""
+def run_jobs(name: str, todo: list[dict], done: int, workers: int, results: Path, describe, work=run_one) -> None:
+    """Train ``todo`` with ``work(job, threads)`` (:func:`run_one`, or another benchmark's; a
+    module-level function, as it runs in a worker process), ``workers`` at a time (one thread each,
+    or every thread for one worker), appending each row to ``results`` as it comes, with a progress
+    line and ETA."""
     threads = 1 if workers > 1 else (os.cpu_count() or 1)
     print(f"{name}: {len(todo)} runs to go ({done} recorded in {results})", file=sys.stderr, flush=True)
+    results.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with ProcessPoolExecutor(workers) as pool, results.open("a") as out:
-        futures = [pool.submit(run_one, j, threads) for j in todo]
+        futures = [pool.submit(work, j, threads) for j in todo]
         for i, f in enumerate(as_completed(futures), 1):
             r = f.result()
             out.write(json.dumps(r) + "\n")

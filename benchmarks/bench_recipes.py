@@ -29,13 +29,14 @@ draws it reached.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from functools import partial
 from pathlib import Path
+
+from bench_budget import read, run_jobs  # beside this file: the results file and one pool loop with progress and ETA
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -63,6 +64,11 @@ def recipes(losses: list[str], heads: list[str]) -> dict[str, list[str]]:
             for sampler in SAMPLERS:
                 out[f"{loss} {schedule} {sampler}"] = [f"loss.name={loss}", *keys, f"data.sampler={sampler}"]
     return out
+
+
+def run_recipe(sets: dict[str, list[str]], job: dict, threads: int) -> dict:
+    """:func:`run_one` with the job's recipe's settings (bench_budget's run_jobs calls it with a job)."""
+    return run_one(job, sets[job["recipe"]], threads)
 
 
 def run_one(job: dict, sets: list[str], threads: int) -> dict:
@@ -118,12 +124,6 @@ def jobs(args: argparse.Namespace) -> list[dict]:
 
 def key(job: dict) -> tuple:
     return job["task"], job["recipe"], float(job["lr"]), int(job["steps"]), int(job["draw"])
-
-
-def read(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def table(rows: list[dict], args: argparse.Namespace) -> str:
@@ -216,23 +216,15 @@ def main(argv: list[str] | None = None) -> int:
     done = {key(r) for r in read(results)}
     todo = [j for j in jobs(args) if key(j) not in done]
     if not args.table_only and todo:
-        threads = 1 if args.workers > 1 else (os.cpu_count() or 1)
-        print(f"bench_recipes: {len(todo)} runs to go ({len(done)} recorded in {results})", file=sys.stderr, flush=True)
-        results.parent.mkdir(parents=True, exist_ok=True)
-        start = time.perf_counter()
-        with ProcessPoolExecutor(args.workers) as pool, results.open("a") as out:
-            futures = [pool.submit(run_one, j, sets[j["recipe"]], threads) for j in todo]
-            for i, f in enumerate(as_completed(futures), 1):
-                r = f.result()
-                out.write(json.dumps(r) + "\n")
-                out.flush()
-                left = (time.perf_counter() - start) / i * (len(todo) - i)
-                print(
-                    f"run {i}/{len(todo)}  {r['task']} {r['recipe']} draw {r['draw']}: test {100 * r['test']:.1f}  "
-                    f"{r['seconds']:.0f}s  ETA {left / 60:.0f} min",
-                    file=sys.stderr,
-                    flush=True,
-                )
+        run_jobs(
+            "bench_recipes",
+            todo,
+            len(done),
+            args.workers,
+            results,
+            lambda r: f"{r['task']} {r['recipe']} draw {r['draw']}",
+            work=partial(run_recipe, sets),
+        )
     wanted = {key(j) for j in jobs(args)}
     print(table([r for r in read(results) if key(r) in wanted], args))
     return 0
